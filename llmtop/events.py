@@ -1,0 +1,181 @@
+"""The one event schema shared by live runs, attach, replay and import.
+
+Events travel in columnar batches (numpy structured arrays) so that moving and
+aggregating a million of them per second stays cheap: the hot path appends
+plain tuples, a collector thread turns them into arrays, and `stats/` folds
+whole arrays with vectorized numpy.
+
+Kernel names are interned into integer ids. Every batch carries the names that
+were interned since the previous batch of the same stream (`new_names`, whose
+first id is `names_base`), so a consumer that applies batches in order can
+always resolve an id, and a recording that is cut short stays self-describing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+OP_CLASSES: tuple[str, ...] = (
+    "matmul",
+    "attention",
+    "norm",
+    "rope",
+    "elementwise",
+    "embedding",
+    "sampling",
+    "memcpy",
+    "other",
+)
+OP_CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(OP_CLASSES)}
+
+PHASES: tuple[str, ...] = ("prefill", "decode")
+PREFILL, DECODE = 0, 1
+
+NO_LAYER = -1  # kernels outside the decoder layers (embedding, final norm, lm_head, sampling)
+
+# One kernel launch. start_ns is on the source's monotonic clock (time.perf_counter_ns for
+# live CPU runs; GPU clocks are mapped onto it); dur_ns is what the timer measured.
+# m, n, k are the matmul shape (output rows, output cols, reduction) and 0 otherwise.
+# track separates concurrent timelines (CUDA stream, device, rank); 0 for a plain loop.
+KERNEL_DTYPE = np.dtype(
+    [
+        ("name", "<u4"),
+        ("op_class", "u1"),
+        ("phase", "u1"),
+        ("layer", "<i2"),
+        ("track", "<u2"),
+        ("step", "<i4"),
+        ("batch", "<i4"),
+        ("ctx", "<i4"),
+        ("start_ns", "<i8"),
+        ("dur_ns", "<i8"),
+        ("m", "<i4"),
+        ("n", "<i4"),
+        ("k", "<i4"),
+    ]
+)
+
+# One prefill or decode step: `tokens` new tokens produced for `batch` sequences whose longest
+# context (after the step) is `ctx`. dur_ns is the host wall time of the whole step; kernel_ns the
+# sum of its kernels' durations (filled by the timer; -1 when the step was not timed).
+STEP_DTYPE = np.dtype(
+    [
+        ("phase", "u1"),
+        ("track", "<u2"),
+        ("step", "<i4"),
+        ("tokens", "<i4"),
+        ("batch", "<i4"),
+        ("ctx", "<i4"),
+        ("start_ns", "<i8"),
+        ("dur_ns", "<i8"),
+        ("kernel_ns", "<i8"),
+    ]
+)
+
+EMPTY_KERNELS = np.zeros(0, dtype=KERNEL_DTYPE)
+EMPTY_STEPS = np.zeros(0, dtype=STEP_DTYPE)
+
+
+class NameTable:
+    """Append-only interning of kernel names; ids are dense and start at 0.
+
+    `intern` is safe to call from the engine thread while another thread calls `since`.
+    """
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self._names: list[str] = []
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+        for n in names or ():
+            self.intern(n)
+
+    def intern(self, name: str) -> int:
+        i = self._ids.get(name)
+        if i is None:
+            with self._lock:
+                i = self._ids.get(name)
+                if i is None:
+                    i = len(self._names)
+                    self._names.append(name)
+                    self._ids[name] = i
+        return i
+
+    def since(self, base: int) -> list[str]:
+        return self._names[base:]
+
+    def extend(self, base: int, names: list[str]) -> None:
+        """Apply a batch's `new_names` (consumer side); tolerate re-sent names."""
+        if base > len(self._names):
+            raise ValueError(f"name table gap: have {len(self._names)} names, batch starts at {base}")
+        for off, n in enumerate(names):
+            if base + off >= len(self._names):
+                self.intern(n)
+
+    def __getitem__(self, i: int) -> str:
+        return self._names[i]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    @property
+    def names(self) -> list[str]:
+        return self._names
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """A chunk of events from one source, in order. Either array may be empty."""
+
+    kernels: np.ndarray = field(default_factory=lambda: EMPTY_KERNELS)
+    steps: np.ndarray = field(default_factory=lambda: EMPTY_STEPS)
+    names_base: int = 0
+    new_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.kernels) + len(self.steps)
+
+
+@dataclass(slots=True)
+class SourceInfo:
+    """What produced the events: shown in the header, written in recording headers."""
+
+    kind: str  # "live", "replay", "attach", "import"
+    backend: str = ""  # cpu, cuda, wgpu, npu, or the importer's format ("kineto", "nsys", ...)
+    device: str = ""  # human name of the device ("Intel Xeon (2 threads)", "NVIDIA H100 80GB")
+    model: str = ""  # model name or file
+    dtype: str = ""
+    timing: str = ""  # how kernel durations were measured, e.g. "perf_counter_ns", "cuda events"
+    max_context: int = 0  # the model's maximum context (for the attention projection); 0 = unknown
+    n_layers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "backend": self.backend,
+            "device": self.device,
+            "model": self.model,
+            "dtype": self.dtype,
+            "timing": self.timing,
+            "max_context": self.max_context,
+            "n_layers": self.n_layers,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SourceInfo:
+        return cls(
+            kind=str(d.get("kind", "")),
+            backend=str(d.get("backend", "")),
+            device=str(d.get("device", "")),
+            model=str(d.get("model", "")),
+            dtype=str(d.get("dtype", "")),
+            timing=str(d.get("timing", "")),
+            max_context=int(d.get("max_context", 0) or 0),
+            n_layers=int(d.get("n_layers", 0) or 0),
+            extra=dict(d.get("extra") or {}),
+        )
