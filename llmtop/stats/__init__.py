@@ -1,1 +1,11 @@
-"""llmtop.stats"""
+"""llmtop.stats: streaming statistics over EventBatches (pure Python + numpy; no Textual, no torch).
+
+`Aggregator` folds batches; `Aggregator.snapshot()` returns an immutable `Snapshot` whose `report`
+is the JSON of `llmtop report --format json` (keys: docs/REPORT.md) and whose `series` feeds plots.
+"""
+
+from llmtop.stats.aggregator import GROUPS, MODES, SORTS, Aggregator
+from llmtop.stats.buckets import ALPHA
+from llmtop.stats.snapshot import Filter, Series, Snapshot, parse_filter
+
+__all__ = ["ALPHA", "GROUPS", "MODES", "SORTS", "Aggregator", "Filter", "Series", "Snapshot", "parse_filter"]

@@ -1,0 +1,409 @@
+"""The in-process agent: publishes a process's EventBatches to any number of viewers over TCP.
+
+Threads: one publisher drains the recorders every `interval` seconds and encodes each batch once;
+one acceptor handles handshakes; one sender per viewer writes that viewer's frames. The decode loop
+only ever appends to a recorder, so a slow, stuck or absent viewer can never block it: each viewer
+has a bounded buffer, and what does not fit is dropped, counted and reported to that viewer.
+
+Kernel-name ids come from one NameTable shared by every recorder the agent drains. Each viewer is
+sent the names it has not seen yet right before a batch goes out, so a viewer that joins late, or
+misses batches, still resolves every id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from llmtop.agent import wire
+from llmtop.errors import LlmtopError
+from llmtop.events import DECODE, NO_LAYER, OP_CLASS_ID, PHASES, PREFILL, NameTable, SourceInfo
+from llmtop.kernels.base import KernelRecorder
+
+DEFAULT_ADDR = "127.0.0.1:7070"
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """ "host:port", ":port" or "port" -> (host, port); LlmtopError on anything else."""
+    s = str(addr).strip()
+    for scheme in ("llmtop://", "tcp://"):
+        if s.startswith(scheme):
+            s = s[len(scheme) :]
+    s = s.rstrip("/")
+    host, sep, port_s = s.rpartition(":")
+    if not sep:
+        host, port_s = "", s
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise LlmtopError(f"bad agent address {addr!r} (expected host:port)") from None
+    if not 0 <= port <= 65535:
+        raise LlmtopError(f"bad agent port {port} in {addr!r}")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Viewer:
+    __slots__ = ("closed", "cond", "dropped", "events", "items", "names_sent", "peer", "sent_frames", "sock")
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.items: deque[tuple[int, Any]] = deque()  # (events, item)
+        self.events = 0
+        self.dropped = 0
+        self.names_sent = 0
+        self.cond = threading.Condition()
+        self.closed = False
+        self.sent_frames = 0
+
+
+class Agent:
+    """Publish EventBatches to viewers. Use `llmtop.agent.start(...)` rather than building one directly.
+
+    engine: an llmtop Engine (its `ops.recorder` is drained and its `source_info()` sent).
+    model: a torch nn.Module whose decoder layers get timed with forward hooks.
+    Neither: use the manual API (`step`, `layer`, `kernel`) from your own loop.
+    """
+
+    def __init__(
+        self,
+        addr: str = DEFAULT_ADDR,
+        token: str | None = None,
+        *,
+        engine: Any = None,
+        model: Any = None,
+        source: SourceInfo | None = None,
+        interval: float = 0.02,
+        viewer_buffer_events: int = 2_000_000,
+        viewer_buffer_items: int = 4096,
+        send_timeout: float = 5.0,
+    ) -> None:
+        self.host, self.port = parse_addr(addr)
+        if not is_loopback(self.host) and not token:
+            raise LlmtopError(
+                f"the agent binds {self.host}, which is not loopback: a token is required "
+                "(LLMTOP_AGENT_TOKEN or token=...)"
+            )
+        self.token = token.encode("utf-8") if token else None
+        self.interval = interval
+        self.viewer_buffer_events = viewer_buffer_events
+        self.viewer_buffer_items = viewer_buffer_items
+        self.send_timeout = send_timeout
+        self.names = NameTable()
+        self._recorders: list[KernelRecorder] = []
+        self._lock = threading.Lock()
+        self._viewers: list[_Viewer] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.refused = 0  # handshakes refused (bad token, version, garbage)
+        self.published_events = 0
+        self.connections = 0
+        self.engine = None
+        self._source = source or SourceInfo(kind="live", backend="python", timing="perf_counter_ns")
+        self._source_frame = wire.json_frame(wire.SOURCE, self._source.to_dict())
+        # the manual API's recorder (and the torch hooks'); its track is 1 when an engine owns track 0
+        self.recorder = KernelRecorder(self.names)
+        self._recorders.append(self.recorder)
+        self._manual_step = 0
+        self._instrumentations: list[Any] = []
+        self._sock: socket.socket | None = None
+        if engine is not None:
+            self.attach_engine(engine)
+        if model is not None:
+            self.instrument(model)
+
+    # -- sources -------------------------------------------------------------------------------
+    def attach_engine(self, engine: Any) -> None:
+        """Drain an llmtop Engine's recorder (and adopt its name table for every recorder)."""
+        rec = engine.ops.recorder
+        with self._lock:
+            if self.names is not rec.names:
+                # one table for every recorder, so a name id means one thing on the wire
+                self.names = rec.names
+                self.recorder = KernelRecorder(self.names, track=1)
+                self._recorders = [rec, self.recorder]
+            else:
+                self._recorders.insert(0, rec)
+            self.engine = engine
+        self.set_source(engine.source_info())
+
+    def instrument(self, model: Any) -> Any:
+        """Time a torch model's decoder layers with forward hooks; returns the handle (`.remove()`)."""
+        from llmtop.agent.torch_hooks import TorchInstrumentation
+
+        inst = TorchInstrumentation(self, model)
+        self._instrumentations.append(inst)
+        self.set_source(inst.source_info())
+        return inst
+
+    def add_recorder(self, recorder: KernelRecorder) -> None:
+        """Drain another recorder; it must share `agent.names` (pass names=agent.names)."""
+        if recorder.names is not self.names:
+            raise ValueError("the recorder must use the agent's name table (KernelRecorder(agent.names))")
+        with self._lock:
+            self._recorders.append(recorder)
+
+    def set_source(self, source: SourceInfo) -> None:
+        self._source = source
+        self._source_frame = wire.json_frame(wire.SOURCE, source.to_dict())
+        for v in self._viewer_list():
+            self._enqueue(v, 0, self._source_frame, force=True)
+
+    @property
+    def source(self) -> SourceInfo:
+        return self._source
+
+    # -- manual API (call from the decode loop's thread) -----------------------------------------
+    @contextlib.contextmanager
+    def step(
+        self, phase: str | int = "decode", tokens: int = 1, batch: int = 1, ctx: int = 0
+    ) -> Iterator[None]:
+        """Bracket one prefill or decode step; `tokens` counts the whole batch (like the engine)."""
+        ph = phase if isinstance(phase, int) else PHASES.index(phase)
+        if ph not in (PREFILL, DECODE):
+            raise ValueError(f"phase must be prefill or decode, got {phase!r}")
+        self.recorder.begin_step(ph, self._manual_step, tokens, batch, ctx)
+        try:
+            yield
+        finally:
+            self.recorder.end_step()
+            self._manual_step += 1
+
+    @contextlib.contextmanager
+    def kernel(
+        self, name: str, op_class: str = "other", layer: int = NO_LAYER, m: int = 0, n: int = 0, k: int = 0
+    ) -> Iterator[None]:
+        """Time one kernel (host clock) inside a `step`."""
+        if op_class not in OP_CLASS_ID:
+            raise ValueError(f"unknown op class {op_class!r}")
+        nid, opc = self.recorder.kernel_id(name, op_class)
+        t0 = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            self.recorder.add(nid, opc, layer, t0, time.perf_counter_ns() - t0, m, n, k)
+
+    def layer(self, i: int, name: str = "layer") -> contextlib.AbstractContextManager[None]:
+        """Time a whole decoder layer `i` as one kernel."""
+        return self.kernel(name, "other", i)
+
+    def publish_counters(self, source: str, values: dict[str, float]) -> None:
+        """Send gauges (request counts, memory) to every viewer; they arrive as CounterSamples."""
+        f = wire.json_frame(
+            wire.COUNTER,
+            {
+                "source": source,
+                "t_ns": time.perf_counter_ns(),
+                "values": {k: float(v) for k, v in values.items()},
+            },
+        )
+        for v in self._viewer_list():
+            self._enqueue(v, 1, f)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> Agent:
+        if self._sock is not None:
+            return self
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((self.host, self.port))
+        except OSError as e:
+            s.close()
+            raise LlmtopError(f"agent cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        s.listen(16)
+        s.settimeout(0.2)
+        self._sock = s
+        self.port = s.getsockname()[1]
+        for target, name in ((self._accept_loop, "accept"), (self._publish_loop, "publish")):
+            t = threading.Thread(target=target, name=f"llmtop-agent-{name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def viewers(self) -> int:
+        return len(self._viewer_list())
+
+    @property
+    def dropped_events(self) -> int:
+        return sum(v.dropped for v in self._viewer_list())
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        for inst in self._instrumentations:
+            inst.remove()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        for v in self._viewer_list():
+            self._close_viewer(v)
+        for t in self._threads:
+            t.join(timeout)
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- threads -------------------------------------------------------------------------------
+    def _viewer_list(self) -> list[_Viewer]:
+        with self._lock:
+            return list(self._viewers)
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            # handshake off the accept thread, so a silent client cannot hold up the others
+            threading.Thread(
+                target=self._handshake,
+                args=(conn, f"{peer[0]}:{peer[1]}"),
+                name="llmtop-agent-hello",
+                daemon=True,
+            ).start()
+
+    def _handshake(self, conn: socket.socket, peer: str) -> None:
+        conn.settimeout(5.0)
+        try:
+            version, token = wire.read_hello(conn)
+            if version != wire.VERSION:
+                conn.sendall(
+                    wire.encode_welcome(
+                        wire.BAD_VERSION,
+                        time.perf_counter_ns(),
+                        f"agent speaks version {wire.VERSION}, viewer {version}",
+                    )
+                )
+                raise wire.WireError("version")
+            # constant-time compare, so response timing does not leak the token
+            expected = self.token or b""
+            if not hmac.compare_digest(token, expected):
+                conn.sendall(wire.encode_welcome(wire.BAD_TOKEN, time.perf_counter_ns(), "wrong token"))
+                raise wire.WireError("token")
+            conn.sendall(wire.encode_welcome(wire.OK, time.perf_counter_ns()))
+        except (OSError, ConnectionError, wire.WireError, ValueError, Exception):
+            self.refused += 1
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(self.send_timeout)
+        v = _Viewer(conn, peer)
+        self._enqueue(v, 0, self._source_frame, force=True)
+        with self._lock:
+            self._viewers.append(v)
+            self.connections += 1
+        self._sender(v)
+
+    def _enqueue(self, v: _Viewer, n: int, item: Any, force: bool = False) -> None:
+        with v.cond:
+            if v.closed:
+                return
+            if not force and (
+                v.events + n > self.viewer_buffer_events or len(v.items) >= self.viewer_buffer_items
+            ):
+                v.dropped += n
+                return
+            v.items.append((n, item))
+            v.events += n
+            v.cond.notify()
+
+    def _sender(self, v: _Viewer) -> None:
+        last_status = 0.0
+        try:
+            while not self._stop.is_set():
+                with v.cond:
+                    if not v.items:
+                        v.cond.wait(0.5)
+                    items = list(v.items)
+                    v.items.clear()
+                    v.events = 0
+                    if v.closed:
+                        return
+                out = bytearray()
+                for _, item in items:
+                    if isinstance(item, tuple):  # (n_kernels, n_steps, body, names_end)
+                        nk, ns, body, names_end = item
+                        names = self.names.names[v.names_sent : names_end] if names_end > v.names_sent else []
+                        out += wire.batch_frame(v.names_sent, names, nk, ns, body)
+                        v.names_sent += len(names)
+                    else:
+                        out += item
+                now = time.monotonic()
+                if now - last_status >= 0.5:
+                    last_status = now
+                    out += wire.json_frame(
+                        wire.STATUS, {"dropped": v.dropped, "t_ns": time.perf_counter_ns()}
+                    )
+                if out:
+                    v.sock.sendall(out)
+                    v.sent_frames += len(items)
+        except OSError:
+            pass
+        finally:
+            self._close_viewer(v)
+
+    def _close_viewer(self, v: _Viewer) -> None:
+        with v.cond:
+            v.closed = True
+            v.cond.notify()
+        with self._lock:
+            if v in self._viewers:
+                self._viewers.remove(v)
+        with contextlib.suppress(OSError):
+            v.sock.close()
+
+    def _publish_loop(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            self.flush()
+            if stopping:
+                return
+            self._stop.wait(self.interval)
+
+    def flush(self) -> int:
+        """Drain every recorder now and queue the batches for the viewers; returns events published."""
+        with self._lock:
+            recorders = list(self._recorders)
+        total = 0
+        for rec in recorders:
+            b = rec.drain()
+            if b is None:
+                continue
+            n = len(b)
+            total += n
+            # ids in this batch are all below the table's current length: send names up to there
+            item = (len(b.kernels), len(b.steps), wire.encode_batch_body(b.kernels, b.steps), len(self.names))
+            for v in self._viewer_list():
+                self._enqueue(v, n, item)
+        self.published_events += total
+        return total

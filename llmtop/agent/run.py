@@ -1,0 +1,51 @@
+"""`python -m llmtop.agent.run [--addr HOST:PORT] [--token T] script.py [args...]`: no code changes.
+
+Starts the agent, arms a one-shot global forward hook that instruments the first torch model with decoder
+layers, then runs the script as __main__ (like `python script.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+from llmtop.errors import LlmtopError
+
+
+def main(argv: list[str] | None = None) -> int:
+    import llmtop.agent as agent_mod
+
+    p = argparse.ArgumentParser(prog="python -m llmtop.agent.run", description=__doc__.splitlines()[0])
+    p.add_argument("--addr", default=os.environ.get(agent_mod.ENV_ADDR) or agent_mod.DEFAULT_ADDR)
+    p.add_argument("--token", default=os.environ.get(agent_mod.ENV_TOKEN))
+    p.add_argument("--no-torch", action="store_true", help="do not instrument torch models")
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    try:
+        agent = agent_mod.start(a.addr, a.token)
+    except LlmtopError as e:
+        print(f"llmtop: error: {e}", file=sys.stderr)
+        return 1
+    agent_mod._set_current(agent)
+    os.environ[agent_mod.ENV_ADDR] = agent.address  # autostart() in the script reuses this agent
+    if not a.no_torch:
+        try:
+            from llmtop.agent.torch_hooks import install_global_finder
+
+            install_global_finder(agent)
+        except ImportError:
+            pass
+    print(f"llmtop agent listening on {agent.address}", file=sys.stderr)
+    sys.argv = [a.script, *a.args]
+    try:
+        runpy.run_path(a.script, run_name="__main__")
+    finally:
+        agent.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The decode-loop collector: runs the engine in its own thread and drains its recorder.
+
+Two threads: the engine thread calls `engine.generate` round after round (with `loop`, forever, on
+fresh prompts), and the drain thread moves finished steps out of the recorder every ~50 ms. Only the
+drain thread counts as collector cost; the engine thread is the workload being profiled.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from llmtop.collectors.base import Collector
+from llmtop.collectors.counters import Marker
+from llmtop.errors import LlmtopError
+from llmtop.kernels.base import SamplingParams
+
+# Varied on purpose: short and long answers, code, lists, reasoning, so context lengths and step
+# counts differ from round to round.
+BUILTIN_PROMPTS: tuple[str, ...] = (
+    "Explain in a few sentences why the sky is blue.",
+    "Write a short Python function that checks whether a number is prime.",
+    "List five countries in South America and their capitals.",
+    "What is the difference between a list and a tuple in Python?",
+    "Summarize the plot of Romeo and Juliet in three sentences.",
+    "Give me a recipe for a simple tomato pasta sauce.",
+    "What causes the seasons on Earth?",
+    "Translate 'Good morning, how are you?' into French and Spanish.",
+    "Write a haiku about a rainy afternoon in the city.",
+    "How does a hash table work? Keep it brief.",
+    "If a train travels 120 km in 1.5 hours, what is its average speed? Show the steps.",
+    "Describe three tips for writing clear documentation.",
+    "What is photosynthesis?",
+    "Write a limerick about a cat who learned to program.",
+    "Compare TCP and UDP in a short table.",
+    "Tell me a fun fact about octopuses.",
+)
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: one per line, or JSONL with a string or an object per line.
+
+    JSON objects may use "prompt", "text", "content" or "messages" (last user message's content).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LlmtopError(f"prompt file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlmtopError(f"cannot read prompt file {p}: {e}") from None
+    prompts: list[str] = []
+    jsonl = p.suffix.lower() in (".jsonl", ".ndjson")
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if jsonl or line[0] in "{\"":
+            try:
+                prompts.append(_prompt_from_json(json.loads(line)))
+                continue
+            except (ValueError, TypeError, KeyError) as e:
+                if jsonl:
+                    raise LlmtopError(f"{p}:{lineno}: not a JSON prompt ({e})") from None
+        prompts.append(line)
+    if not prompts:
+        raise LlmtopError(f"prompt file has no prompts: {p}")
+    return prompts
+
+
+def _prompt_from_json(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("prompt", "text", "content"):
+            if isinstance(obj.get(key), str):
+                return obj[key]
+        msgs = obj.get("messages")
+        if isinstance(msgs, list):
+            users = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+            if users and isinstance(users[-1], str):
+                return users[-1]
+    raise ValueError("expected a string or an object with prompt/text/content/messages")
+
+
+class EngineCollector(Collector):
+    """Runs `engine.generate` in a thread and feeds the recorder's batches into the queue.
+
+    engine: anything with `.generate(prompts, max_new_tokens, sampling=, chat=, stop_event=)`,
+    `.ops.recorder.drain()` and `.source_info()` (llmtop.model.engine.Engine).
+    """
+
+    name = "engine"
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        prompts: list[str] | tuple[str, ...] | None = None,
+        batch: int = 1,
+        max_new_tokens: int = 64,
+        sampling: SamplingParams | None = None,
+        chat: bool = True,
+        loop: bool = False,
+        rounds: int | None = None,
+        drain_interval: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if batch < 1:
+            raise LlmtopError(f"batch size must be >= 1, got {batch}")
+        if max_new_tokens < 1:
+            raise LlmtopError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.engine = engine
+        self.prompts = list(prompts) if prompts else list(BUILTIN_PROMPTS)
+        self.batch = batch
+        self.max_new_tokens = max_new_tokens
+        self.sampling = sampling or SamplingParams()
+        self.chat = chat
+        self.loop = loop
+        # Without --loop one round covers the prompts once (in batches); with it, run until stopped.
+        self.rounds = rounds if rounds is not None else (None if loop else -(-len(self.prompts) // batch))
+        self.drain_interval = drain_interval
+        self.rounds_done = 0
+        self.current_prompt = ""
+        self.last_outputs: list[Any] = []
+        self._engine_done = threading.Event()
+        self._engine_error: str | None = None
+
+    def run(self) -> None:
+        # The drain loop is this collector's measured thread; the engine gets its own, unmeasured one.
+        self._spawn(self._engine_loop, "engine-loop", measured=False)
+        recorder = self.engine.ops.recorder
+        t0 = time.thread_time()
+        while True:
+            finished = self._engine_done.is_set()  # read before draining so the last steps are caught
+            batch = recorder.drain()
+            if batch is not None:
+                self.emit(batch)
+            self.flush_pending()
+            self.account_cpu(t0)
+            if finished:
+                break
+            self._engine_done.wait(self.drain_interval)
+        if self._engine_error is not None:
+            self.fail(self._engine_error)
+
+    def _engine_loop(self) -> None:
+        try:
+            i = 0
+            while not self.stopping and (self.rounds is None or i < self.rounds):
+                n = len(self.prompts)
+                chosen = [self.prompts[(i * self.batch + j) % n] for j in range(self.batch)]
+                self.current_prompt = chosen[0]
+                if self._queue is not None:
+                    self._queue.put(Marker(time.perf_counter_ns(), f"round {i}: {chosen[0][:60]}"))
+                self.last_outputs = self.engine.generate(
+                    chosen, self.max_new_tokens, sampling=self.sampling, chat=self.chat,
+                    stop_event=self._stop,
+                )
+                i += 1
+                self.rounds_done = i
+        except Exception as e:
+            self._engine_error = f"{type(e).__name__}: {e}".replace("\n", " ")
+        finally:
+            self._engine_done.set()

@@ -1,0 +1,274 @@
+"""The pipeline: collectors -> one bounded queue -> an aggregator thread -> Aggregator (+ recording).
+
+The UI never touches collectors or the queue: it calls `pipeline.snapshot(...)` at its refresh rate
+(taken under the same lock the aggregator thread ingests under) and `pipeline.status()` for the
+header (drops, collector cost, errors) and `pipeline.counters` for the device/process strip.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from llmtop.collectors.base import ERROR, RUNNING, Collector, CollectorStatus
+from llmtop.collectors.counters import CounterSample, CounterStore, Marker
+from llmtop.collectors.queue import BoundedQueue
+from llmtop.errors import LlmtopError
+from llmtop.events import EventBatch, SourceInfo
+
+AGGREGATOR = "aggregator"  # the name the aggregator thread's own cost is reported under
+
+
+@dataclass(slots=True, frozen=True)
+class CollectorCost:
+    status: CollectorStatus
+    cpu_pct: float  # % of one core over the last report interval
+
+
+@dataclass(slots=True, frozen=True)
+class PipelineStatus:
+    collectors: list[CollectorCost]
+    aggregator_cpu_pct: float
+    queue_fill: float  # 0..1
+    dropped_events: int  # total over all collectors since start
+    recorded_records: int
+    behind: str | None  # py-spy style warning line, None when keeping up
+    errors: list[str]  # one line each: collectors that died, recording / ingest failures
+
+
+class Pipeline:
+    """Owns the collectors, the queue, the aggregator thread and the optional recording writer.
+
+    aggregator: llmtop.stats.Aggregator (ingest/set_source/note_dropped/note_cost/snapshot/reset).
+    note_dropped and note_cost are called with increments since the previous call (events, CPU s).
+    writer: a RecordingWriter (or anything with write(item) / close()); every item the aggregator
+    sees is teed to it, in order, and it is closed by stop().
+    """
+
+    def __init__(self, aggregator: Any, *, writer: Any | None = None, queue: BoundedQueue[Any] | None = None,
+                 counter_history: int = 600, report_interval: float = 0.5, max_markers: int = 200) -> None:
+        self.aggregator = aggregator
+        self.writer = writer
+        self.queue: BoundedQueue[Any] = queue if queue is not None else BoundedQueue()
+        self.collectors: list[Collector] = []
+        self.counters = CounterStore(counter_history)
+        self.markers: deque[Marker] = deque(maxlen=max_markers)
+        self.report_interval = report_interval
+        self.source: SourceInfo | None = None
+        self.lock = threading.Lock()  # guards the aggregator against snapshot/ingest races
+        self.errors: list[str] = []
+        self.ingested_events = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._agg_cpu = 0.0
+        self._cpu_pct: dict[str, float] = {}
+        self._reported_drops: dict[str, int] = {}
+        self._reported_cpu: dict[str, float] = {}
+        self._last_report = time.monotonic()
+        self._drops_at_last_report = 0
+        self._behind: str | None = None
+        self._folded_items = 0
+
+    # -- setup -----------------------------------------------------------------------------
+    def add(self, collector: Collector) -> Collector:
+        self.collectors.append(collector)
+        if self._thread is not None:
+            collector.start(self.queue)
+        return collector
+
+    def set_source(self, source: SourceInfo) -> None:
+        self.source = source
+        with self.lock:
+            self.aggregator.set_source(source)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("pipeline already started")
+        self._thread = threading.Thread(target=self._run, name="llmtop-aggregator", daemon=True)
+        self._thread.start()
+        for c in self.collectors:
+            c.start(self.queue)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop collectors, fold what is still queued, close the recording. Idempotent."""
+        deadline = time.monotonic() + timeout
+        for c in self.collectors:
+            c.stop()
+        for c in self.collectors:
+            c.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+        for c in self.collectors:
+            close = getattr(c, "close", None)
+            if close is not None:
+                close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- UI side ---------------------------------------------------------------------------
+    def snapshot(self, **kw: Any) -> Any:
+        with self.lock:
+            return self.aggregator.snapshot(**kw)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.aggregator.reset()
+        self.counters.clear()
+
+    @property
+    def producers_done(self) -> bool:
+        """Every collector finished (or never ran) — a non-loop run or a replay has ended."""
+        return all(not c.alive for c in self.collectors)
+
+    @property
+    def done(self) -> bool:
+        """Producers finished and everything they queued has been folded (and recorded)."""
+        return self.producers_done and self._folded_items == self.queue.put_items
+
+    def wait_done(self, timeout: float | None = None, poll: float = 0.05) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+        return True
+
+    def status(self) -> PipelineStatus:
+        costs = [CollectorCost(c.status(), self._cpu_pct.get(c.name, 0.0)) for c in self.collectors]
+        errors = list(self.errors)
+        for c in self.collectors:
+            if c.state == ERROR and c.error:
+                errors.append(f"{c.name}: {c.error}")
+        return PipelineStatus(
+            collectors=costs,
+            aggregator_cpu_pct=self._cpu_pct.get(AGGREGATOR, 0.0),
+            queue_fill=self.queue.fill,
+            dropped_events=sum(c.dropped_events for c in self.collectors),
+            recorded_records=getattr(self.writer, "records_written", 0) if self.writer is not None else 0,
+            behind=self._behind,
+            errors=errors,
+        )
+
+    # -- aggregator thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        t0 = time.thread_time()
+        while True:
+            stopping = self._stop.is_set()
+            items = self.queue.get_many(timeout=0.05)
+            if items:
+                self._fold(items)
+                self._folded_items += len(items)
+            self._agg_cpu = time.thread_time() - t0
+            if time.monotonic() - self._last_report >= self.report_interval:
+                self._report()
+            if stopping and not items:
+                break
+        self._report()
+
+    def _fold(self, items: list[Any]) -> None:
+        with self.lock:
+            for item in items:
+                try:
+                    if isinstance(item, EventBatch):
+                        self.aggregator.ingest(item)
+                        self.ingested_events += len(item)
+                    elif isinstance(item, CounterSample):
+                        self.counters.add(item)
+                    elif isinstance(item, Marker):
+                        self.markers.append(item)
+                except Exception as e:  # keep folding the rest; the header shows the failure
+                    self._error(f"ingest: {type(e).__name__}: {e}")
+        if self.writer is not None:
+            try:
+                for item in items:
+                    self.writer.write(item)
+            except (LlmtopError, OSError) as e:
+                self._error(f"recording stopped: {e}")
+                self.writer.close()
+                self.writer = None
+
+    def _error(self, msg: str) -> None:
+        msg = msg.replace("\n", " ")
+        if msg not in self.errors and len(self.errors) < 20:
+            self.errors.append(msg)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        dt = max(now - self._last_report, 1e-9)
+        self._last_report = now
+        cpu = {c.name: c.cpu_s for c in self.collectors}
+        cpu[AGGREGATOR] = self._agg_cpu
+        with self.lock:
+            for c in self.collectors:
+                d = c.dropped_events - self._reported_drops.get(c.name, 0)
+                if d:
+                    self.aggregator.note_dropped(c.name, d)
+                    self._reported_drops[c.name] = c.dropped_events
+            for name, s in cpu.items():
+                d = s - self._reported_cpu.get(name, 0.0)
+                self._cpu_pct[name] = 100.0 * d / dt
+                if d > 0:
+                    self.aggregator.note_cost(name, d)
+                    self._reported_cpu[name] = s
+        drops = sum(c.dropped_events for c in self.collectors)
+        new_drops = drops - self._drops_at_last_report
+        self._drops_at_last_report = drops
+        fill = self.queue.fill
+        running = [c for c in self.collectors if c.state == RUNNING]
+        if new_drops or fill > 0.5:
+            lost = f"{new_drops} events dropped in {dt:.1f}s, " if new_drops else ""
+            self._behind = f"falling behind: {lost}queue {fill:.0%} full"
+        elif running and self._cpu_pct.get(AGGREGATOR, 0.0) > 90.0:
+            self._behind = f"falling behind: aggregator at {self._cpu_pct[AGGREGATOR]:.0f}% of a core"
+        else:
+            self._behind = None
+
+
+def live_pipeline(engine: Any, aggregator: Any, *, prompts: list[str] | None = None, batch: int = 1,
+                  max_new_tokens: int = 64, sampling: Any = None, chat: bool = True, loop: bool = True,
+                  record: str | None = None, process: bool = True, gpu: bool = True) -> Pipeline:
+    """The default live setup: engine + process + GPU collectors, optionally recording. Not started."""
+    from llmtop.collectors.engine import EngineCollector
+    from llmtop.collectors.gpu import GpuCollector
+    from llmtop.collectors.process import ProcessCollector
+
+    max_batch = getattr(engine, "max_batch", None)
+    if max_batch is not None and batch > max_batch:
+        raise LlmtopError(f"--batch {batch} exceeds the engine's max batch {max_batch}")
+    source = engine.source_info()
+    writer = None
+    if record:
+        from llmtop.traces.recording import RecordingWriter
+
+        writer = RecordingWriter(record, source)
+    p = Pipeline(aggregator, writer=writer)
+    p.set_source(source)
+    p.add(EngineCollector(engine, prompts=prompts, batch=batch, max_new_tokens=max_new_tokens,
+                          sampling=sampling, chat=chat, loop=loop))
+    if process:
+        p.add(ProcessCollector())
+    if gpu:
+        p.add(GpuCollector())  # UNAVAILABLE (with its reason) when there is no NVIDIA GPU
+    return p
+
+
+def replay_pipeline(path: str, aggregator: Any, *, speed: float = 1.0) -> tuple[Pipeline, Any]:
+    """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource)."""
+    from llmtop.collectors.replay import ReplaySource
+
+    src = ReplaySource.open(path, speed=speed)
+    p = Pipeline(aggregator)
+    p.set_source(src.source)
+    p.add(src)
+    return p, src

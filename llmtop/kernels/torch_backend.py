@@ -1,0 +1,607 @@
+"""The torch backend of `Ops` for "cpu" and "cuda" (float32, bfloat16, float16).
+
+Timing. Every op exists twice: a raw variant (`_x_raw`) and a timed one. The constructor binds the
+public names (`self.linear`, ...) to one or the other, so with timing off the hot path runs no timer
+code at all and with timing on it pays one timer pair and one `recorder.add` per op, no branches.
+- CPU: ops are synchronous, so `time.perf_counter_ns` around the call is the kernel time.
+- CUDA: a pair of `torch.cuda.Event`s from a preallocated pool around the launch; `CudaEventRecorder`
+  resolves them lazily on the collector thread (query(), never synchronize) and maps GPU times onto
+  the host `perf_counter_ns` clock through an anchor event recorded at `begin_step`.
+
+Per-step position state (RoPE cos/sin rows, KV slot indices, attention masks) is derived once from
+the `positions` array the engine passes to every layer, and reused by all layers of that step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llmtop.errors import LlmtopError
+from llmtop.events import DECODE, NO_LAYER
+from llmtop.kernels.base import KernelRecorder, Ops, SamplingParams
+from llmtop.model.config import ModelConfig
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+_pc = time.perf_counter_ns
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies (head_dim/2,) as float32, computed exactly like transformers.
+
+    Supports the default rope, "linear" and "llama3" scaling (transformers'
+    `_compute_llama3_parameters`), in torch float32 so the tables match HF bit for bit.
+    """
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type", "default")) or "default"
+    if kind == "default":
+        pass
+    elif kind == "linear":
+        inv = inv / float(rs["factor"])
+    elif kind == "llama3":
+        factor = float(rs["factor"])
+        low = float(rs.get("low_freq_factor", 1.0))
+        high = float(rs.get("high_freq_factor", 4.0))
+        old_ctx = float(rs.get("original_max_position_embeddings", cfg.max_context))
+        low_wl, high_wl = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv
+        inv_l = torch.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
+        medium = ~(wavelen < high_wl) * ~(wavelen > low_wl)
+        inv = torch.where(medium, smoothed, inv_l)
+    else:
+        raise LlmtopError(f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3)")
+    return inv.numpy().astype(np.float32)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when the CUDA backend can run, else a one-line reason."""
+    if torch.version.cuda is None:
+        return f"CUDA backend unavailable: torch {torch.__version__} was built without CUDA"
+    if not torch.cuda.is_available():
+        return "CUDA backend unavailable: no NVIDIA GPU visible"
+    return None
+
+
+def _cpu_name(threads: int) -> str:
+    name = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name or platform.processor() or platform.machine()} ({threads} threads)"
+
+
+class CudaEventRecorder(KernelRecorder):
+    """KernelRecorder whose rows carry CUDA event pairs, resolved lazily in `drain`.
+
+    The engine thread records an anchor event at `begin_step` and the ops record one (start, end)
+    pair per kernel; `end_step` hands (host anchor time, events) to the base class as `pending`.
+    `_resolve` (collector thread) returns None until the step's last event has completed, then
+    converts event times into host-clock rows and returns the events to the pool.
+    """
+
+    def __init__(self, names: Any = None, enabled: bool = True, track: int = 0, *, pool_size: int = 8192):
+        super().__init__(names, enabled=enabled, track=track)
+        # deque append/pop are atomic: the engine pops, the collector thread pushes back.
+        self._pool: deque[Any] = deque(torch.cuda.Event(enable_timing=True) for _ in range(pool_size))
+        self._events: list[Any] = []
+
+    def event(self) -> Any:
+        try:
+            return self._pool.pop()
+        except IndexError:  # collector fell behind: grow rather than reuse a pending event
+            return torch.cuda.Event(enable_timing=True)
+
+    def begin_step(self, phase: int, step: int, tokens: int, batch: int, ctx: int) -> None:
+        super().begin_step(phase, step, tokens, batch, ctx)
+        if self.enabled:
+            anchor = self.event()
+            anchor.record()
+            self._events = [anchor]
+
+    def end_step(self, pending: Any = None) -> None:
+        if self.enabled and pending is None:
+            pending = (self._step_t0, self._events)
+            self._events = []
+        super().end_step(pending)
+
+    def _resolve(self, rows: list[tuple], pending: Any) -> list[tuple] | None:
+        if pending is None:
+            return rows
+        t0, events = pending
+        if not events[-1].query():
+            return None
+        anchor = events[0]
+        out = []
+        for i, r in enumerate(rows):
+            s, e = events[1 + 2 * i], events[2 + 2 * i]
+            start = t0 + int(anchor.elapsed_time(s) * 1e6)
+            out.append((r[0], r[1], r[2], start, int(s.elapsed_time(e) * 1e6), r[5], r[6], r[7]))
+        self._pool.extend(events)
+        return out
+
+
+class _StepPositions:
+    """Everything derived from one step's `positions` array, shared by all layers."""
+
+    __slots__ = ("S", "causal", "cos", "key", "kv_bidx", "kv_pos", "kv_start", "mask", "sin")
+
+    def __init__(self, ops: TorchOps, positions: np.ndarray) -> None:
+        self.key = (positions.shape, positions.tobytes())
+        B, T = positions.shape
+        dev = ops.device
+        pos = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)).to(dev)
+        self.cos = ops._cos[pos].unsqueeze(2)  # (B, T, 1, hd/2)
+        self.sin = ops._sin[pos].unsqueeze(2)
+        pmax = int(positions.max())
+        self.S = pmax + 1  # attention reads only the cache prefix up to the step's max position
+        row0 = positions[0]
+        same_rows = bool((positions == row0).all())
+        consecutive = T == 1 or bool((np.diff(row0) == 1).all())
+        self.kv_start = int(row0[0]) if same_rows and consecutive else None
+        self.kv_bidx = None
+        if self.kv_start is None:
+            self.kv_bidx = torch.arange(B, device=dev)[:, None].expand(B, T)
+        self.kv_pos = pos
+        self.causal = False
+        self.mask = None
+        if T == 1:
+            if not same_rows:  # decode rows of different lengths: hide each row's future slots
+                slots = torch.arange(self.S, device=dev)
+                self.mask = (slots[None, :] <= pos[:, 0:1]).view(B, 1, 1, self.S)
+        elif self.kv_start == 0 and self.S == T:
+            self.causal = True  # plain right-padded prefill from slot 0
+        else:
+            slots = torch.arange(self.S, device=dev)
+            self.mask = (slots[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
+
+
+class TorchOps(Ops):
+    """Ops on torch for "cpu" or "cuda". `recorder.enabled` at construction decides timing."""
+
+    def __init__(
+        self,
+        recorder: KernelRecorder | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise LlmtopError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        if device == "cuda":
+            reason = cuda_unavailable_reason()
+            if reason:
+                raise LlmtopError(reason)
+        elif device != "cpu":
+            raise LlmtopError(f"unknown torch device {device!r} (choose from cpu, cuda)")
+        if recorder is None:
+            recorder = KernelRecorder()
+        if device == "cuda" and not isinstance(recorder, CudaEventRecorder):
+            # CUDA timings arrive late: swap in the resolving recorder, keeping names and settings.
+            recorder = CudaEventRecorder(recorder.names, enabled=recorder.enabled, track=recorder.track)
+        super().__init__(recorder)
+        if threads is not None:
+            if threads < 1:
+                raise LlmtopError(f"--threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.dtype_name = dtype
+        self.backend = device
+        if device == "cuda":
+            self.device_name = torch.cuda.get_device_name(self.device)
+            self.timing = "cuda events"
+        else:
+            self.device_name = _cpu_name(torch.get_num_threads())
+            self.timing = "perf_counter_ns"
+        if not recorder.enabled:
+            self.timing = "off"
+        self._ids = recorder.ids
+        self._cfg: ModelConfig | None = None
+        self._k_cache: list[torch.Tensor] = []
+        self._v_cache: list[torch.Tensor] = []
+        self._pos: _StepPositions | None = None
+        self._bind(timed=recorder.enabled, cuda=device == "cuda")
+
+    # -- binding --------------------------------------------------------------------------
+    _OPS = ("embedding", "rmsnorm", "linear", "rope", "kv_write", "attention", "silu_mul", "add", "sample")
+
+    def _bind(self, *, timed: bool, cuda: bool) -> None:
+        for op in self._OPS:
+            if not timed:
+                fn = getattr(self, f"_{op}_raw")
+            elif cuda:
+                fn = getattr(self, f"_{op}_cuda")
+            else:
+                fn = getattr(self, f"_{op}_cpu")
+            setattr(self, op, fn)
+
+    # The abstract methods are satisfied by these forwarding definitions; instances shadow them
+    # with the bound variant chosen in `_bind`, so they never run on the hot path.
+    def embedding(self, ids: np.ndarray, table: Any) -> Any:
+        return self._embedding_raw(ids, table)
+
+    def rmsnorm(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
+        return self._rmsnorm_raw(x, weight, eps, name=name, layer=layer)
+
+    def linear(self, x: Any, weight: Any, bias: Any | None, *, name: str, layer: int) -> Any:
+        return self._linear_raw(x, weight, bias, name=name, layer=layer)
+
+    def rope(self, q: Any, k: Any, positions: np.ndarray, *, layer: int) -> tuple[Any, Any]:
+        return self._rope_raw(q, k, positions, layer=layer)
+
+    def kv_write(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
+        return self._kv_write_raw(k, v, positions, layer=layer)
+
+    def attention(self, q: Any, positions: np.ndarray, *, layer: int, phase: int) -> Any:
+        return self._attention_raw(q, positions, layer=layer, phase=phase)
+
+    def silu_mul(self, gate: Any, up: Any, *, layer: int) -> Any:
+        return self._silu_mul_raw(gate, up, layer=layer)
+
+    def add(self, a: Any, b: Any, *, name: str, layer: int) -> Any:
+        return self._add_raw(a, b, name=name, layer=layer)
+
+    def sample(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
+        return self._sample_raw(logits, params, generator)
+
+    # -- setup ----------------------------------------------------------------------------
+    def load_weights(self, cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        self._cfg = cfg
+        out: dict[str, Any] = {}
+        for name, arr in weights.items():
+            t = torch.from_numpy(np.ascontiguousarray(arr))  # zero-copy for float32 on cpu
+            out[name] = t.to(device=self.device, dtype=self.dtype).contiguous()
+        inv = torch.from_numpy(rope_inv_freq(cfg))
+        pos = torch.arange(cfg.max_context, dtype=torch.float32)
+        freqs = pos[:, None] * inv[None, :]  # (max_ctx, hd/2); HF duplicates halves, so keep one
+        self._cos = freqs.cos().to(self.device, self.dtype)
+        self._sin = freqs.sin().to(self.device, self.dtype)
+        self._hd = cfg.head_dim
+        self._half = cfg.head_dim // 2
+        self._hq, self._hkv = cfg.n_heads, cfg.n_kv_heads
+        self._group = cfg.n_heads // cfg.n_kv_heads
+        self._scale = 1.0 / math.sqrt(cfg.head_dim)
+        return out
+
+    def alloc_kv_cache(self, batch: int, max_ctx: int) -> None:
+        cfg = self._cfg
+        if cfg is None:
+            raise RuntimeError("load_weights must run before alloc_kv_cache")
+        if max_ctx > cfg.max_context:
+            raise LlmtopError(f"KV cache of {max_ctx} slots exceeds the model context {cfg.max_context}")
+        shape = (batch, cfg.n_kv_heads, max_ctx, cfg.head_dim)
+        if self._k_cache and tuple(self._k_cache[0].shape) == shape:
+            return  # reuse; stale slots are finite and never visible (masked or overwritten first)
+        self._k_cache, self._v_cache = [], []  # free the old cache before allocating the new one
+        # zeros, not empty: masked slots are multiplied by probability 0, and 0 * NaN garbage = NaN
+        dev, dt = self.device, self.dtype
+        self._k_cache = [torch.zeros(shape, device=dev, dtype=dt) for _ in range(cfg.n_layers)]
+        self._v_cache = [torch.zeros(shape, device=dev, dtype=dt) for _ in range(cfg.n_layers)]
+        self._pos = None
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return x.detach().to("cpu", torch.float32).numpy()
+
+    def run_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context the engine enters around generation (skips autograd bookkeeping)."""
+        return torch.inference_mode()
+
+    def make_generator(self, seed: int | None) -> Any:
+        g = torch.Generator(device=self.device)
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(int(seed))
+        return g
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        self._k_cache, self._v_cache = [], []
+        self._pos = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _positions(self, positions: np.ndarray) -> _StepPositions:
+        p = self._pos
+        # bytes compare (~0.3 µs) rather than identity: callers may refill one array in place
+        if p is None or p.key != (positions.shape, positions.tobytes()):
+            p = self._pos = _StepPositions(self, positions)
+        return p
+
+    # -- raw ops ----------------------------------------------------------------------------
+    def _embedding_raw(self, ids: np.ndarray, table: Any) -> Any:
+        return F.embedding(torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device), table)
+
+    def _rmsnorm_raw(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+        # half dtypes: normalize in float32 like transformers, then scale in the model dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * xf.to(x.dtype)
+
+    def _linear_raw(self, x: Any, weight: Any, bias: Any | None, *, name: str, layer: int) -> Any:
+        return F.linear(x, weight, bias)
+
+    def _rot(self, x: Any, cos: Any, sin: Any, heads: int) -> Any:
+        B, T, _ = x.shape
+        h = self._half
+        xv = x.view(B, T, heads, self._hd)
+        x1, x2 = xv[..., :h], xv[..., h:]
+        out = torch.empty_like(xv)
+        o1, o2 = out[..., :h], out[..., h:]
+        torch.mul(x1, cos, out=o1)
+        o1.addcmul_(x2, sin, value=-1.0)  # x1*cos - x2*sin
+        torch.mul(x2, cos, out=o2)
+        o2.addcmul_(x1, sin)  # x2*cos + x1*sin
+        return out.view(B, T, heads * self._hd)
+
+    def _rope_raw(self, q: Any, k: Any, positions: np.ndarray, *, layer: int) -> tuple[Any, Any]:
+        p = self._positions(positions)
+        return self._rot(q, p.cos, p.sin, self._hq), self._rot(k, p.cos, p.sin, self._hkv)
+
+    def _kv_write_raw(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
+        p = self._positions(positions)
+        B, T, _ = k.shape
+        kc, vc = self._k_cache[layer], self._v_cache[layer]
+        k4 = k.view(B, T, self._hkv, self._hd)
+        v4 = v.view(B, T, self._hkv, self._hd)
+        if p.kv_start is not None:  # every row writes the same consecutive slots: one strided copy
+            s = p.kv_start
+            kc[:B, :, s : s + T].copy_(k4.transpose(1, 2))
+            vc[:B, :, s : s + T].copy_(v4.transpose(1, 2))
+        else:
+            kc[p.kv_bidx, :, p.kv_pos] = k4
+            vc[p.kv_bidx, :, p.kv_pos] = v4
+
+    def _attention_raw(self, q: Any, positions: np.ndarray, *, layer: int, phase: int) -> Any:
+        p = self._positions(positions)
+        B, T, _ = q.shape
+        S = p.S
+        k = self._k_cache[layer][:B, :, :S]
+        v = self._v_cache[layer][:B, :, :S]
+        if T == 1:
+            # decode: the G query heads sharing a KV head act as G queries of one head, so no
+            # K/V repeat is needed; q (B, 1, Hkv*G*hd) -> (B, Hkv, G, hd)
+            qh = q.view(B, self._hkv, self._group, self._hd)
+            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=p.mask, scale=self._scale)
+            return o.view(B, 1, self._hq * self._hd)
+        qh = q.view(B, T, self._hq, self._hd).transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            qh, k, v, attn_mask=p.mask, is_causal=p.causal, scale=self._scale, enable_gqa=True
+        )
+        return o.transpose(1, 2).reshape(B, T, self._hq * self._hd)
+
+    def _silu_mul_raw(self, gate: Any, up: Any, *, layer: int) -> Any:
+        return F.silu(gate, inplace=True).mul_(up)  # gate is the op's own fresh output
+
+    def _add_raw(self, a: Any, b: Any, *, name: str, layer: int) -> Any:
+        return torch.add(a, b)
+
+    def last_token(self, x: Any, index: np.ndarray) -> Any:
+        B, T, _ = x.shape
+        if T == 1:
+            return x
+        idx = torch.from_numpy(np.asarray(index, dtype=np.int64)).to(self.device)
+        return x[torch.arange(B, device=self.device), idx].unsqueeze(1)
+
+    def _sample_raw(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
+        return sample_logits(logits[:, -1, :], params, generator).cpu().numpy()
+
+    # -- timed ops, CPU ---------------------------------------------------------------------
+    def _embedding_cpu(self, ids: np.ndarray, table: Any) -> Any:
+        t0 = _pc()
+        y = self._embedding_raw(ids, table)
+        t1 = _pc()
+        nid, cid = self._ids["embedding"]
+        self.recorder.add(nid, cid, NO_LAYER, t0, t1 - t0)
+        return y
+
+    def _rmsnorm_cpu(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
+        t0 = _pc()
+        y = self._rmsnorm_raw(x, weight, eps, name=name, layer=layer)
+        t1 = _pc()
+        nid, cid = self._ids[name]
+        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        return y
+
+    def _linear_cpu(self, x: Any, weight: Any, bias: Any | None, *, name: str, layer: int) -> Any:
+        t0 = _pc()
+        y = F.linear(x, weight, bias)
+        t1 = _pc()
+        nid, cid = self._ids[name]
+        s, ws = x.shape, weight.shape
+        self.recorder.add(nid, cid, layer, t0, t1 - t0, s[0] * s[1], ws[0], ws[1])
+        return y
+
+    def _rope_cpu(self, q: Any, k: Any, positions: np.ndarray, *, layer: int) -> tuple[Any, Any]:
+        t0 = _pc()
+        y = self._rope_raw(q, k, positions, layer=layer)
+        t1 = _pc()
+        nid, cid = self._ids["rope"]
+        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        return y
+
+    def _kv_write_cpu(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
+        t0 = _pc()
+        self._kv_write_raw(k, v, positions, layer=layer)
+        t1 = _pc()
+        nid, cid = self._ids["memcpy:kv_write"]
+        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+
+    def _attention_cpu(self, q: Any, positions: np.ndarray, *, layer: int, phase: int) -> Any:
+        t0 = _pc()
+        y = self._attention_raw(q, positions, layer=layer, phase=phase)
+        t1 = _pc()
+        nid, cid = self._ids["attention:decode" if phase == DECODE else "attention:prefill"]
+        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        return y
+
+    def _silu_mul_cpu(self, gate: Any, up: Any, *, layer: int) -> Any:
+        t0 = _pc()
+        y = F.silu(gate, inplace=True).mul_(up)
+        t1 = _pc()
+        nid, cid = self._ids["silu_mul"]
+        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        return y
+
+    def _add_cpu(self, a: Any, b: Any, *, name: str, layer: int) -> Any:
+        t0 = _pc()
+        y = torch.add(a, b)
+        t1 = _pc()
+        nid, cid = self._ids[name]
+        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        return y
+
+    def _sample_cpu(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
+        t0 = _pc()
+        y = self._sample_raw(logits, params, generator)
+        t1 = _pc()
+        nid, cid = self._ids["sampling"]
+        self.recorder.add(nid, cid, NO_LAYER, t0, t1 - t0)
+        return y
+
+    # -- timed ops, CUDA: an event pair per op; rows get times in CudaEventRecorder._resolve --
+    def _pair(self) -> tuple[Any, Any]:
+        rec = self.recorder
+        s, e = rec.event(), rec.event()  # type: ignore[attr-defined]
+        rec._events.append(s)  # type: ignore[attr-defined]
+        rec._events.append(e)  # type: ignore[attr-defined]
+        return s, e
+
+    def _embedding_cuda(self, ids: np.ndarray, table: Any) -> Any:
+        s, e = self._pair()
+        s.record()
+        y = self._embedding_raw(ids, table)
+        e.record()
+        nid, cid = self._ids["embedding"]
+        self.recorder.add(nid, cid, NO_LAYER, 0, 0)
+        return y
+
+    def _rmsnorm_cuda(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
+        s, e = self._pair()
+        s.record()
+        y = self._rmsnorm_raw(x, weight, eps, name=name, layer=layer)
+        e.record()
+        nid, cid = self._ids[name]
+        self.recorder.add(nid, cid, layer, 0, 0)
+        return y
+
+    def _linear_cuda(self, x: Any, weight: Any, bias: Any | None, *, name: str, layer: int) -> Any:
+        s, e = self._pair()
+        s.record()
+        y = F.linear(x, weight, bias)
+        e.record()
+        nid, cid = self._ids[name]
+        xs, ws = x.shape, weight.shape
+        self.recorder.add(nid, cid, layer, 0, 0, xs[0] * xs[1], ws[0], ws[1])
+        return y
+
+    def _rope_cuda(self, q: Any, k: Any, positions: np.ndarray, *, layer: int) -> tuple[Any, Any]:
+        self._positions(positions)  # host-side prep (H2D of positions) stays outside the GPU pair
+        s, e = self._pair()
+        s.record()
+        y = self._rope_raw(q, k, positions, layer=layer)
+        e.record()
+        nid, cid = self._ids["rope"]
+        self.recorder.add(nid, cid, layer, 0, 0)
+        return y
+
+    def _kv_write_cuda(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
+        self._positions(positions)
+        s, e = self._pair()
+        s.record()
+        self._kv_write_raw(k, v, positions, layer=layer)
+        e.record()
+        nid, cid = self._ids["memcpy:kv_write"]
+        self.recorder.add(nid, cid, layer, 0, 0)
+
+    def _attention_cuda(self, q: Any, positions: np.ndarray, *, layer: int, phase: int) -> Any:
+        self._positions(positions)
+        s, e = self._pair()
+        s.record()
+        y = self._attention_raw(q, positions, layer=layer, phase=phase)
+        e.record()
+        nid, cid = self._ids["attention:decode" if phase == DECODE else "attention:prefill"]
+        self.recorder.add(nid, cid, layer, 0, 0)
+        return y
+
+    def _silu_mul_cuda(self, gate: Any, up: Any, *, layer: int) -> Any:
+        s, e = self._pair()
+        s.record()
+        y = F.silu(gate, inplace=True).mul_(up)
+        e.record()
+        nid, cid = self._ids["silu_mul"]
+        self.recorder.add(nid, cid, layer, 0, 0)
+        return y
+
+    def _add_cuda(self, a: Any, b: Any, *, name: str, layer: int) -> Any:
+        s, e = self._pair()
+        s.record()
+        y = torch.add(a, b)
+        e.record()
+        nid, cid = self._ids[name]
+        self.recorder.add(nid, cid, layer, 0, 0)
+        return y
+
+    def _sample_cuda(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
+        s, e = self._pair()
+        s.record()
+        y = sample_logits(logits[:, -1, :], params, generator)
+        e.record()
+        nid, cid = self._ids["sampling"]
+        self.recorder.add(nid, cid, NO_LAYER, 0, 0)
+        return y.cpu().numpy()  # the D2H copy waits for the step; it is the loop's only sync
+
+
+def sample_logits(logits: torch.Tensor, params: SamplingParams, generator: Any) -> torch.Tensor:
+    """(B, V) logits -> (B,) int64 token ids: greedy, or temperature -> top-k -> top-p (HF order)."""
+    if params.temperature <= 0.0:
+        return torch.argmax(logits, dim=-1)
+    x = logits.float() / params.temperature
+    V = x.shape[-1]
+    if 0 < params.top_k < V:
+        kth = torch.topk(x, params.top_k, dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, -math.inf)
+    if params.top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = sorted_x.softmax(-1)
+        # drop a token when the tokens ranked before it already cover top_p (the first always stays)
+        drop_sorted = (probs.cumsum(-1) - probs) > params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        x = x.masked_fill(drop, -math.inf)
+    probs = x.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+__all__ = [
+    "DTYPES",
+    "CudaEventRecorder",
+    "TorchOps",
+    "cuda_unavailable_reason",
+    "rope_inv_freq",
+    "sample_logits",
+]

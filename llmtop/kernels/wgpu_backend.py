@@ -1,0 +1,684 @@
+"""WebGPU backend: the decode loop in our own WGSL kernels (llmtop/kernels/wgsl/) via wgpu-py.
+
+Design:
+- Weights are uploaded once; the KV cache lives on the GPU. Matrices larger than the adapter's
+  storage-binding limit are split into row chunks (one dispatch per chunk, still one event).
+- Every op records into one command encoder that is submitted only at sync points (sampling,
+  `to_host`, `synchronize`, end of step). Activations come from a per-op-name pool of two buffers
+  that grow to a power of two, uniform parameter buffers are cached by content and bind groups by
+  their buffers, so a decode step allocates no GPU memory.
+- Timing: a timestamp pair around each op. With `timestamp-query-inside-passes` one long compute
+  pass holds all dispatches and `write_timestamp` brackets each op; otherwise each op gets its own
+  pass with pass-level `timestamp_writes`. The query set is resolved into a MAP_READ buffer once per
+  step, in the same submit and map that reads the sampled token back (no extra sync). Ticks are
+  scaled by the queue's timestamp period and each step is anchored on `time.perf_counter_ns`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from llmtop.errors import LlmtopError
+from llmtop.events import DECODE, NO_LAYER
+from llmtop.kernels.base import KernelRecorder, Ops, SamplingParams
+from llmtop.model.config import ModelConfig
+
+TOPK_MAX = 64  # largest top_k served by the GPU top-k kernel; larger (or 0) samples from GPU softmax
+GEMV_MAX_M = 4  # activation rows handled by the GEMV kernel; more rows use the tiled matmul
+_QUERIES_PER_SET = 4096  # wgpu's per-query-set maximum
+
+
+def _grid(n_wg: int) -> tuple[int, int]:
+    """Split a 1-D workgroup count over x/y (each dimension is capped at 65535)."""
+    gx = min(max(n_wg, 1), 65535)
+    return gx, (n_wg + gx - 1) // gx
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """inv_freq (hd/2,) float32, computed like transformers' ROPE_INIT_FUNCTIONS."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv = inv.astype(np.float32)
+    rs = cfg.rope_scaling or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind in (None, "default"):
+        return inv
+    if kind == "linear":
+        return (inv / np.float32(rs["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = float(rs["factor"])
+        low, high = float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+        old_ctx = float(rs["original_max_position_embeddings"])
+        low_wl, high_wl = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv
+        out = np.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return np.where(medium, smoothed, out).astype(np.float32)
+    raise LlmtopError(f"wgpu backend: unsupported rope_scaling type {kind!r}")
+
+
+def _quiet_mesa() -> None:
+    # Mesa's WSI layer prints an XDG_RUNTIME_DIR error on headless machines, which would tear the TUI.
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        d = os.path.join(tempfile.gettempdir(), f"llmtop-xdg-{os.getuid()}")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = d
+
+
+@dataclass(slots=True)
+class WTensor:
+    """Activation/vector handle: a GPU buffer holding a row-major array of `shape` (may be oversized)."""
+
+    buf: Any
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass(slots=True)
+class WMatrix:
+    """(N, K) weight as row chunks: [(buffer, first row, rows)], each within the binding limit."""
+
+    chunks: list[tuple[Any, int, int]]
+    shape: tuple[int, int]
+
+
+class WgpuOps(Ops):
+    backend = "wgpu"
+
+    def __init__(self, recorder: KernelRecorder, dtype: str = "float32", *, timing: str = "auto",
+                 power_preference: str = "high-performance") -> None:
+        super().__init__(recorder)
+        if dtype not in ("float32", "float16"):
+            raise LlmtopError(f"wgpu backend: dtype must be float32 or float16, not {dtype!r}")
+        if timing not in ("auto", "inside-pass", "per-pass", "off"):
+            raise LlmtopError(f"wgpu backend: timing must be auto/inside-pass/per-pass/off, not {timing!r}")
+        _quiet_mesa()
+        try:
+            import wgpu
+            from wgpu.backends.wgpu_native import extras
+        except ImportError as e:  # optional dependency
+            raise LlmtopError(f"--backend wgpu needs the wgpu package (pip install wgpu): {e}") from None
+        self._wgpu, self._extras = wgpu, extras
+        try:
+            adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception as e:
+            adapter = None
+            err = str(e).splitlines()[0] if str(e) else type(e).__name__
+        else:
+            err = "request_adapter returned nothing"
+        if adapter is None:
+            raise LlmtopError(f"--backend wgpu: no WebGPU adapter ({err}); install a Vulkan/Metal driver, "
+                              "e.g. mesa-vulkan-drivers")
+        self.adapter = adapter
+        feats = set(adapter.features)
+        want: list[str] = []
+        self.dtype_name = dtype
+        if dtype == "float16":
+            if "shader-f16" not in feats:
+                raise LlmtopError(f"--backend wgpu --dtype float16: adapter {adapter.info['device']!r} "
+                                  "lacks shader-f16")
+            want.append("shader-f16")
+        if timing == "off" or "timestamp-query" not in feats:
+            mode = "off"
+        elif timing == "auto":
+            mode = "inside-pass" if "timestamp-query-inside-passes" in feats else "per-pass"
+        else:
+            mode = timing
+        if mode == "inside-pass" and "timestamp-query-inside-passes" not in feats:
+            raise LlmtopError("wgpu backend: adapter lacks timestamp-query-inside-passes")
+        if mode != "off":
+            want.append("timestamp-query")
+        if mode == "inside-pass":
+            want.append("timestamp-query-inside-passes")
+        if "timestamp-query-inside-encoders" in feats:
+            want.append("timestamp-query-inside-encoders")  # lets benchmarks time buffer copies
+        lim = adapter.limits
+        limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                      "max-storage-buffers-per-shader-stage",
+                                      "max-compute-workgroup-storage-size") if k in lim}
+        self.device = adapter.request_device_sync(required_features=want, required_limits=limits)
+        self.queue = self.device.queue
+        self.features = frozenset(want)
+        self.mode = mode
+        self.max_binding = int(self.device.limits["max-storage-buffer-binding-size"])
+        info = adapter.info
+        self.device_name = f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
+        self.timing = {
+            "inside-pass": "gpu timestamps inside one pass, per dispatch",
+            "per-pass": "gpu timestamps, one pass per dispatch",
+            "off": "untimed (adapter has no timestamp-query)" if timing != "off" else "untimed",
+        }[mode]
+        if mode == "off":
+            recorder.enabled = False  # steps report kernel_ns = -1: durations were not measured
+        self.tick_ns = self._timestamp_period()
+        self._esize = 2 if dtype == "float16" else 4
+        self._np_dtype = np.float16 if dtype == "float16" else np.float32
+        self._prelude = ("enable f16;\nalias ST = f16;\nalias ST4 = vec4<f16>;\n" if dtype == "float16"
+                         else "alias ST = f32;\nalias ST4 = vec4<f32>;\n")
+        U = wgpu.BufferUsage
+        self._U = U
+        self._act_usage = U.STORAGE | U.COPY_SRC | U.COPY_DST
+        self._pipelines: dict[str, Any] = {}
+        self._bind_groups: dict[tuple, Any] = {}
+        self._params: dict[bytes, Any] = {}
+        self._pool: dict[str, list[Any]] = {}
+        self._pool_next: dict[str, int] = {}
+        self.n_buffers = 0  # GPU buffers created so far (tests check decode steps add none)
+        self.cfg: ModelConfig | None = None
+        self.kv: list[tuple[Any, Any]] = []
+        self.kv_batch = self.kv_ctx = 0
+        self._cos = self._sin = None
+        self._dummy = self._buffer(16, U.STORAGE | U.COPY_SRC)
+        # Dynamic host inputs (token ids, positions), rewritten between steps only.
+        self._ids_buf = self._buffer(256, U.STORAGE | U.COPY_DST)
+        self._pos_buf = self._buffer(256, U.STORAGE | U.COPY_DST)
+        self._pos_host: np.ndarray | None = None
+        self._used_dynamic: set[str] = set()  # dynamic buffers referenced by unsubmitted commands
+        # Encoding and timing state of the current step.
+        self._enc = None
+        self._pass = None
+        self._query_sets: list[Any] = []
+        self._n_timed = 0
+        self._pending: list[tuple[int, int, int, int, int, int]] = []  # name_id, class, layer, m, n, k
+        self._first_submit_ns: int | None = None
+        self._resolve_buf = None
+        self._readback = None
+        self._readback_size = 0
+        self._hook_end_step(recorder)
+
+    # -- device plumbing ------------------------------------------------------------------------
+    def _timestamp_period(self) -> float:
+        """ns per timestamp tick; 1.0 on lavapipe, other values on e.g. some Vulkan/D3D drivers."""
+        try:
+            period = float(self._extras.lib.wgpuQueueGetTimestampPeriod(self.device.queue._internal))
+        except Exception:
+            return 1.0
+        return period if period > 0 and math.isfinite(period) else 1.0
+
+    def adapter_info(self) -> dict[str, Any]:
+        """Adapter name, backend, features and limits for the header."""
+        info = self.adapter.info
+        return {
+            "name": info.get("device", ""),
+            "vendor": info.get("vendor", ""),
+            "description": info.get("description", ""),
+            "backend": info.get("backend_type", ""),
+            "adapter_type": info.get("adapter_type", ""),
+            "features": sorted(self.adapter.features),
+            "enabled_features": sorted(self.features),
+            "limits": dict(self.device.limits),
+            "timing": self.timing,
+            "timestamp_period_ns": self.tick_ns,
+        }
+
+    def _hook_end_step(self, recorder: KernelRecorder) -> None:
+        # Timings of a step must reach the recorder before it closes the step; sampling already
+        # flushes, this covers steps that end without a sync point.
+        original = recorder.end_step
+
+        def end_step(pending: Any = None) -> None:
+            self._flush()
+            original(pending)
+
+        recorder.end_step = end_step  # type: ignore[method-assign]
+
+    def _buffer(self, size: int, usage: Any, data: np.ndarray | None = None) -> Any:
+        self.n_buffers += 1
+        if data is not None:
+            return self.device.create_buffer_with_data(data=np.ascontiguousarray(data), usage=usage)
+        return self.device.create_buffer(size=max(16, (size + 3) // 4 * 4), usage=usage)
+
+    def _pipeline(self, name: str, **consts: int) -> Any:
+        key = name + "".join(f":{k}={v}" for k, v in sorted(consts.items()))
+        pl = self._pipelines.get(key)
+        if pl is None:
+            src = resources.files("llmtop.kernels").joinpath("wgsl", f"{name}.wgsl").read_text()
+            for k, v in consts.items():
+                src = src.replace("{{" + k + "}}", str(v))
+            module = self.device.create_shader_module(label=name, code=self._prelude + src)
+            pl = self.device.create_compute_pipeline(
+                label=name, layout="auto", compute={"module": module, "entry_point": "main"})
+            self._pipelines[key] = pl
+        return pl
+
+    def _bind(self, pl: Any, bufs: tuple[Any, ...]) -> Any:
+        key = (id(pl), *bufs)
+        bg = self._bind_groups.get(key)
+        if bg is None:
+            bg = self.device.create_bind_group(
+                layout=pl.get_bind_group_layout(0),
+                entries=[{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
+                         for i, b in enumerate(bufs)])
+            self._bind_groups[key] = bg
+        return bg
+
+    def _param(self, fmt: str, *vals: Any) -> Any:
+        """Immutable uniform buffer holding `vals` (cached by content, so never rewritten in flight)."""
+        raw = struct.pack("<" + fmt, *vals)
+        raw += b"\0" * (-len(raw) % 16)
+        buf = self._params.get(raw)
+        if buf is None:
+            buf = self._buffer(len(raw), self._U.UNIFORM, np.frombuffer(raw, np.uint8))
+            self._params[raw] = buf
+        return buf
+
+    def _out(self, name: str, shape: tuple[int, ...], avoid: tuple[Any, ...] = (),
+             esize: int | None = None) -> WTensor:
+        """Output buffer for op `name`: alternates between two pooled buffers that grow by powers of two,
+        so an op's result stays valid until the same op has run twice more."""
+        nbytes = int(np.prod(shape)) * (esize or self._esize)
+        slots = self._pool.setdefault(name, [None, None])
+        i = self._pool_next.get(name, 0)
+        if slots[i] is not None and slots[i] in avoid:
+            i ^= 1
+        buf = slots[i]
+        if buf is None or buf.size < nbytes:
+            self._submit()  # old buffer may still be referenced by recorded commands; keep them ordered
+            buf = slots[i] = self._buffer(1 << max(8, (nbytes - 1).bit_length()), self._act_usage)
+            self._bind_groups.clear()  # entries may reference the replaced buffer
+        self._pool_next[name] = i ^ 1
+        return WTensor(buf, shape)
+
+    def _write_dynamic(self, key: str, buf_attr: str, data: np.ndarray) -> Any:
+        """queue.write_buffer lands before the next submit: flush recorded work that reads the old data."""
+        if key in self._used_dynamic:
+            self._submit()
+        buf = getattr(self, buf_attr)
+        if buf.size < data.nbytes:
+            buf = self._buffer(1 << (data.nbytes - 1).bit_length(), self._U.STORAGE | self._U.COPY_DST)
+            setattr(self, buf_attr, buf)
+            self._bind_groups.clear()
+        self.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
+        return buf
+
+    def _set_positions(self, positions: np.ndarray) -> Any:
+        pos = np.ascontiguousarray(positions, dtype=np.int32).reshape(-1)
+        if self._pos_host is None or not np.array_equal(pos, self._pos_host):
+            if self.kv_ctx and (pos.min(initial=0) < 0 or pos.max(initial=0) >= self.kv_ctx):
+                raise LlmtopError(f"position {int(pos.max())} outside the KV cache "
+                                  f"(max context {self.kv_ctx})")
+            self._write_dynamic("pos", "_pos_buf", pos)
+            self._pos_host = pos.copy()
+        self._used_dynamic.add("pos")
+        return self._pos_buf
+
+    # -- encoding and timing --------------------------------------------------------------------
+    def _encoder(self) -> Any:
+        if self._enc is None:
+            self._enc = self.device.create_command_encoder()
+        return self._enc
+
+    def _close_pass(self) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+
+    def _query_slot(self) -> tuple[Any, int]:
+        i = self._n_timed
+        set_i, slot = divmod(2 * i, _QUERIES_PER_SET)
+        while set_i >= len(self._query_sets):
+            self._query_sets.append(self.device.create_query_set(type="timestamp", count=_QUERIES_PER_SET))
+        return self._query_sets[set_i], slot
+
+    def _run(self, dispatches: list[tuple[Any, tuple[Any, ...], int, int]], name: str, layer: int,
+             m: int = 0, n: int = 0, k: int = 0) -> None:
+        """Encode one op (one or more dispatches) bracketed by one timestamp pair; queue its event row."""
+        enc = self._encoder()
+        if self.mode == "per-pass":
+            qs, slot = self._query_slot()
+            cp = enc.begin_compute_pass(timestamp_writes={
+                "query_set": qs, "beginning_of_pass_write_index": slot, "end_of_pass_write_index": slot + 1})
+        else:
+            if self._pass is None:
+                self._pass = enc.begin_compute_pass()
+            cp = self._pass
+            if self.mode == "inside-pass":
+                qs, slot = self._query_slot()
+                self._extras.write_timestamp(cp, qs, slot)
+        for pl, bufs, gx, gy in dispatches:
+            cp.set_pipeline(pl)
+            cp.set_bind_group(0, self._bind(pl, bufs))
+            cp.dispatch_workgroups(gx, gy)
+        if self.mode == "per-pass":
+            cp.end()
+        elif self.mode == "inside-pass":
+            self._extras.write_timestamp(cp, qs, slot + 1)
+        nid, cls = self.recorder.ids[name]
+        self._pending.append((nid, cls, layer, m, n, k))
+        self._n_timed += 1
+
+    def _submit(self) -> None:
+        if self._enc is None:
+            return
+        self._close_pass()
+        if self._first_submit_ns is None:
+            self._first_submit_ns = time.perf_counter_ns()
+        self.queue.submit([self._enc.finish()])
+        self._enc = None
+        self._used_dynamic.clear()
+
+    def _ensure_readback(self, nbytes: int) -> Any:
+        if self._readback is None or self._readback_size < nbytes:
+            self._readback_size = 1 << max(12, (nbytes - 1).bit_length())
+            self._readback = self._buffer(self._readback_size, self._U.MAP_READ | self._U.COPY_DST)
+        return self._readback
+
+    def _flush(self, result: WTensor | None = None, result_bytes: int = 0) -> np.ndarray | None:
+        """Submit recorded work; resolve this step's timestamps and read back `result` in one map.
+
+        Returns the first `result_bytes` of `result` as uint8, or None without a result.
+        """
+        n_ts = 2 * self._n_timed if self.mode != "off" else 0
+        if self._enc is None and not self._pending and result is None:
+            return None
+        ts_bytes = n_ts * 8
+        res_off = (ts_bytes + 255) // 256 * 256
+        if result is None:
+            # Nothing to read: map 16 bytes anyway as the completion fence (wgpu-py 0.32's
+            # on_submitted_work_done is broken), which also gives the step a t_done.
+            result, result_bytes = WTensor(self._dummy, (4,)), 16
+        copy_bytes = (result_bytes + 3) // 4 * 4  # copies move whole 4-byte words
+        total = (res_off + copy_bytes + 7) // 8 * 8
+        enc = self._encoder()
+        self._close_pass()
+        rb = self._ensure_readback(total)
+        if n_ts:
+            if self._resolve_buf is None or self._resolve_buf.size < ts_bytes:
+                self._resolve_buf = self._buffer(max(ts_bytes, len(self._query_sets) * _QUERIES_PER_SET * 8),
+                                                 self._U.QUERY_RESOLVE | self._U.COPY_SRC)
+            for si, qs in enumerate(self._query_sets):
+                lo = si * _QUERIES_PER_SET
+                cnt = min(n_ts - lo, _QUERIES_PER_SET)
+                if cnt <= 0:
+                    break
+                enc.resolve_query_set(qs, 0, cnt, self._resolve_buf, lo * 8)
+            enc.copy_buffer_to_buffer(self._resolve_buf, 0, rb, 0, ts_bytes)
+        enc.copy_buffer_to_buffer(result.buf, 0, rb, res_off, copy_bytes)
+        t_submit = self._first_submit_ns
+        self._submit()
+        if t_submit is None:
+            t_submit = self._first_submit_ns
+        rb.map_sync("read", 0, total)
+        t_done = time.perf_counter_ns()
+        data = np.frombuffer(rb.read_mapped(0, total, copy=True), np.uint8)
+        rb.unmap()
+        if n_ts:
+            self._emit(data[:ts_bytes].view(np.uint64), t_submit or t_done, t_done)
+        out = data[res_off:res_off + result_bytes]
+        if not n_ts:
+            self._emit(None, t_submit or t_done, t_done)
+        self._n_timed = 0
+        self._first_submit_ns = None
+        return out
+
+    def _emit(self, ticks: np.ndarray | None, t_submit: int, t_done: int) -> None:
+        """Convert GPU ticks to host-clock events; anchor the step's first GPU tick after its first submit."""
+        rows = self._pending
+        self._pending = []
+        add = self.recorder.add
+        if ticks is None or not rows:
+            for nid, cls, layer, m, n, k in rows:
+                add(nid, cls, layer, t_submit, 0, m, n, k)
+            return
+        t = ticks.astype(np.float64)
+        begin, end = t[0::2], t[1::2]
+        g0 = begin.min()
+        span_ns = (end.max() - g0) * self.tick_ns
+        # The GPU cannot start before the first submit nor finish after the map completed.
+        anchor = min(t_submit, t_done - span_ns)
+        starts = (anchor + (begin - g0) * self.tick_ns).astype(np.int64)
+        durs = np.maximum((end - begin) * self.tick_ns, 0).astype(np.int64)
+        for (nid, cls, layer, m, n, k), s, d in zip(rows, starts.tolist(), durs.tolist(), strict=True):
+            add(nid, cls, layer, s, d, m, n, k)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def load_weights(self, cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        for dim in (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim):
+            if dim % 4:
+                raise LlmtopError(f"wgpu backend needs model dims divisible by 4 (got {dim})")
+        self.cfg = cfg
+        handles: dict[str, Any] = {}
+        U = self._U
+        for name, w in weights.items():
+            arr = np.ascontiguousarray(w, dtype=self._np_dtype)
+            if arr.ndim == 2:
+                n_rows, k = arr.shape
+                if k % 4:
+                    raise LlmtopError(f"wgpu backend: {name} has K={k}, not divisible by 4")
+                per = max(1, self.max_binding // (k * self._esize))
+                usage = U.STORAGE | U.COPY_SRC
+                chunks = [(self._buffer(0, usage, arr[r0:r0 + per]), r0, min(per, n_rows - r0))
+                          for r0 in range(0, n_rows, per)]
+                handles[name] = WMatrix(chunks, (n_rows, k))
+            else:
+                flat = arr.reshape(-1)
+                handles[name] = WTensor(self._buffer(0, U.STORAGE | U.COPY_SRC, flat), flat.shape)
+        return handles
+
+    def alloc_kv_cache(self, batch: int, max_ctx: int) -> None:
+        cfg = self._need_cfg()
+        nbytes = batch * cfg.n_kv_heads * max_ctx * cfg.head_dim * self._esize
+        if nbytes > self.max_binding:
+            raise LlmtopError(f"wgpu backend: KV cache per layer ({nbytes >> 20} MiB) exceeds the adapter's "
+                              f"binding limit ({self.max_binding >> 20} MiB); lower --max-context or batch")
+        usage = self._U.STORAGE | self._U.COPY_SRC
+        self.kv = [(self._buffer(nbytes, usage), self._buffer(nbytes, usage)) for _ in range(cfg.n_layers)]
+        self.kv_batch, self.kv_ctx = batch, max_ctx
+        inv = rope_inv_freq(cfg)
+        freqs = np.arange(max_ctx, dtype=np.float32)[:, None] * inv[None, :]  # f32 product like torch
+        self._cos = self._buffer(0, self._U.STORAGE, np.cos(freqs.astype(np.float64)).astype(np.float32))
+        self._sin = self._buffer(0, self._U.STORAGE, np.sin(freqs.astype(np.float64)).astype(np.float32))
+        self._bind_groups.clear()
+        self._pos_host = None
+
+    def _need_cfg(self) -> ModelConfig:
+        if self.cfg is None:
+            raise LlmtopError("wgpu backend: load_weights must run before this call")
+        return self.cfg
+
+    def upload(self, x: np.ndarray, name: str = "upload") -> WTensor:
+        """Host array (B, T, D) -> activation handle (tests, benchmarks). Not timed."""
+        arr = np.ascontiguousarray(x, dtype=self._np_dtype)
+        t = self._out(name, arr.shape)
+        self._submit()
+        self.queue.write_buffer(t.buf, 0, arr.reshape(-1))
+        return t
+
+    def to_host(self, x: Any) -> np.ndarray:
+        if isinstance(x, WMatrix):
+            return np.concatenate([self.to_host(WTensor(b, (r, x.shape[1]))) for b, _, r in x.chunks])
+        raw = self._flush(x, x.numel * self._esize)
+        assert raw is not None
+        return raw.view(self._np_dtype).astype(np.float32).reshape(x.shape)
+
+    def synchronize(self) -> None:
+        self._flush(WTensor(self._dummy, (4,)), 16)  # always waits, even with nothing recorded
+
+    def close(self) -> None:
+        self._flush()
+        self._bind_groups.clear()
+        self._pool.clear()
+        self._params.clear()
+        self.kv = []
+        self.device.destroy()
+
+    # -- timed ops ------------------------------------------------------------------------------
+    def embedding(self, ids: np.ndarray, table: Any) -> WTensor:
+        ids = np.asarray(ids)
+        b, t = ids.shape
+        vocab, d = table.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise LlmtopError(f"token id {int(ids.max())} outside the vocabulary ({vocab})")
+        ids_buf = self._write_dynamic("ids", "_ids_buf", ids.astype(np.uint32).reshape(-1))
+        self._used_dynamic.add("ids")
+        out = self._out("embedding", (b, t, d))
+        pl = self._pipeline("embedding")
+        gx, gy = _grid((b * t * d // 4 + 63) // 64)
+        disp = [(pl, (buf, ids_buf, out.buf, self._param("4I", b * t, d // 4, r0, nr)), gx, gy)
+                for buf, r0, nr in table.chunks]
+        self._run(disp, "embedding", NO_LAYER)
+        return out
+
+    def rmsnorm(self, x: WTensor, weight: WTensor, eps: float, *, name: str, layer: int) -> WTensor:
+        d = x.shape[-1]
+        rows = x.numel // d
+        out = self._out(name, x.shape, (x.buf,))
+        pl = self._pipeline("rmsnorm")
+        gx, gy = _grid(rows)
+        self._run([(pl, (x.buf, weight.buf, out.buf, self._param("IIfI", rows, d // 4, eps, 0)), gx, gy)],
+                  name, layer)
+        return out
+
+    def linear(self, x: WTensor, weight: WMatrix, bias: WTensor | None, *, name: str, layer: int) -> WTensor:
+        n_out, k = weight.shape
+        if x.shape[-1] != k:
+            raise ValueError(f"{name}: x has K={x.shape[-1]}, weight {weight.shape}")
+        m = x.numel // k
+        out = self._out(name, (*x.shape[:-1], n_out), (x.buf,))
+        bias_buf = bias.buf if bias is not None else self._dummy
+        disp = []
+        for buf, r0, nr in weight.chunks:
+            prm = self._param("8I", nr, k // 4, m, r0, n_out, int(bias is not None), 0, 0)
+            if m <= GEMV_MAX_M:
+                pl = self._pipeline("gemv")
+                gx, gy = _grid((nr + 3) // 4)
+            else:
+                pl = self._pipeline("matmul")
+                gx, gy = (nr + 31) // 32, (m + 31) // 32
+            disp.append((pl, (buf, x.buf, out.buf, bias_buf, prm), gx, gy))
+        self._run(disp, name, layer, m, n_out, k)
+        return out
+
+    def rope(self, q: WTensor, k: WTensor, positions: np.ndarray, *, layer: int) -> tuple[WTensor, WTensor]:
+        cfg = self._need_cfg()
+        if self._cos is None:
+            raise LlmtopError("wgpu backend: alloc_kv_cache must run before rope")
+        pos = self._set_positions(positions)
+        ntok = int(np.asarray(positions).size)
+        half = cfg.head_dim // 2
+        pl = self._pipeline("rope")
+        prm = self._param("8I", ntok, cfg.n_heads, cfg.n_kv_heads, half, self.kv_ctx, 0, 0, 0)
+        gx, gy = _grid((ntok * (cfg.n_heads + cfg.n_kv_heads) * half + 63) // 64)
+        self._run([(pl, (q.buf, k.buf, pos, self._cos, self._sin, prm), gx, gy)], "rope", layer)
+        return q, k
+
+    def kv_write(self, k: WTensor, v: WTensor, positions: np.ndarray, *, layer: int) -> None:
+        cfg = self._need_cfg()
+        b, t = np.asarray(positions).shape
+        if b > self.kv_batch:
+            raise LlmtopError(f"batch {b} exceeds the KV cache batch {self.kv_batch}")
+        pos = self._set_positions(positions)
+        kc, vc = self.kv[layer]
+        hd4 = cfg.head_dim // 4
+        prm = self._param("8I", b * t, t, cfg.n_kv_heads, hd4, self.kv_ctx, 0, 0, 0)
+        gx, gy = _grid((b * t * cfg.n_kv_heads * hd4 + 63) // 64)
+        self._run([(self._pipeline("kv_write"), (k.buf, v.buf, pos, kc, vc, prm), gx, gy)],
+                  "memcpy:kv_write", layer)
+
+    def attention(self, q: WTensor, positions: np.ndarray, *, layer: int, phase: int) -> WTensor:
+        cfg = self._need_cfg()
+        b, t = np.asarray(positions).shape
+        pos = self._set_positions(positions)
+        kc, vc = self.kv[layer]
+        out = self._out("attention", q.shape, (q.buf,))
+        pl = self._pipeline("attention", G=cfg.n_heads // cfg.n_kv_heads, HD=cfg.head_dim)
+        prm = self._param("4If3I", b * t, t, cfg.n_kv_heads, self.kv_ctx, cfg.head_dim ** -0.5, 0, 0, 0)
+        name = "attention:decode" if phase == DECODE else "attention:prefill"
+        self._run([(pl, (q.buf, pos, kc, vc, out.buf, prm), cfg.n_kv_heads, b * t)], name, layer)
+        return out
+
+    def _elementwise(self, kernel: str, a: WTensor, b: WTensor, name: str, layer: int) -> WTensor:
+        out = self._out(name, a.shape, (a.buf, b.buf))
+        n4 = a.numel // 4
+        gx, gy = _grid((n4 + 63) // 64)
+        self._run([(self._pipeline(kernel), (a.buf, b.buf, out.buf, self._param("4I", n4, 0, 0, 0)), gx, gy)],
+                  name, layer)
+        return out
+
+    def silu_mul(self, gate: WTensor, up: WTensor, *, layer: int) -> WTensor:
+        return self._elementwise("silu_mul", gate, up, "silu_mul", layer)
+
+    def add(self, a: WTensor, b: WTensor, *, name: str, layer: int) -> WTensor:
+        return self._elementwise("add", a, b, name, layer)
+
+    def last_token(self, x: WTensor, index: np.ndarray) -> WTensor:
+        b, t, d = x.shape
+        idx = np.asarray(index).reshape(-1)
+        if t == 1:
+            return x
+        out = self._out("last_token", (b, 1, d), (x.buf,))
+        enc = self._encoder()
+        self._close_pass()
+        row = d * self._esize
+        for i in range(b):
+            enc.copy_buffer_to_buffer(x.buf, (i * t + int(idx[i])) * row, out.buf, i * row, row)
+        return out
+
+    def sample(self, logits: WTensor, params: SamplingParams, generator: Any) -> np.ndarray:
+        v = logits.shape[-1]
+        rows = logits.numel // v
+        greedy = params.temperature <= 0.0
+        k = 1 if greedy else params.top_k
+        if 0 < k <= TOPK_MAX:
+            out = self._out("sampling", (rows, k, 2), esize=4)
+            pl = self._pipeline("topk")
+            prm = self._param("4I", v, k, 0, 0)
+            self._run([(pl, (logits.buf, out.buf, prm), rows, 1)], "sampling", NO_LAYER)
+            raw = self._flush(out, rows * k * 8)
+            assert raw is not None
+            cand = raw.view(np.uint32).reshape(rows, k, 2)
+            idx = cand[..., 0].astype(np.int64)
+            if greedy:
+                return idx[:, 0]
+            vals = cand[..., 1].copy().view(np.float32).astype(np.float64) / params.temperature
+            probs = np.exp(vals - vals.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            return np.array([idx[r, _draw(probs[r], params.top_p, generator)] for r in range(rows)])
+        # Full-vocabulary sampling: GPU softmax with temperature, host top-k/top-p and draw.
+        out = self._out("sampling", (rows, v), esize=4)
+        pl = self._pipeline("softmax")
+        prm = self._param("IfII", v, 1.0 / params.temperature, 0, 0)
+        self._run([(pl, (logits.buf, out.buf, prm), rows, 1)], "sampling", NO_LAYER)
+        raw = self._flush(out, rows * v * 4)
+        assert raw is not None
+        probs = raw.view(np.float32).reshape(rows, v).astype(np.float64)
+        res = []
+        for r in range(rows):
+            order = np.argsort(-probs[r], kind="stable")
+            if params.top_k > 0:
+                order = order[:params.top_k]
+            p = probs[r][order]
+            res.append(int(order[_draw(p / p.sum(), params.top_p, generator)]))
+        return np.array(res, dtype=np.int64)
+
+
+def _draw(probs_desc: np.ndarray, top_p: float, rng: Any) -> int:
+    """Index into probabilities sorted descending, after nucleus (top-p) truncation."""
+    if top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs_desc), top_p) + 1)
+        probs_desc = probs_desc[:max(1, keep)]
+        probs_desc = probs_desc / probs_desc.sum()
+    u = float(rng.random())
+    return int(min(np.searchsorted(np.cumsum(probs_desc), u, side="right"), len(probs_desc) - 1))
+
+
+def create_wgpu_ops(recorder: KernelRecorder, dtype: str = "float32") -> WgpuOps:
+    """CLI entry point for `--backend wgpu`."""
+    return WgpuOps(recorder, dtype)
+
+
+__all__ = ["TOPK_MAX", "WMatrix", "WTensor", "WgpuOps", "create_wgpu_ops", "rope_inv_freq"]

@@ -1,0 +1,279 @@
+"""Headless rendering of a Snapshot report: `llmtop report FILE --format text|json|markdown`, `--once`.
+
+`render(report, fmt)` takes the JSON-able dict of `Snapshot.report` (docs/REPORT.md) and returns the
+whole report as one string. Text and markdown show the same tables, built once as `_Section`s:
+tokens, top kernels (the MLC / nsys "kernel execution statistics" columns), per-layer, attention
+growth, wall-time attribution, per-token trend, dropped events and collector cost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from llmtop.errors import LlmtopError
+
+FORMATS = ("text", "json", "markdown")
+DASH = "-"
+
+
+@dataclass
+class _Section:
+    title: str
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    right: set[int] = field(default_factory=set)  # right-aligned (numeric) columns
+    lines: list[str] = field(default_factory=list)  # free text under the table
+
+
+def _num(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fms(x: Any) -> str:
+    """ms with ~4 significant digits."""
+    v = _num(x)
+    if v is None:
+        return DASH
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 10:
+        return f"{v:.2f}"
+    if a >= 0.01 or a == 0:
+        return f"{v:.3f}"
+    return f"{v:.2e}"
+
+
+def fpct(x: Any) -> str:
+    v = _num(x)
+    return DASH if v is None else f"{v:.2f}%"
+
+
+def frate(x: Any) -> str:
+    v = _num(x)
+    return DASH if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
+
+
+def fint(x: Any) -> str:
+    v = _num(x)
+    return DASH if v is None else f"{round(v):,}"
+
+
+def _get(d: Any, key: str) -> Any:
+    return d.get(key) if isinstance(d, Mapping) else None
+
+
+def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[_Section]]:
+    src = _get(r, "source") or {}
+    head = [
+        "llmtop report - " + " | ".join(
+            f"{k} {src.get(k)}" for k in ("kind", "backend", "device", "model", "dtype", "timing")
+            if src.get(k)
+        ),
+        f"view: {r.get('mode', DASH)}"
+        + (f" (last {r.get('window_s')} s)" if r.get("mode") == "window" else "")
+        + f", group by {r.get('group', DASH)}, sort by {r.get('sort', DASH)}"
+        + (f", filter '{r.get('filter')}'" if r.get("filter") else "")
+        + f"; {fint(r.get('events'))} kernel events over {fms(r.get('span_s'))} s",
+    ]
+    out: list[_Section] = []
+
+    t = _get(r, "tokens") or {}
+    out.append(_Section(
+        "Tokens", ["Metric", "Value"],
+        [["TTFT (prefill step, median)", f"{fms(t.get('ttft_ms'))} ms"],
+         ["TTFT p95", f"{fms(t.get('ttft_ms_p95'))} ms"],
+         ["TPOT p50 / p95 (decode step)", f"{fms(t.get('tpot_ms_p50'))} / {fms(t.get('tpot_ms_p95'))} ms"],
+         ["Decode tok/s", frate(t.get("decode_tok_s"))],
+         ["Prefill tok/s", frate(t.get("prefill_tok_s"))],
+         ["tok/s now", frate(t.get("tok_s_now"))],
+         ["Tokens generated", fint(t.get("generated"))],
+         ["Prompt tokens / prefills", f"{fint(t.get('prompt_tokens'))} / {fint(t.get('prefills'))}"],
+         ["Decode steps", fint(t.get("decode_steps"))],
+         ["Context (now / max)", f"{fint(t.get('context'))} / {fint(t.get('context_max'))}"]],
+        {1},
+    ))
+
+    kernels = list(_get(r, "kernels") or [])
+    shown = kernels if limit is None else kernels[:limit]
+    sort_title = {"total": "Total Time", "count": "Instances", "mean": "Avg Time", "p95": "p95",
+                  "max": "Max Time", "name": "Name"}.get(str(r.get("sort")), str(r.get("sort")))
+    ks = _Section(
+        f"Kernel Execution Statistics (by {r.get('group', 'kernel')}, sorted by {sort_title})",
+        ["Name", "Class", "Time %", "Cum %", "Total (ms)", "Instances", "Avg (ms)", "Med (ms)", "Min (ms)",
+         "p95 (ms)", "p99 (ms)", "Max (ms)", "StdDev (ms)"],
+        [[str(k.get("name")), str(k.get("op_class", "")), fpct(k.get("pct")), fpct(k.get("cum_pct")),
+          fms(k.get("total_ms")), fint(k.get("count")), fms(k.get("mean_ms")), fms(k.get("p50_ms")),
+          fms(k.get("min_ms")), fms(k.get("p95_ms")), fms(k.get("p99_ms")), fms(k.get("max_ms")),
+          fms(k.get("std_ms"))] for k in shown if isinstance(k, Mapping)],
+        set(range(2, 13)),
+    )
+    if len(shown) < len(kernels):
+        ks.lines.append(f"({len(kernels) - len(shown)} more rows not shown)")
+    if not kernels:
+        ks.lines.append("no kernel events in this view")
+    out.append(ks)
+
+    layers = [x for x in _get(r, "layers") or [] if isinstance(x, Mapping)]
+    classes: list[str] = []
+    for x in layers:
+        for c in (x.get("by_op_class") or {}):
+            if c not in classes:
+                classes.append(c)
+    phase = layers[0].get("phase", "decode") if layers else "decode"
+    ls = _Section(
+        f"Per-layer time (ms per {phase} step)",
+        ["Layer", "ms/step", "%", *classes, "Outlier"],
+        [[str(x.get("layer")), fms(x.get("ms_per_step")), fpct(x.get("pct")),
+          *[fms((x.get("by_op_class") or {}).get(c)) for c in classes], "OUTLIER" if x.get("outlier") else ""]
+         for x in layers],
+        set(range(1, 3 + len(classes))),
+    )
+    if not layers:
+        ls.lines.append("no per-layer kernel events in this view")
+    out.append(ls)
+
+    a = _get(r, "attention") or {}
+    at = _Section("Attention growth (attention ms per decode step vs context)")
+    if _num(a.get("slope_us_per_1k")) is not None:
+        at.lines.append(
+            f"attention = {fms(a.get('intercept_ms'))} ms + {frate(a.get('slope_us_per_1k'))} us"
+            " per 1k tokens "
+            f"(R2 {fms(a.get('r2'))}, {fint(a.get('steps'))} decode steps, context "
+            f"{fint(a.get('ctx_min'))}-{fint(a.get('ctx_max'))})")
+        p = a.get("projection")
+        if isinstance(p, Mapping):
+            at.lines.append(f"at {fint(p.get('ctx'))} tokens attention = {fms(p.get('attention_ms'))} ms = "
+                            f"{fpct(p.get('pct_of_step'))} of a {fms(p.get('step_ms'))} ms step")
+        else:
+            at.lines.append("projection: the source's maximum context is unknown")
+        q = a.get("quadratic")
+        sup = "YES - growth is superlinear" if a.get("superlinear") else "no"
+        if isinstance(q, Mapping):
+            sup += (f" (quadratic term {frate(q.get('c_us_per_1k2'))} us per (1k tokens)^2,"
+                    f" t = {fms(q.get('t_stat'))})")
+        at.lines.append(f"superlinear: {sup}")
+    else:
+        at.lines.append("not enough decode steps with distinct contexts to fit"
+                        f" ({fint(a.get('steps'))} steps)")
+    out.append(at)
+
+    att = _get(r, "attribution") or {}
+    rows = []
+    for ph in ("prefill", "decode"):
+        x = att.get(ph) if isinstance(att, Mapping) else None
+        if isinstance(x, Mapping) and x.get("steps"):
+            rows.append([ph, fint(x.get("steps")), fms(x.get("wall_ms")), fms(x.get("kernel_ms")),
+                         fpct(x.get("kernel_pct")), fms(x.get("host_ms")), fpct(x.get("host_pct")),
+                         fms(x.get("wall_ms_per_step")), fms(x.get("kernel_ms_per_step")),
+                         fms(x.get("host_ms_per_step")),
+                         f"yes ({fms(x.get('overlap_ms'))} ms)" if x.get("clamped") else ""])
+    ats = _Section("Wall-time attribution (step wall = timed kernels + host/other, e.g. python scheduling)",
+                   ["Phase", "Steps", "Wall (ms)", "Kernels (ms)", "Kernels %", "Host/other (ms)", "Host %",
+                    "Wall/step", "Kernels/step", "Host/step", "Overlap clamped"], rows, set(range(1, 10)))
+    if not rows:
+        ats.lines.append("no step records in this view")
+    out.append(ats)
+
+    tr = _get(r, "trend") or {}
+    trs = _Section(f"Per-token trend (decode steps of the {tr.get('generation') or 'current'} generation)")
+    if tr.get("steps"):
+        trs.headers = ["Steps", "First", "Middle", "Last", "Min", "Max", "Mean", "Drift", "Slope (us/token)"]
+        trs.rows = [[fint(tr.get("steps")), fms(tr.get("first_ms")), fms(tr.get("middle_ms")),
+                     fms(tr.get("last_ms")), fms(tr.get("min_ms")), fms(tr.get("max_ms")),
+                     fms(tr.get("mean_ms")), fpct(tr.get("drift_pct")), frate(tr.get("slope_us_per_token"))]]
+        trs.right = set(range(9))
+        trs.lines.append("step times in ms; drift = (last - first) / first")
+    else:
+        trs.lines.append("no decode steps yet")
+    out.append(trs)
+
+    dr = _get(r, "dropped") or {}
+    col = _get(r, "collectors") or {}
+    names = sorted(set(dr.get("by_collector") or {}) | set(col))
+    by = dr.get("by_collector") or {}
+    ds = _Section(f"Dropped events: {fint(dr.get('total'))}; collectors",
+                  ["Collector", "Dropped", "CPU cost (s)", "CPU % (last 5 s)", "Behind"],
+                  [[n, fint(by.get(n, 0)), fms(_get(col.get(n), "cost_s")), fpct(_get(col.get(n), "cpu_pct")),
+                    "BEHIND" if _get(col.get(n), "behind") else ""] for n in names], {1, 2, 3})
+    out.append(ds)
+    return head, out
+
+
+def _text(r: Mapping[str, Any], width: int, limit: int | None) -> str:
+    head, secs = _sections(r, limit)
+    console = Console(file=io.StringIO(), width=width, record=True, color_system=None, force_terminal=False,
+                      soft_wrap=False)
+    for line in head:
+        console.print(line, highlight=False, markup=False)
+    for s in secs:
+        console.print()
+        if s.headers:
+            tab = Table(title=s.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                        show_edge=False)
+            name_w = min(60, max([len(h) for h in s.headers[:1]] + [len(row[0]) for row in s.rows]))
+            for i, h in enumerate(s.headers):
+                # the name column keeps its full width (up to 60); long names fold rather than vanish
+                tab.add_column(h, justify="right" if i in s.right else "left", overflow="fold",
+                               min_width=name_w if i == 0 else None, no_wrap=i != 0)
+            for row in s.rows:
+                tab.add_row(*row)
+            console.print(tab)
+        else:
+            console.print(s.title, highlight=False, markup=False)
+        for line in s.lines:
+            console.print("  " + line, highlight=False, markup=False)
+    return "\n".join(x.rstrip() for x in console.export_text().splitlines()) + "\n"
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(r: Mapping[str, Any], limit: int | None) -> str:
+    head, secs = _sections(r, limit)
+    out = ["# " + head[0], "", head[1]]
+    for s in secs:
+        out += ["", f"## {s.title}", ""]
+        if s.headers:
+            out.append("| " + " | ".join(_md_cell(h) for h in s.headers) + " |")
+            out.append("|" + "|".join("---:" if i in s.right else "---" for i in range(len(s.headers))) + "|")
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows]
+            if s.lines:
+                out.append("")
+        out += s.lines
+    return "\n".join(out) + "\n"
+
+
+def render(report: Mapping[str, Any], fmt: str = "text", *, width: int = 160,
+           limit: int | None = None) -> str:
+    """The report as text (rich tables), json (the dict itself) or markdown. `limit` caps kernel rows."""
+    if fmt not in FORMATS:
+        raise LlmtopError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if not isinstance(report, Mapping):
+        raise LlmtopError("a report must be a JSON object")
+    if fmt == "json":
+        return json.dumps(report, indent=2, allow_nan=False) + "\n"
+    if fmt == "markdown":
+        return _markdown(report, limit)
+    return _text(report, width, limit)
+
+
+__all__ = ["FORMATS", "render"]

@@ -1,0 +1,247 @@
+"""The serving loop: a scheduler thread that batches queued requests through the engine's pieces.
+
+Batches are formed at the start of a generation (static batching): up to max_batch waiting requests
+with the same sampling parameters run together, prefill then decode, with every generated token handed
+to its request as it is sampled (the engine's `generate` returns only at the end, so this loop drives
+`engine.model.forward` / `ops.sample` itself, bracketing steps on the recorder exactly as the engine
+does, so the agent and the TUI see the same events). Requests that arrive meanwhile wait for the next
+batch; finished or cancelled rows stop counting but keep the batch shape, as in the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmtop.errors import LlmtopError
+from llmtop.events import DECODE, PREFILL
+from llmtop.kernels.base import SamplingParams
+
+_KV_ROUND = 256
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Request:
+    """One completion. `sink(kind, payload)` is called on the scheduler thread: ("token", (id, text delta))
+    per token, then ("done", finish_reason) or ("error", message)."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    sink: Callable[[str, Any], None]
+    id: str = field(default_factory=lambda: f"cmpl-{next(_ids)}")
+    arrival: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    first_t: float | None = None
+    last_t: float | None = None
+    finish_reason: str | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Any,
+        metrics: Any = None,
+        *,
+        max_batch: int | None = None,
+        max_waiting: int = 1024,
+        agent: Any = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max_batch or engine.max_batch
+        if self.max_batch > engine.max_batch:
+            raise LlmtopError(f"max_batch {self.max_batch} exceeds the engine's {engine.max_batch}")
+        self.max_waiting = max_waiting
+        self.agent = agent
+        self._waiting: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.running = 0
+        self._step = 0
+        self._kv_used = 0
+        self._last_counters = 0.0
+        self.batches = 0
+        self.error: str | None = None
+
+    # -- API (any thread) ------------------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        ctx = self.engine.max_context
+        if len(req.prompt_ids) >= ctx:
+            raise LlmtopError(f"prompt is {len(req.prompt_ids)} tokens; the context is {ctx}")
+        with self._cond:
+            if len(self._waiting) >= self.max_waiting:
+                raise LlmtopError("server overloaded: too many waiting requests")
+            self._waiting.append(req)
+            self._cond.notify()
+        self._gauges()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="llmtop-serve-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- scheduler thread ------------------------------------------------------------------
+    def _take(self) -> list[Request]:
+        with self._cond:
+            while not self._waiting and not self._stop.is_set():
+                self._cond.wait(0.5)
+            while self._waiting and self._waiting[0].cancelled:
+                self._waiting.popleft()
+            if not self._waiting:
+                return []
+            first = self._waiting[0]
+            batch, rest = [], deque()
+            while self._waiting:
+                r = self._waiting.popleft()
+                if r.cancelled:
+                    continue
+                if len(batch) < self.max_batch and r.sampling == first.sampling:
+                    batch.append(r)
+                else:
+                    rest.append(r)
+            self._waiting = rest
+            return batch
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._take()
+            if not batch:
+                continue
+            self.running = len(batch)
+            self._gauges()
+            try:
+                run_ctx = getattr(self.engine.ops, "run_context", None)
+                with run_ctx() if run_ctx is not None else contextlib.nullcontext():
+                    self._run(batch)
+            except Exception as e:  # one bad batch must not kill the server
+                self.error = f"{type(e).__name__}: {e}"
+                for r in batch:
+                    if r.finish_reason is None:
+                        r.finish_reason = "error"
+                        r.sink("error", self.error)
+            finally:
+                self.running = 0
+                self._kv_used = 0
+                self.batches += 1
+                self._gauges(force=True)
+
+    def _emit(self, r: Request, tok: int, now: float) -> None:
+        eng = self.engine
+        r.token_ids.append(tok)
+        text = eng.decode_tokens(r.token_ids)
+        delta = text[len(r.text) :] if text.startswith(r.text) else text  # decoders may revise a partial char
+        r.text = text
+        if self.metrics is not None:
+            if r.first_t is None:
+                self.metrics.first_token(now - r.arrival)
+            else:
+                self.metrics.inter_token(now - (r.last_t or now))
+        if r.first_t is None:
+            r.first_t = now
+        r.last_t = now
+        r.sink("token", (tok, delta))
+
+    def _finish(self, r: Request, reason: str) -> None:
+        r.finish_reason = reason
+        if self.metrics is not None:
+            self.metrics.finished(r, time.perf_counter() - r.arrival)
+        r.sink("done", reason)
+
+    def _run(self, reqs: list[Request]) -> None:
+        eng, ops = self.engine, self.engine.ops
+        rec, fwd = ops.recorder, eng.model.forward
+        ctx = eng.max_context
+        lens = np.array([len(r.prompt_ids) for r in reqs], dtype=np.int64)
+        budget = np.minimum(np.array([r.max_tokens for r in reqs]), ctx - lens + 1)
+        B, T = len(reqs), int(lens.max())
+        last_pos = np.maximum(T - 1, lens + budget - 2).astype(np.int32)
+        kv_len = min(ctx, -(-(int(last_pos.max()) + 1) // _KV_ROUND) * _KV_ROUND)
+        ops.alloc_kv_cache(B, kv_len)
+        if self.metrics is not None:
+            self.metrics.prompt_tokens(int(lens.sum()))
+        ids = np.full((B, T), eng._pad_id if hasattr(eng, "_pad_id") else 0, dtype=np.int32)
+        for b, r in enumerate(reqs):
+            ids[b, : len(r.prompt_ids)] = r.prompt_ids
+        positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
+        generator = ops.make_generator(reqs[0].sampling.seed)
+        active = np.ones(B, dtype=bool)
+        eos = eng.eos_ids
+
+        def take(tokens: np.ndarray) -> None:
+            now = time.perf_counter()
+            for b in np.flatnonzero(active):
+                r = reqs[b]
+                if r.cancelled:
+                    active[b] = False
+                    self._finish(r, "abort")
+                    continue
+                t = int(tokens[b])
+                self._emit(r, t, now)
+                if t in eos:
+                    active[b] = False
+                    self._finish(r, "stop")
+                elif len(r.token_ids) >= budget[b]:
+                    active[b] = False
+                    self._finish(r, "length")
+
+        rec.begin_step(PREFILL, self._step, int(lens.sum()), B, T)
+        logits = fwd(ids, positions, (lens - 1).astype(np.int32), PREFILL)
+        tokens = ops.sample(logits, reqs[0].sampling, generator)
+        rec.end_step()
+        self._step += 1
+        take(tokens)
+        pos = lens.astype(np.int32).copy()
+        feed = tokens.astype(np.int32)
+        zero = np.zeros(B, dtype=np.int32)
+        while active.any():
+            if self._stop.is_set():
+                for b in np.flatnonzero(active):
+                    self._finish(reqs[b], "abort")
+                return
+            self._kv_used = int(pos[active].sum())
+            self._gauges()
+            step_pos = pos.reshape(B, 1).copy()
+            rec.begin_step(DECODE, self._step, int(active.sum()), B, int(step_pos.max()) + 1)
+            logits = fwd(feed.reshape(B, 1), step_pos, zero, DECODE)
+            tokens = ops.sample(logits, reqs[0].sampling, generator)
+            rec.end_step()
+            self._step += 1
+            was_active = active.copy()
+            take(tokens)
+            feed = np.where(was_active, tokens, feed).astype(np.int32)
+            pos = np.minimum(np.where(active, pos + 1, pos), last_pos).astype(np.int32)
+
+    def _gauges(self, force: bool = False) -> None:
+        cap = self.max_batch * self.engine.max_context
+        kv = self._kv_used / cap if cap else 0.0
+        if self.metrics is not None:
+            self.metrics.gauges(self.running, len(self._waiting), kv)
+        now = time.monotonic()
+        if self.agent is not None and (force or now - self._last_counters >= 0.25):
+            self._last_counters = now
+            self.agent.publish_counters(
+                "serve", {"running": self.running, "waiting": len(self._waiting), "kv_cache": kv}
+            )

@@ -1,0 +1,142 @@
+"""metallic (Rust Metal engine, crate metallic_instrumentation) JSONL -> EventBatches.
+
+One event per line: {"timestamp": RFC3339, "span_id", "parent_span_id", "span_name",
+"event": {"type": T, "data": {...}}} (serde tag="type", content="data").
+- GpuOpCompleted{op_name, backend, duration_us}: one kernel row each, named by the op path's last segment
+  (`.../block_3/.../metallic::kernels::rope::RoPEOp` -> the op type), layer from `block_N`, phase from
+  "Prompt Processing" (prefill) vs "Generation Loop" (decode). `cb_wait` (host waits) and `cb_gpu`
+  (whole command buffers) are totals, not kernels: summed into extra.
+- InternalKernelCompleted{parent_op_name, internal_kernel_name, duration_us}: `iteration_total` gives the
+  decode steps (the event ends at its timestamp); prompt processing is one prefill step.
+- Caveat (from metallic's source): GpuOpCompleted charges a whole command buffer's GPU time to one op and
+  about 1 µs to the others, so per-op times are skewed: a warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from llmtop.errors import LlmtopError
+from llmtop.events import DECODE, PREFILL, NameTable, SourceInfo
+from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
+from llmtop.traces.importers.mapping import StepFacts, layer_of
+
+_BLOCK = re.compile(r"block_(\d+)")
+
+
+def _ts_ns(s: str) -> int:
+    """RFC3339 with up to ns fraction -> int ns since the epoch, without float rounding."""
+    m = re.match(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", s)
+    if not m:
+        raise ValueError(s)
+    tz = "+00:00" if m.group(3) == "Z" else m.group(3)
+    base = datetime.fromisoformat(m.group(1) + tz)
+    return int(base.timestamp()) * 1_000_000_000 + int(((m.group(2) or "") + "000000000")[:9])
+
+
+def import_metallic(path: Path, names: NameTable) -> tuple[SourceInfo, list, int, list[str]]:
+    local: list[str] = []
+    lids: dict[str, int] = {}
+    k_name: list[int] = []
+    k_start: list[int] = []
+    k_dur: list[int] = []
+    k_layer: list[int] = []
+    k_phase: list[int] = []
+    iters: list[tuple[int, int]] = []
+    totals: dict[str, int] = {"cb_wait_ns": 0, "cb_gpu_ns": 0}
+    counts: dict[str, int] = {}
+    backends: set[str] = set()
+    skipped = 0
+    records = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            records += 1
+            try:
+                rec = json.loads(line)
+                ev = rec["event"]
+                typ, data = ev["type"], ev.get("data") or {}
+                counts[typ] = counts.get(typ, 0) + 1
+                if typ == "GpuOpCompleted":
+                    op, dur_ns = data["op_name"], int(data["duration_us"]) * 1000
+                    if type(op) is not str or dur_ns < 0:
+                        raise TypeError
+                    end = _ts_ns(rec["timestamp"])
+                    leaf = op.rsplit("/", 1)[-1]
+                    if leaf in ("cb_wait", "cb_gpu"):
+                        totals[f"{leaf}_ns"] += dur_ns
+                        continue
+                    if isinstance(data.get("backend"), str):
+                        backends.add(data["backend"])
+                    j = lids.get(leaf)
+                    if j is None:
+                        j = lids[leaf] = len(local)
+                        local.append(leaf)
+                    bm = _BLOCK.search(op)
+                    k_name.append(j)
+                    k_start.append(end - dur_ns)
+                    k_dur.append(dur_ns)
+                    k_layer.append(int(bm.group(1)) if bm else layer_of(leaf))
+                    k_phase.append(PREFILL if op.startswith("Prompt Processing") else DECODE)
+                elif typ == "InternalKernelCompleted" and data["internal_kernel_name"] == "iteration_total":
+                    d = int(data["duration_us"]) * 1000
+                    e = _ts_ns(rec["timestamp"])
+                    iters.append((e - d, e))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                skipped += 1
+    if not k_name:
+        if records and skipped == records:
+            raise LlmtopError(f"{path}: no line is a metallic JSONL event")
+        raise LlmtopError(f"{path}: metallic log without GpuOpCompleted events: nothing to import")
+    start = np.array(k_start, dtype=np.int64)
+    phase = np.array(k_phase)
+    steps: list[StepRange] = []
+    pre = phase == PREFILL
+    if pre.any():
+        lo, hi = int(start[pre].min()), int((start[pre] + np.array(k_dur)[pre]).max())
+        steps.append(StepRange(lo, hi, 0, StepFacts("metallic", phase=PREFILL, batch=1)))
+    for s, e in sorted(iters):
+        steps.append(StepRange(s, e, 0, StepFacts("metallic", phase=DECODE, tokens=1, batch=1)))
+    n = len(k_name)
+    kc = KernelColumns(
+        local,
+        np.array(k_name, dtype=np.int64),
+        start,
+        np.array(k_dur, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        start.copy(),
+        np.zeros(n, dtype=np.int64),
+        np.array(k_layer, dtype=np.int64),
+    )
+    batches, info = build_batches(kc, steps, names)
+    warnings = [
+        "metallic's GpuOpCompleted charges a whole command buffer's GPU time to one op and ~1 µs to the "
+        "others: per-op times are skewed, totals per command buffer are right"
+    ]
+    if skipped:
+        warnings.append(f"{skipped} of {records} lines were not valid metallic events and were skipped")
+    source = SourceInfo(
+        kind="import",
+        backend="metallic",
+        device="Apple GPU (Metal)" + (f" [{', '.join(sorted(backends))}]" if backends else ""),
+        model=path.name,
+        timing="Metal command buffer GPU times",
+        n_layers=len(set(k_layer) - {-1}),
+        extra={
+            "ranks": [0],
+            "streams": [0],
+            "skipped": skipped,
+            "warnings": warnings,
+            "records": records,
+            "event_counts": counts,
+            **totals,
+            "kernels_outside_steps": info["kernels_outside_steps"],
+        },
+    )
+    return source, batches, skipped, warnings

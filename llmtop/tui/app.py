@@ -1,0 +1,323 @@
+"""The Textual app: pulls one Snapshot per refresh tick from its provider and swaps it into the panes.
+
+Like nvitop, the display never handles per-event messages: collectors and the aggregator run in
+their own threads, and the UI thread only reads a finished snapshot at a fixed rate (--refresh), so
+the cost of the UI is bounded by the frame rate, not by the event rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import events, on
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widgets import Footer, Input, Static
+
+from llmtop.errors import LlmtopError, UsageError
+from llmtop.tui import view
+from llmtop.tui.provider import GROUPS, MODES, SORTS, Counters, ProviderStatus, SnapshotProvider
+from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
+from llmtop.tui.widgets import (
+    AttentionPane,
+    DeviceStrip,
+    ErrorBar,
+    HeaderBar,
+    KernelTable,
+    LayerPane,
+    TokenPane,
+    row_key,
+)
+
+# Below this the panes cannot show anything useful; the app says so instead of drawing garbage.
+MIN_WIDTH, MIN_HEIGHT = 60, 16
+# Below this (but above the minimum) the layout switches to compact: shorter top row, 1-line header.
+COMPACT_WIDTH, COMPACT_HEIGHT = 110, 32
+MAX_REFRESH_HZ = 60.0
+GROUP_LABEL = {"kernel": "by kernel", "op_class": "by op class", "layer": "by layer"}
+
+
+@dataclass(slots=True)
+class FrameTiming:
+    """Where one refresh spent its time (ms): asking for the snapshot vs updating the panes."""
+
+    snapshot_ms: float
+    update_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.snapshot_ms + self.update_ms
+
+
+class LlmtopApp(App[None]):
+    CSS_PATH: ClassVar[list[str | Path]] = [Path(__file__).with_name("llmtop.tcss")]
+    TITLE = "llmtop"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "quit"),
+        Binding("space", "toggle_pause", "pause"),
+        Binding("s", "cycle_sort", "sort"),
+        Binding("g", "cycle_group", "group"),
+        Binding("w", "toggle_window", "window"),
+        Binding("r", "reset", "reset"),
+        Binding("slash", "filter", "filter"),
+        Binding("enter", "detail", "detail"),
+        Binding("question_mark", "help", "help"),
+        Binding("t", "toggle_theme", "theme"),
+        Binding("plus,equals_sign", "speed(2.0)", "faster", show=False),
+        Binding("minus", "speed(0.5)", "slower", show=False),
+    ]
+
+    def __init__(self, provider: SnapshotProvider, refresh_hz: float = 4.0, title: str | None = None) -> None:
+        super().__init__()
+        if not (0 < refresh_hz <= MAX_REFRESH_HZ):
+            raise UsageError(f"--refresh must be in (0, {MAX_REFRESH_HZ:g}] Hz, got {refresh_hz:g}")
+        self.provider = provider
+        self.refresh_hz = refresh_hz
+        if title:
+            self.title = title
+        self.mode = MODES[0]
+        self.group = GROUPS[0]
+        self.sort_key = SORTS[0]
+        self.filter_text = ""
+        self.paused = False
+        self.snapshot: Any = None
+        self.counters: Counters = {}
+        self.status: ProviderStatus = {}
+        self.frames: deque[FrameTiming] = deque(maxlen=256)  # recent refresh costs, for benchmarks
+        self._error: str | None = None
+
+    # -- layout ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        yield DeviceStrip(id="strip")
+        yield ErrorBar(id="errors")
+        with Horizontal(id="top"):
+            yield TokenPane(id="tokens")
+            yield LayerPane(id="layers")
+            yield AttentionPane(id="attention")
+        yield KernelTable(id="kernels")
+        yield FilterInput(placeholder="filter rows (substring) · enter keeps · esc clears", id="filter")
+        yield Static(id="too-small")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        # Looked up once: refreshes touch these every frame, and keep working during shutdown.
+        self.tokens_pane = self.query_one(TokenPane)
+        self.layers_pane = self.query_one(LayerPane)
+        self.attention_pane = self.query_one(AttentionPane)
+        self.table = self.query_one(KernelTable)
+        self.header_bar = self.query_one(HeaderBar)
+        self.strip = self.query_one(DeviceStrip)
+        self.error_bar = self.query_one(ErrorBar)
+        self.filter_box = self.query_one(FilterInput)
+        self.tokens_pane.border_title = "Token rate"
+        self.layers_pane.border_title = "Per layer · ms / decode step"
+        self.attention_pane.border_title = "Attention growth"
+        self._apply_size()
+        self._set_kernel_title()
+        self.table.focus()
+        self.refresh_now()
+        self.set_interval(1.0 / self.refresh_hz, self._tick)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_size(event.size.width, event.size.height)
+        if self.snapshot is not None:
+            # The name column's width follows the terminal: re-apply the current snapshot at the new size.
+            self.call_after_refresh(self._show_kernels)
+
+    def _apply_size(self, w: int | None = None, h: int | None = None) -> None:
+        if w is None or h is None:
+            w, h = self.size
+        screen = self.screen if not self.screen_stack else self.screen_stack[0]
+        too_small = w < MIN_WIDTH or h < MIN_HEIGHT
+        screen.set_class(too_small, "-too-small")
+        screen.set_class(w < COMPACT_WIDTH or h < COMPACT_HEIGHT, "-compact")
+        if too_small:
+            self.query_one("#too-small", Static).update(
+                f"Terminal too small: {w}×{h}.\nllmtop needs at least {MIN_WIDTH}×{MIN_HEIGHT} "
+                "(80×24 or larger recommended).\nResize the window, or press q to quit."
+            )
+
+    # -- refresh loop ---------------------------------------------------------------------
+    def _tick(self) -> None:
+        if not self.table.is_attached:
+            return  # shutting down: the widgets are being torn down
+        if self.paused:
+            # Frozen panes, but the header keeps saying what the pipeline is doing (errors, behind).
+            self.status = self._safe(self.provider.status, {})
+            self._show_header()
+            return
+        self.refresh_now()
+
+    def refresh_now(self) -> FrameTiming | None:
+        """Take one snapshot from the provider and show it. Returns where the time went."""
+        t0 = time.perf_counter()
+        try:
+            snap = self.provider.snapshot(self.mode, self.group, self.sort_key, self.filter_text)
+        except Exception as e:  # a failing source must not kill the UI; say why and keep the last frame
+            self._error = f"snapshot failed: {type(e).__name__}: {e}"
+            self._show_header()
+            return None
+        self._error = None
+        t1 = time.perf_counter()
+        self.snapshot = snap
+        self.counters = self._safe(self.provider.counters, {})
+        self.status = self._safe(self.provider.status, {})
+        self._show_all()
+        timing = FrameTiming((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+        self.frames.append(timing)
+        return timing
+
+    def _safe(self, fn: Any, default: Any) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # counters/status are decoration; a failure there is shown, not raised
+            self._error = f"{getattr(fn, '__name__', 'provider')} failed: {type(e).__name__}: {e}"
+            return default
+
+    def _show_all(self) -> None:
+        snap = self.snapshot
+        for pane in (self.tokens_pane, self.layers_pane, self.attention_pane):
+            pane.set_snapshot(snap)
+        self._show_kernels()
+        self._show_header()
+        if isinstance(self.screen, KernelDetailScreen):
+            self.screen.reload()
+
+    def _show_kernels(self) -> None:
+        self.table.show(view.rows(self.snapshot, "kernels"), self.sort_key)
+
+    def _show_header(self) -> None:
+        self.header_bar.show(self.snapshot, self.status, mode=self.mode, paused=self.paused)
+        self.strip.show(self.counters, self.status)
+        errors = dict(self.status.get("errors") or {})
+        if self._error:
+            errors["ui"] = self._error
+        self.error_bar.show(errors)
+
+    def _set_kernel_title(self) -> None:
+        parts = [
+            "Top kernels",
+            GROUP_LABEL[self.group],
+            f"sort {self.sort_key}",
+            "window" if self.mode == "window" else "cumulative",
+        ]
+        if self.filter_text:
+            parts.append(f"filter “{self.filter_text}”")
+        self.table.border_title = " · ".join(parts)
+
+    def _changed(self) -> None:
+        """A view setting changed: re-query now (also while paused, so keys answer at once)."""
+        self._set_kernel_title()
+        self.refresh_now()
+
+    # -- actions --------------------------------------------------------------------------
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if self.paused:
+            self.provider.pause()
+        else:
+            self.provider.resume()
+            self.refresh_now()
+        self._show_header()
+
+    def action_cycle_sort(self) -> None:
+        self.sort_key = SORTS[(SORTS.index(self.sort_key) + 1) % len(SORTS)]
+        self._changed()
+
+    def action_cycle_group(self) -> None:
+        self.group = GROUPS[(GROUPS.index(self.group) + 1) % len(GROUPS)]
+        self.table.clear_rows()  # different row identities: start the table afresh
+        self._changed()
+
+    def action_toggle_window(self) -> None:
+        self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
+        self._changed()
+
+    def action_reset(self) -> None:
+        self.provider.reset()
+        self.notify("statistics reset", timeout=2)
+        self._changed()
+
+    def action_filter(self) -> None:
+        box = self.filter_box
+        box.value = self.filter_text
+        box.add_class("-active")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._changed()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.filter_text = event.value.strip()
+        box = self.filter_box
+        box.remove_class("-active")
+        self.table.focus()
+        self._changed()
+
+    def action_detail(self) -> None:
+        key = self.table.cursor_key()
+        if key is not None:
+            self._open_detail(key)
+
+    @on(KernelTable.RowSelected, "#kernels")
+    def _row_selected(self, event: KernelTable.RowSelected) -> None:
+        self._open_detail(event.key)
+
+    def _open_detail(self, name: str) -> None:
+        if not isinstance(self.screen, KernelDetailScreen):
+            self.push_screen(KernelDetailScreen(name, self.kernel_detail))
+
+    def kernel_detail(self, name: str) -> tuple[Mapping[str, Any] | None, Mapping[str, Any]]:
+        """(detail from the current snapshot, the row's report entry) for one table row."""
+        row = next((r for r in view.rows(self.snapshot, "kernels") if row_key(r) == name), {})
+        detail = None
+        fetch = getattr(self.snapshot, "kernel_detail", None)
+        if fetch is not None:
+            try:
+                detail = fetch(name)
+            except LlmtopError:
+                detail = None  # the row left the window or the filter since the screen opened
+        return detail, row
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+        # Colours baked into rendered cells come from CSS component styles: re-read them after the
+        # new stylesheet has been applied.
+        self.call_after_refresh(self._restyle)
+
+    def _restyle(self) -> None:
+        for pane in (self.tokens_pane, self.layers_pane, self.attention_pane):
+            pane.refresh()
+        self.table.restyle()
+        if self.snapshot is not None:
+            self._show_kernels()
+            self._show_header()
+
+    def action_speed(self, factor: float) -> None:
+        if self.status.get("kind") != "replay":
+            self.notify("speed keys only apply to replay", timeout=2)
+            return
+        current = float(self.status.get("speed") or 1.0)
+        speed = self.provider.set_speed(min(64.0, max(1 / 64, current * factor)))
+        self.status = self._safe(self.provider.status, {})
+        self.notify(f"replay speed {speed:g}×", timeout=2)
+        self._show_header()
+
+
+def run_app(provider: SnapshotProvider, *, refresh_hz: float = 4.0, title: str | None = None) -> None:
+    """Run the TUI until the user quits. Raises UsageError for a bad --refresh."""
+    LlmtopApp(provider, refresh_hz=refresh_hz, title=title).run()

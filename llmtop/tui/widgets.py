@@ -1,0 +1,713 @@
+"""The panes. Each one keeps the latest data handed to it and redraws only when that changes.
+
+Colours come from component classes styled in llmtop.tcss (no styles in Python), so both themes
+and the op-class palette are edited in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from rich.cells import cell_len, set_cell_size
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widget import Widget
+from textual.widgets import Static
+
+from llmtop.events import OP_CLASSES
+from llmtop.tui import view
+from llmtop.tui.plot import Series, plot_rows
+from llmtop.tui.provider import Counters, ProviderStatus
+
+OP_COMPONENTS = frozenset(f"op--{c}" for c in OP_CLASSES)
+_EIGHTHS = " ▁▂▃▄▅▆▇█"
+
+
+def op_style(widget: Widget, op_class: str) -> Style:
+    name = f"op--{op_class}" if op_class in OP_CLASSES else "op--other"
+    return widget.get_component_rich_style(name, partial=True)
+
+
+def flow(chunks: Sequence[Text], width: int, sep: str = "  ") -> list[Text]:
+    """Greedy word-wrap of whole chunks (a label+value never splits across lines)."""
+    lines: list[Text] = []
+    cur = Text(no_wrap=True, overflow="crop")
+    for ch in chunks:
+        if cur.cell_len and cur.cell_len + len(sep) + ch.cell_len > width:
+            lines.append(cur)
+            cur = Text(no_wrap=True, overflow="crop")
+        if cur.cell_len:
+            cur.append(sep)
+        cur.append_text(ch)
+    if cur.cell_len:
+        lines.append(cur)
+    return lines
+
+
+def join_lines(lines: Iterable[Text]) -> Text:
+    out = Text(no_wrap=True, overflow="crop")
+    for i, line in enumerate(lines):
+        if i:
+            out.append("\n")
+        out.append_text(line)
+    return out
+
+
+class _Pane(Widget):
+    """A bordered pane that renders Text from the snapshot it was last given."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "pane--label",
+        "pane--value",
+        "pane--warn",
+        "pane--dim",
+        "plot--main",
+        "plot--fit",
+    }
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.snapshot: Any = None
+
+    def set_snapshot(self, snapshot: Any) -> None:
+        self.snapshot = snapshot
+        self.refresh()
+
+    def lv(self, label: str, value: str, warn: bool = False) -> Text:
+        t = Text(no_wrap=True)
+        t.append(label + " ", self.get_component_rich_style("pane--label", partial=True))
+        t.append(value, self.get_component_rich_style("pane--warn" if warn else "pane--value", partial=True))
+        return t
+
+    def empty(self, message: str) -> Text:
+        return Text(message, self.get_component_rich_style("pane--dim", partial=True))
+
+
+class TokenPane(_Pane):
+    """Token rate: decode tok/s over time plus TTFT, TPOT p50/p95, prefill/decode rates."""
+
+    def render(self) -> Text:
+        w, h = self.size.width, self.size.height
+        tok = view.section(self.snapshot, "tokens")
+        if not tok:
+            return self.empty("waiting for the first tokens…")
+        narrow = w < 34
+        chunks = [
+            self.lv("decode", f"{view.fmt_rate(tok.get('decode_tok_s'))} tok/s"),
+            self.lv("prefill", f"{view.fmt_rate(tok.get('prefill_tok_s'))}" + ("" if narrow else " tok/s")),
+            self.lv("TTFT", view.fmt_duration_ms(tok.get("ttft_ms"))),
+            self.lv(
+                "TPOT" if narrow else "TPOT p50/p95",
+                f"{view.fmt_ms(tok.get('tpot_ms_p50'))}/{view.fmt_ms(tok.get('tpot_ms_p95'))} ms",
+            ),
+            self.lv("gen", view.fmt_count(tok.get("generated"))),
+            self.lv("ctx", view.fmt_count(view.token_context(tok))),
+        ]
+        lines = flow(chunks, w)
+        ts, vs = view.token_rate_series(self.snapshot)
+        finite = [v for v in vs if math.isfinite(v)]
+        room = h - len(lines)
+        if room >= 2 and len(finite) >= 2:
+            lo, hi = min(finite), max(finite)
+            if room >= 4:  # the range caption only when the plot keeps at least 3 rows
+                span = ts[-1] - ts[0] if ts else 0.0
+                lines.append(
+                    Text(
+                        f"tok/s {view.fmt_rate(lo)}–{view.fmt_rate(hi)} over {span:.0f} s",
+                        self.get_component_rich_style("pane--dim", partial=True),
+                        no_wrap=True,
+                    )
+                )
+                room -= 1
+            # Anchor the y axis at 0 so a small wobble does not look like a collapse.
+            style = self.get_component_rich_style("plot--main", partial=True)
+            lines += plot_rows(w, room, [Series(ts, vs, style, line=True)], y_range=(0.0, hi * 1.05))
+        return join_lines(lines)
+
+
+class AttentionPane(_Pane):
+    """Attention ms per decode step against context: points, least-squares line, projection."""
+
+    def render(self) -> Text:
+        w, h = self.size.width, self.size.height
+        att = view.section(self.snapshot, "attention")
+        xs, ys = view.attention_points(self.snapshot)
+        if not att and not xs:
+            return self.empty("no decode steps yet…")
+        slope = view.num(att.get("slope_us_per_1k"))
+        intercept = view.num(att.get("intercept_ms"))
+        chunks = [
+            self.lv("slope", f"{view.fmt_rate(slope)} µs/1k tok"),
+            self.lv("R²", "–" if view.num(att.get("r2")) is None else f"{float(att['r2']):.3f}"),
+            self.lv("at 0 ctx", view.fmt_duration_ms(intercept)),
+        ]
+        proj = att.get("projection")
+        if isinstance(proj, Mapping) and view.num(proj.get("ctx")):
+            chunks.append(
+                self.lv(
+                    f"at {view.fmt_count(proj.get('ctx'))} tok",
+                    f"{view.fmt_pct(proj.get('pct_of_step'))} of a step "
+                    f"({view.fmt_duration_ms(proj.get('attention_ms'))})",
+                )
+            )
+        if att.get("superlinear"):
+            warn = self.get_component_rich_style("pane--warn", partial=True)
+            chunks.append(Text("⚠ superlinear growth", warn))
+        lines = flow(chunks, w)
+        room = h - len(lines)
+        if room >= 2 and xs:
+            x_lo, x_hi = min(xs), max(xs)
+            series = [Series(xs, ys, self.get_component_rich_style("plot--main", partial=True))]
+            if slope is not None and intercept is not None:
+                fx = [x_lo + (x_hi - x_lo) * i / 32 for i in range(33)]
+                fy = [intercept + slope * x / 1e6 for x in fx]  # µs per 1k tokens -> ms per token
+                fit_style = self.get_component_rich_style("plot--fit", partial=True)
+                series.append(Series(fx, fy, fit_style, line=True))
+            if room >= 4:  # the axis caption only when the plot keeps at least 3 rows
+                y_all = [y for s in series for y in s.ys if math.isfinite(y)]
+                lines.append(
+                    Text(
+                        f"ctx {view.fmt_count(x_lo)}–{view.fmt_count(x_hi)}  "
+                        f"ms {view.fmt_ms(min(y_all))}–{view.fmt_ms(max(y_all))}  (· points, ─ fit)",
+                        self.get_component_rich_style("pane--dim", partial=True),
+                        no_wrap=True,
+                    )
+                )
+                room -= 1
+            # Points first, then the fitted line on top: where they coincide the fit shows.
+            lines += plot_rows(w, room, series)
+        return join_lines(lines)
+
+
+class LayerPane(_Pane):
+    """One stacked bar per decoder layer (ms per decode step split by op class); outliers marked."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = _Pane.COMPONENT_CLASSES | OP_COMPONENTS
+
+    def render(self) -> Text:
+        w, h = self.size.width, self.size.height
+        layers = view.rows(self.snapshot, "layers")
+        if not layers:
+            return self.empty("no layer timings yet…")
+        totals = [view.num(r.get("ms_per_step")) or 0.0 for r in layers]
+        present = [c for c in OP_CLASSES if any((view.num(_by(r).get(c)) or 0) > 0 for r in layers)]
+        legend = flow([Text("■ " + c, op_style(self, c)) for c in present], w, sep=" ")
+        peak_i = max(range(len(layers)), key=lambda i: totals[i])
+        outliers = [str(r.get("layer")) for r in layers if r.get("outlier")]
+        summary = Text(no_wrap=True, overflow="crop")
+        summary.append_text(
+            self.lv("peak", f"L{layers[peak_i].get('layer')} {view.fmt_duration_ms(totals[peak_i])}")
+        )
+        summary.append("  ")
+        summary.append_text(self.lv("median", view.fmt_duration_ms(statistics.median(totals))))
+        if outliers:
+            summary.append("  ")
+            summary.append(
+                "⚠ outlier " + ",".join("L" + o for o in outliers),
+                self.get_component_rich_style("pane--warn", partial=True),
+            )
+        # Priority when space is short: bars, then the summary line, then the legend.
+        bar_h = h - 2  # summary + layer-number axis
+        if bar_h < 1:
+            return summary
+        if bar_h - len(legend) < 3:
+            legend = legend[: max(0, bar_h - 3)]
+        bar_h -= len(legend)
+        return join_lines([summary, *self._bars(layers, totals, w, bar_h), *legend])
+
+    def _bars(self, layers: Sequence[Mapping[str, Any]], totals: list[float], w: int, h: int) -> list[Text]:
+        n = len(layers)
+        # Several layers share a column only when the pane is narrower than the layer count.
+        per_col = max(1, math.ceil(n / max(1, w)))
+        cols: list[tuple[str, dict[str, float], bool]] = []
+        for start in range(0, n, per_col):
+            grp = layers[start : start + per_col]
+            split: dict[str, float] = {}
+            for r in grp:
+                for c, v in _by(r).items():
+                    split[c] = split.get(c, 0.0) + (view.num(v) or 0.0) / len(grp)
+            label = str(grp[0].get("layer"))
+            cols.append((label, split, any(r.get("outlier") for r in grp)))
+        slot = max(1, w // len(cols))
+        bar_w = 1 if slot < 3 else min(3, slot - 1)
+        gap = 1 if slot >= 2 else 0
+        peak = max(totals) or 1.0
+        grid: list[Text] = [Text(no_wrap=True, overflow="crop") for _ in range(h)]
+        for _label, split, _out in cols:
+            stack = [(c, split.get(c, 0.0)) for c in OP_CLASSES if split.get(c, 0.0) > 0]
+            cells = _stack_cells(stack, peak, h)
+            for row in range(h):
+                ch, fg, bg = cells[h - 1 - row]
+                style = op_style(self, fg) if fg else Style()
+                if bg:
+                    bg_color = op_style(self, bg).color
+                    style += Style(bgcolor=bg_color)
+                grid[row].append(ch * bar_w, style)
+                if gap:
+                    grid[row].append(" " * gap)
+        axis = Text(no_wrap=True, overflow="crop")
+        warn = self.get_component_rich_style("pane--warn", partial=True)
+        dim = self.get_component_rich_style("pane--dim", partial=True)
+        pos = 0
+        width = bar_w + gap
+        for i, (label, _split, out) in enumerate(cols):
+            x = i * width
+            if out:
+                if x >= pos:
+                    axis.append(" " * (x - pos))
+                    axis.append("▲" + label, warn)
+                    pos = x + 1 + len(label)
+            elif i % max(1, math.ceil(3 / width)) == 0 and x >= pos:
+                txt = label if i == 0 or len(label) < 3 else label[-2:]
+                if x + len(txt) <= w:
+                    axis.append(" " * (x - pos))
+                    axis.append(txt, dim)
+                    pos = x + len(txt) + 1
+                    axis.append(" ")
+        grid.append(axis)
+        return grid
+
+
+def _by(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    v = row.get("by_op_class")
+    return v if isinstance(v, Mapping) else {}
+
+
+def _stack_cells(stack: list[tuple[str, float]], peak: float, h: int) -> list[tuple[str, str, str]]:
+    """Cells bottom-up for one stacked bar: (char, fg op class, bg op class) at 1/8-cell resolution.
+
+    A cell shared by two segments shows the lower one as a partial block over the upper one's colour.
+    """
+    eighths: list[str] = []  # op class of each 1/8 cell from the bottom
+    total = sum(v for _, v in stack)
+    height = round(total / peak * h * 8) if peak > 0 else 0
+    if height and total > 0:
+        acc = 0.0
+        for c, v in stack:
+            acc += v
+            eighths.extend([c] * (round(acc / total * height) - len(eighths)))
+    cells: list[tuple[str, str, str]] = []
+    for r in range(h):
+        part = eighths[r * 8 : r * 8 + 8]
+        if not part:
+            cells.append((" ", "", ""))
+            continue
+        lower = part[0]
+        n_lower = sum(1 for c in part if c == lower)
+        if n_lower == 8:
+            cells.append(("█", lower, ""))
+        elif len(part) == n_lower:
+            cells.append((_EIGHTHS[n_lower], lower, ""))
+        else:
+            upper = next(c for c in part if c != lower)
+            cells.append((_EIGHTHS[n_lower], lower, upper if len(part) == 8 else ""))
+    return cells
+
+
+# -- header, strip, errors --------------------------------------------------------------------
+
+
+class HeaderBar(Static):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "header--title",
+        "header--label",
+        "header--warn",
+        "header--paused",
+    }
+
+    def show(self, snapshot: Any, status: ProviderStatus, *, mode: str, paused: bool) -> None:
+        src = view.section(snapshot, "source")
+        tok = view.section(snapshot, "tokens")
+        dropped = view.section(snapshot, "dropped")
+        label = self.get_component_rich_style("header--label", partial=True)
+        warn = self.get_component_rich_style("header--warn", partial=True)
+        line1 = Text(no_wrap=True, overflow="ellipsis")
+        line1.append("llmtop ", self.get_component_rich_style("header--title", partial=True))
+        kind = src.get("kind") or status.get("kind") or ""
+        parts = [kind, src.get("backend"), src.get("device"), src.get("model"), src.get("dtype")]
+        line1.append(" · ".join(str(p) for p in parts if p))
+        if src.get("timing"):
+            line1.append("  timing ", label)
+            line1.append(str(src["timing"]))
+        line2 = Text(no_wrap=True, overflow="ellipsis")
+        if paused or status.get("state") == "paused":
+            line2.append(" PAUSED ", self.get_component_rich_style("header--paused", partial=True))
+            line2.append(" ")
+        elif status.get("state") in ("finished", "error"):
+            line2.append(
+                f" {str(status['state']).upper()} ",
+                self.get_component_rich_style("header--paused", partial=True),
+            )
+            line2.append(" ")
+        # Most important first: a narrow terminal crops the end of the line.
+        cost, behind_names = view.collector_cost(snapshot)
+        behind = str(status.get("behind") or "") or (f"{behind_names} cannot keep up" if behind_names else "")
+        if behind:
+            line2.append("⚠ " + (behind if "behind" in behind else f"falling behind: {behind}") + "  ", warn)
+        items: list[tuple[str, str, bool]] = []
+        step = view.token_step(tok)
+        if step is not None:
+            items.append(("step", view.fmt_count(step), False))
+        window = view.report(snapshot).get("window_s")
+        items.append(
+            ("stats", f"last {view.fmt_rate(window)} s" if mode == "window" and window else mode, False)
+        )
+        total_dropped = view.num(dropped.get("total")) or 0
+        items.append(("dropped", view.fmt_count(total_dropped), total_dropped > 0))
+        if cost is None:
+            cost = view.num(status.get("collector_cost_pct"))
+        if cost is not None:
+            items.append(("collectors", f"{cost:.1f}% CPU", False))
+        if status.get("speed") is not None and status.get("kind") == "replay":
+            items.append(("speed", f"{status['speed']:g}×", False))
+            if status.get("progress") is not None:
+                items.append(("at", view.fmt_pct(100 * float(status["progress"])), False))
+        if status.get("prompt"):
+            items.append(("prompt", str(status["prompt"]), False))
+        for k, v, is_warn in items:
+            line2.append(k + " ", label)
+            line2.append(v, warn if is_warn else "")
+            line2.append("  ")
+        self.update(join_lines([line1, line2]), layout=False)
+
+
+class DeviceStrip(Static):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"strip--label", "strip--warn"}
+
+    def show(self, counters: Counters, status: ProviderStatus) -> None:
+        label = self.get_component_rich_style("strip--label", partial=True)
+        warn = self.get_component_rich_style("strip--warn", partial=True)
+        errors = status.get("errors") or {}
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append("proc ", label)
+        proc = counters.get("process") or {}
+        perr = counters.get("process_error") or errors.get("process")
+        if perr:
+            t.append(f"✖ {perr}", warn)
+        elif proc:
+            t.append(
+                f"CPU {view.fmt_rate(proc.get('cpu_pct'))}%  RSS {view.fmt_bytes(proc.get('rss_bytes'))}  "
+            )
+            t.append(f"{view.fmt_count(proc.get('threads'))} thr")
+        else:
+            t.append("–")
+        t.append("  │  GPU ", label)
+        gpu = counters.get("gpu") or {}
+        gerr = errors.get("gpu")
+        if gerr:
+            t.append(f"✖ {gerr}", warn)
+        elif gpu:
+            used, total = gpu.get("mem_used_bytes"), gpu.get("mem_total_bytes")
+            t.append(
+                f"{view.fmt_rate(gpu.get('util_pct'))}%  mem {view.fmt_bytes(used)}/{view.fmt_bytes(total)}  "
+            )
+            t.append(
+                f"{view.fmt_rate(gpu.get('power_w'))} W  {view.fmt_count(gpu.get('sm_clock_mhz'))} MHz  "
+            )
+            t.append(f"{view.fmt_rate(gpu.get('temp_c'))}°C")
+        else:
+            t.append(f"absent: {counters.get('gpu_absent') or 'no GPU collector'}", label)
+        self.update(t, layout=False)
+
+
+class ErrorBar(Static):
+    """Collector errors; hidden (CSS class) while there are none."""
+
+    def show(self, errors: Mapping[str, str]) -> None:
+        self.set_class(bool(errors), "-active")
+        if errors:
+            self.update(
+                join_lines(Text(f"✖ {k}: {v}", no_wrap=True, overflow="ellipsis") for k, v in errors.items())
+            )
+
+
+# -- top kernels ------------------------------------------------------------------------------
+
+# (key in the report row, header label, width, formatter); the name column takes the remaining width.
+KERNEL_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("op_class", "op class", 11),
+    ("count", "count", 7),
+    ("total_ms", "total ms", 9),
+    ("mean_ms", "mean", 7),
+    ("p50_ms", "p50", 7),
+    ("p95_ms", "p95", 7),
+    ("p99_ms", "p99", 7),
+    ("max_ms", "max", 7),
+    ("pct", "%", 6),
+    ("cum_pct", "cum %", 6),
+)
+SORT_COLUMN = {
+    "total": "total_ms",
+    "count": "count",
+    "mean": "mean_ms",
+    "p95": "p95_ms",
+    "max": "max_ms",
+    "name": "name",
+}
+_FORMAT = {"count": view.fmt_count, "pct": view.fmt_pct, "cum_pct": view.fmt_pct}
+MIN_NAME_WIDTH = 14
+# On narrow terminals these columns go first (in this order) so the kernel name stays readable;
+# the sort column is always kept. All columns show from about 120 columns up.
+DROP_ORDER = ("p99_ms", "p50_ms", "max_ms", "cum_pct", "count")
+WANT_NAME_WIDTH = 24
+
+
+def row_key(row: Mapping[str, Any]) -> str:
+    name = row.get("name")
+    return str(name) if name is not None else f"layer {row.get('layer')}"
+
+
+class KernelTable(ScrollView, can_focus=True):
+    """Top kernels: a keyed table drawn with Textual's line API.
+
+    Rows are keyed by name; `show` updates the formatted cells of each key in place and reorders only
+    when the snapshot's order changed, and the selection follows its kernel. Only the visible lines
+    are drawn each frame, so a refresh with 300 kernels costs about as much as one with 20 (Textual's
+    DataTable re-renders every visible cell through Rich after any cell update: measured far over
+    the 25 ms frame budget here, see benchmarks/bench_tui.py).
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "cursor(-1)", "up", show=False),
+        Binding("down", "cursor(1)", "down", show=False),
+        Binding("pageup", "page(-1)", "page up", show=False),
+        Binding("pagedown", "page(1)", "page down", show=False),
+        Binding("home", "edge(0)", "first", show=False),
+        Binding("end", "edge(1)", "last", show=False),
+        Binding("enter", "select", "detail", show=False),
+    ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "kernel-table--header",
+        "kernel-table--sorted",
+        "kernel-table--zebra",
+        "kernel-table--cursor",
+    } | OP_COMPONENTS
+
+    class RowSelected(Message):
+        """Enter (or a click on the selected row) on a row."""
+
+        def __init__(self, table: KernelTable, key: str) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
+    cursor_row: reactive[int] = reactive(0, always_update=True)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._cells: dict[str, tuple[str, ...]] = {}  # row key -> formatted cells as last shown
+        self._op: dict[str, str] = {}
+        self._order: list[str] = []
+        self._layout: tuple[int, tuple[str, ...], str] | None = None  # what the columns were fitted to
+        self._columns: list[tuple[str, str, int, bool]] = []  # key, label, width, right-justified
+        self.sort_key = "total"
+
+    # -- read side (tests, app) -----------------------------------------------------------
+    @property
+    def order(self) -> list[str]:
+        """Row keys top to bottom (what the user sees)."""
+        return list(self._order)
+
+    @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def shown_columns(self) -> tuple[str, ...]:
+        return self._layout[1] if self._layout else ()
+
+    def header_labels(self) -> dict[str, str]:
+        return {key: label for key, label, _, _ in self._columns}
+
+    def row_cells(self, key: str) -> tuple[str, ...]:
+        """The formatted cells of a row (name first, then the shown columns)."""
+        return self._cells[key]
+
+    def cursor_key(self) -> str | None:
+        if not self._order or not (0 <= self.cursor_row < len(self._order)):
+            return None
+        return self._order[self.cursor_row]
+
+    # -- updates --------------------------------------------------------------------------
+    def restyle(self) -> None:
+        """Colours are read from component styles at draw time: a redraw picks up a new theme."""
+        self.refresh()
+
+    def clear_rows(self) -> None:
+        self._cells.clear()
+        self._op.clear()
+        self._order = []
+        self.cursor_row = 0
+        self._resize_virtual()
+
+    def _fit_columns(self) -> tuple[int, tuple[str, ...]]:
+        """(name width, shown column keys) for the current width and sort."""
+        shown = [k for k, _, _ in KERNEL_COLUMNS]
+        widths = {k: wd for k, _, wd in KERNEL_COLUMNS}
+        sort_col = SORT_COLUMN.get(self.sort_key)
+
+        def name_width() -> int:
+            # 2 per column = one space either side, also around the name; then the vertical scrollbar.
+            fixed = sum(widths[k] + 2 for k in shown) + 2 + self.styles.scrollbar_size_vertical
+            return self.size.width - fixed
+
+        for k in DROP_ORDER:
+            if name_width() >= WANT_NAME_WIDTH:
+                break
+            if k != sort_col:
+                shown.remove(k)
+        return max(MIN_NAME_WIDTH, name_width()), tuple(shown)
+
+    def _build_columns(self, width: int, shown: tuple[str, ...]) -> None:
+        sort_col = SORT_COLUMN.get(self.sort_key, "")
+        self._columns = [("name", "name ▲" if sort_col == "name" else "name", width, False)]
+        for key, label, wd in KERNEL_COLUMNS:
+            if key in shown:
+                # Arrow in front: a trailing one would be cropped by the fixed column width.
+                self._columns.append((key, ("▼" if key == sort_col else "") + label, wd, key != "op_class"))
+        self._layout = (width, shown, self.sort_key)
+        self._cells.clear()  # every row is re-formatted for the new columns
+
+    def _format(self, row: Mapping[str, Any], width: int, shown: tuple[str, ...]) -> tuple[str, ...]:
+        out = [view.shorten(row_key(row), width)]
+        for key in shown:
+            v = row.get(key)
+            if key == "op_class":
+                out.append(str(v) if v is not None else "")
+            else:
+                out.append(_FORMAT.get(key, view.fmt_ms)(v))
+        return tuple(out)
+
+    def show(self, rows: Sequence[Mapping[str, Any]], sort_key: str) -> None:
+        """Make the table show `rows` in this order; redraws only when something visible changed."""
+        self.sort_key = sort_key
+        cursor = self.cursor_key()
+        on_top = self.cursor_row <= 0
+        width, shown = self._fit_columns()
+        changed = False
+        if self._layout != (width, shown, sort_key):
+            self._build_columns(width, shown)
+            changed = True
+        keys: list[str] = []
+        cells_now: dict[str, tuple[str, ...]] = {}
+        for row in rows:
+            key = row_key(row)
+            if key in cells_now:  # defensive: a duplicate name would break keyed updates
+                continue
+            keys.append(key)
+            cells = self._format(row, width, shown)
+            cells_now[key] = cells
+            if self._cells.get(key) != cells:
+                changed = True
+            self._op[key] = str(row.get("op_class") or "")
+        if len(cells_now) != len(self._cells):
+            changed = True
+        self._cells = cells_now
+        if keys != self._order:
+            # Rows only move when the snapshot's order (ties already broken by name) really changed.
+            self._order = keys
+            changed = True
+        self._op = {k: self._op[k] for k in keys}
+        self._resize_virtual()
+        # The cursor follows its kernel once the user has moved it; on the top row it stays on top.
+        if cursor is not None and cursor in cells_now and not on_top:
+            idx = keys.index(cursor)
+            if idx != self.cursor_row:
+                self.cursor_row = idx
+        elif self.cursor_row >= len(keys):
+            self.cursor_row = max(0, len(keys) - 1)
+        if changed:
+            self.refresh()
+
+    def _resize_virtual(self) -> None:
+        # +1: the header is line 0 of the virtual space and is pinned on screen by render_line.
+        self.virtual_size = Size(self.size.width, len(self._order) + 1)
+
+    def on_resize(self) -> None:
+        self._resize_virtual()
+
+    # -- cursor ---------------------------------------------------------------------------
+    def watch_cursor_row(self, row: int) -> None:
+        visible = max(1, self.scrollable_content_region.height - 1)
+        top = round(self.scroll_offset.y)
+        if row < top:
+            self.scroll_to(y=row, animate=False)
+        elif row >= top + visible:
+            self.scroll_to(y=row - visible + 1, animate=False)
+        self.refresh()
+
+    def _move(self, row: int) -> None:
+        if self._order:
+            self.cursor_row = min(max(0, row), len(self._order) - 1)
+
+    def action_cursor(self, delta: int) -> None:
+        self._move(self.cursor_row + delta)
+
+    def action_page(self, direction: int) -> None:
+        self._move(self.cursor_row + direction * max(1, self.scrollable_content_region.height - 2))
+
+    def action_edge(self, end: int) -> None:
+        self._move(len(self._order) - 1 if end else 0)
+
+    def action_select(self) -> None:
+        key = self.cursor_key()
+        if key is not None:
+            self.post_message(self.RowSelected(self, key))
+
+    def on_click(self, event: events.Click) -> None:
+        row = round(self.scroll_offset.y) + event.y - 1
+        if 0 <= row < len(self._order):
+            if row == self.cursor_row and event.chain >= 2:
+                self.action_select()
+            self.cursor_row = row
+
+    # -- drawing --------------------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if y == 0:
+            return self._header_strip(width, base)
+        index = round(self.scroll_offset.y) + y - 1
+        if index >= len(self._order):
+            return Strip.blank(width, base)
+        key = self._order[index]
+        cells = self._cells.get(key)
+        if cells is None:
+            return Strip.blank(width, base)
+        style = base
+        if index == self.cursor_row and (self.has_focus or self.cursor_row > 0):
+            style = base + self.get_component_rich_style("kernel-table--cursor")
+        elif index % 2:
+            style = base + self.get_component_rich_style("kernel-table--zebra")
+        segs: list[Segment] = []
+        for (col, _, wd, right), text in zip(self._columns, cells, strict=True):
+            seg_style = style + op_style(self, self._op.get(key, "")) if col == "op_class" else style
+            segs.append(Segment(" " + _fit(text, wd, right) + " ", seg_style))
+        return Strip(segs).adjust_cell_length(width, style)
+
+    def _header_strip(self, width: int, base: Style) -> Strip:
+        head = base + self.get_component_rich_style("kernel-table--header")
+        sort_style = head + self.get_component_rich_style("kernel-table--sorted")
+        sort_col = SORT_COLUMN.get(self.sort_key, "")
+        segs = [
+            Segment(" " + _fit(label, wd, right) + " ", sort_style if key == sort_col else head)
+            for key, label, wd, right in self._columns
+        ]
+        return Strip(segs).adjust_cell_length(width, head)
+
+
+def _fit(text: str, width: int, right: bool) -> str:
+    text = set_cell_size(text, min(cell_len(text), width))
+    pad = " " * (width - cell_len(text))
+    return pad + text if right else text + pad

@@ -1,0 +1,281 @@
+"""Importers on real fixtures and seeds, checked against an independent pass over the same file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sqlite3
+from collections import Counter, defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmtop.events import DECODE, OP_CLASS_ID, PREFILL, NameTable
+from llmtop.traces.importers import ImportResult, detect_format, open_trace
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+KINETO = SHARED / "fixtures" / "kineto"
+HTA = KINETO / "hta_a100_simple_add.json.gz"
+MI300X = KINETO / "tracelens_mi300x_sglang_qwen3_8b_decode.json.gz"
+VLLM_CPU = KINETO / "vllm_cpu_0.32_worker_rank0.pt.trace.json.gz"
+NSYS = SHARED / "fixtures" / "nsys" / "pipit_a100_saxpy_mpi.sqlite"
+DOPPLER = next((SHARED / "seeds").glob("002_*.txt"), SHARED / "seeds" / "002_missing.txt")
+
+DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+
+
+def collect(r: ImportResult) -> tuple[np.ndarray, np.ndarray, NameTable]:
+    """Apply the batches the way a consumer does: names through NameTable.extend, in order."""
+    names = NameTable()
+    ks, ss = [], []
+    for b in r.batches:
+        names.extend(b.names_base, b.new_names)
+        ks.append(b.kernels)
+        ss.append(b.steps)
+    return np.concatenate(ks), np.concatenate(ss), names
+
+
+def us_ns(v: object) -> int:
+    return int(Decimal(str(v)) * 1000)
+
+
+def walk(path: Path) -> list[dict]:
+    with gzip.open(path) as f:
+        d = json.load(f, parse_float=Decimal)
+    return d["traceEvents"] if isinstance(d, dict) else d
+
+
+def top_name(ks: np.ndarray, names: NameTable) -> str:
+    return names[int(np.bincount(ks["name"], weights=ks["dur_ns"]).argmax())]
+
+
+def check_steps(ks: np.ndarray, st: np.ndarray) -> None:
+    for s in st:
+        mine = ks[ks["step"] == s["step"]]
+        assert int(mine["dur_ns"].sum()) == int(s["kernel_ns"])
+        if len(mine):
+            assert mine["start_ns"].min() >= s["start_ns"]
+            assert (mine["start_ns"] + mine["dur_ns"]).max() <= s["start_ns"] + s["dur_ns"]
+
+
+def test_detect_by_content_not_extension(tmp_path: Path) -> None:
+    assert detect_format(HTA) == "kineto"
+    assert detect_format(NSYS) == "nsys"
+    assert detect_format(DOPPLER) == "doppler"
+    odd = tmp_path / "trace.sqlite"  # Kineto JSON under a misleading name
+    odd.write_bytes(gzip.decompress(HTA.read_bytes()))
+    assert detect_format(odd) == "kineto"
+    rec = pytest.importorskip("llmtop.traces.recording")
+    fake = tmp_path / "run.json"
+    fake.write_bytes(rec.MAGIC + b"\x00" * 32)
+    assert detect_format(fake) == "recording"
+
+
+def test_hta_a100_kineto() -> None:
+    events = walk(HTA)
+    dev = [e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
+    r = open_trace(HTA)
+    ks, st, names = collect(r)
+    assert len(ks) == len(dev)
+    assert int(ks["dur_ns"].sum()) == sum(us_ns(e["dur"]) for e in dev)
+    per_name: Counter[str] = Counter()
+    for e in dev:
+        per_name[e["name"]] += us_ns(e["dur"])
+    assert top_name(ks, names) == per_name.most_common(1)[0][0]
+    assert sum(1 for k in ks if names[k["name"]].startswith("ampere_sgemm")) == sum(
+        1 for e in dev if e["name"].startswith("ampere_sgemm")
+    )
+    # steps: the outermost user annotations that name a forward pass
+    fwd = sorted(
+        (us_ns(e["ts"]), us_ns(e["ts"]) + us_ns(e["dur"]))
+        for e in events
+        if e.get("cat") == "user_annotation" and "forward" in e["name"]
+    )
+    outer = [f for f in fwd if not any(o[0] <= f[0] and f[1] <= o[1] and o != f for o in fwd)]
+    assert len(st) == len(outer)
+    check_steps(ks, st)
+    assert r.source.device == "NVIDIA A100-PG509-200"
+    assert r.source.extra["ranks"] == [0]
+    assert r.skipped == 0
+    streams = {(e["args"]["device"], e["args"]["stream"]) for e in dev}
+    assert len(np.unique(ks["track"])) == len(streams)
+
+
+def test_mi300x_sglang_graph_replay() -> None:
+    events = walk(MI300X)
+    dev = [e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
+    corr = Counter(e["args"]["correlation"] for e in dev if e["cat"] == "kernel")
+    assert corr.most_common(1)[0][1] > 100  # one graph launch, hundreds of kernels
+    r = open_trace(MI300X)
+    ks, st, names = collect(r)
+    assert len(ks) == len(dev)
+    assert int(ks["dur_ns"].sum()) == sum(us_ns(e["dur"]) for e in dev)
+    per_name: Counter[str] = Counter()
+    for e in dev:
+        per_name[e["name"]] += us_ns(e["dur"])
+    assert top_name(ks, names) == per_name.most_common(1)[0][0]
+    # one decoder layer runs one paged-attention kernel: their count is the layer count
+    n_attn = sum(1 for e in dev if e["name"].startswith("void paged_attention_ll4mi_QKV"))
+    assert r.source.n_layers == n_attn == len(np.unique(ks["layer"][ks["layer"] >= 0]))
+    paged = np.array([names[int(i)].startswith("void paged_attention") for i in ks["name"]])
+    assert (ks["op_class"][paged] == OP_CLASS_ID["attention"]).all()
+    assert sorted(ks["layer"][paged].tolist()) == sorted(list(range(n_attn)) * 2)  # QKV + reduce per layer
+    steps = [e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith("execute_")]
+    assert len(st) == len(steps) == 1
+    m = re.search(r"_generation_(\d+)\(sq(\d+)", steps[0]["name"])
+    assert st[0]["phase"] == DECODE and st[0]["tokens"] == int(m.group(2)) and st[0]["batch"] == 32
+    check_steps(ks, st)
+    assert r.source.device == "AMD Instinct MI300X"
+
+
+def test_vllm_cpu_trace_outermost_ops() -> None:
+    events = walk(VLLM_CPU)
+    ops = [e for e in events if e.get("cat") == "cpu_op"]
+    by_thread: dict[tuple, list] = defaultdict(list)
+    for e in ops:
+        by_thread[(e["pid"], e["tid"])].append((us_ns(e["ts"]), us_ns(e["ts"]) + us_ns(e["dur"]), e["name"]))
+    outer = []
+    for evs in by_thread.values():
+        evs.sort(key=lambda x: (x[0], -x[1]))
+        end = -1
+        for t0, t1, n in evs:
+            if t0 >= end:
+                outer.append((t0, t1, n))
+            end = max(end, t1)
+    r = open_trace(VLLM_CPU)
+    ks, st, names = collect(r)
+    assert len(ks) == len(outer)
+    assert int(ks["dur_ns"].sum()) == sum(t1 - t0 for t0, t1, _ in outer)
+    ann = [e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith("execute_context")]
+    assert len(st) == len(ann) == 20
+    prefill = [e for e in ann if not e["name"].startswith("execute_context_0(")]
+    assert int((st["phase"] == PREFILL).sum()) == len(prefill)
+    first = st[np.argmin(st["start_ns"])]
+    assert first["tokens"] == int(re.match(r"execute_context_\d+\((\d+)\)", prefill[0]["name"]).group(1))
+    assert (st["kernel_ns"] <= st["dur_ns"]).all()  # no double counting of nested ops
+    check_steps(ks, st)
+    mm = ks[ks["op_class"] == OP_CLASS_ID["matmul"]]
+    assert len(mm) > 0 and names[int(mm["name"][0])] == "_C::onednn_mm"
+
+
+def test_nsys_sqlite_against_sql() -> None:
+    con = sqlite3.connect(f"file:{NSYS}?mode=ro", uri=True)
+    q = "SELECT COUNT(*), SUM(end - start) FROM {}"
+    n = tot = 0
+    for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"):
+        c, s = con.execute(q.format(t)).fetchone()
+        n, tot = n + c, tot + (s or 0)
+    top_kernel = con.execute(
+        "SELECT s.value, SUM(k.end - k.start) AS t FROM CUPTI_ACTIVITY_KIND_KERNEL k "
+        "JOIN StringIds s ON s.id = k.shortName GROUP BY s.value ORDER BY t DESC LIMIT 1"
+    ).fetchone()[0]
+    n_kernels = con.execute("SELECT COUNT(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+    saxpy_ranges = con.execute(
+        "SELECT COUNT(*) FROM NVTX_EVENTS WHERE text = 'saxpy' AND end IS NOT NULL"
+    ).fetchone()[0]
+    gpu = con.execute("SELECT name FROM TARGET_INFO_GPU").fetchone()[0]
+    con.close()
+    r = open_trace(NSYS)
+    ks, st, names = collect(r)
+    assert len(ks) == n and int(ks["dur_ns"].sum()) == tot
+    kern = ks[ks["op_class"] != OP_CLASS_ID["memcpy"]]
+    assert len(kern) == n_kernels
+    assert names[int(np.bincount(kern["name"], weights=kern["dur_ns"]).argmax())] == top_kernel
+    assert len(st) == saxpy_ranges  # each NVTX 'saxpy' range launches one kernel
+    assert all(int(s["kernel_ns"]) > 0 for s in st)
+    check_steps(ks, st)
+    assert r.source.device == gpu and r.source.backend == "nsys"
+    assert r.source.extra["schema_version"] == "2.9.1"
+
+
+def test_doppler_seed_attention_grows() -> None:
+    text = DOPPLER.read_text()
+    blocks = text.split("GPU Profile Report")[1:]
+    sums = []
+    for b in blocks:
+        body = b.split("TOTAL")[0]
+        rows = re.findall(r"^(\S+)\s+(\d+\.\d+)\s+\d+\.\d+$", body, re.M)
+        sums.append((sum(round(float(t) * 100) for _, t in rows), dict(rows)))
+    r = open_trace(DOPPLER)
+    ks, st, names = collect(r)
+    st = st[np.argsort(st["start_ns"])]
+    assert len(st) == len(blocks) == text.count("Batch decode") + 1
+    assert st[0]["phase"] == PREFILL and (st[1:]["phase"] == DECODE).all()
+    assert [int(s["kernel_ns"]) // 10_000 for s in st] == [s for s, _ in sums]
+    assert int(st[1:]["tokens"].sum()) == int(re.search(r"Decode: \d+ms \((\d+) tokens", text).group(1))
+    attn = [float(rows["attention"]) for _, rows in sums[1:]]
+    aid = names.names.index("attention")
+    mine = [int(ks["dur_ns"][(ks["step"] == s["step"]) & (ks["name"] == aid)].sum()) / 1e6 for s in st[1:]]
+    assert mine == pytest.approx(attn)
+    assert mine[-2] > 10 * mine[0]  # attention cost grows with context over the decode
+    assert (np.diff(st["ctx"][1:]) > 0).all()
+    assert r.source.n_layers == 26 and len(np.unique(ks["layer"][ks["layer"] >= 0])) == 26
+    check_steps(ks, st)
+
+
+def _metallic_line(ts: str, typ: str, data: dict) -> str:
+    return json.dumps({"timestamp": ts, "span_id": 1, "parent_span_id": None, "span_name": "gen",
+                       "event": {"type": typ, "data": data}})
+
+
+def test_metallic_jsonl(tmp_path: Path) -> None:
+    # metallic's serde layout (tag="type", content="data"); a small synthetic run: 2 prompt ops, 3 decode
+    # iterations of 2 blocks x (rope, sdpa) + cb bookkeeping that must not become kernels.
+    lines = [_metallic_line("2025-10-01T10:00:00.000100000Z", "KernelBackendSelected",
+                            {"op_name": "sdpa", "backend": "Metal", "reason": "OnlyAvailable"})]
+    lines.append(_metallic_line("2025-10-01T10:00:00.002000000Z", "GpuOpCompleted",
+                                {"op_name": "Prompt Processing/generation_step_output/gemv (C)",
+                                 "backend": "Metal", "duration_us": 1500}))
+    expect_total, expect_n = 1500_000, 1
+    t = 10_000  # µs after 10:00:00
+    for it in range(3):
+        t0 = t
+        for b in range(2):
+            for op, d in (("metallic::kernels::rope::RoPEOp", 100 + it), ("sdpa", 200 + 10 * it)):
+                t += d
+                lines.append(_metallic_line(f"2025-10-01T10:00:00.{t:06d}123Z", "GpuOpCompleted",
+                                            {"op_name": f"Generation Loop/block_{b}/{op}", "backend": "Metal",
+                                             "duration_us": d}))
+                expect_total += d * 1000
+                expect_n += 1
+        lines.append(_metallic_line(f"2025-10-01T10:00:00.{t:06d}500Z", "GpuOpCompleted",
+                                    {"op_name": "Generation Loop/cb_wait", "backend": "Metal",
+                                     "duration_us": 50}))
+        t += 5
+        lines.append(_metallic_line(f"2025-10-01T10:00:00.{t:06d}000Z", "InternalKernelCompleted",
+                                    {"parent_op_name": "generation_loop", "internal_kernel_name":
+                                     "iteration_total", "duration_us": t - t0 + 1}))
+        t += 100
+    lines.append("{not json")
+    p = tmp_path / "prof.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    assert detect_format(p) == "metallic"
+    r = open_trace(p)
+    ks, st, names = collect(r)
+    assert len(ks) == expect_n and int(ks["dur_ns"].sum()) == expect_total
+    assert "cb_wait" not in names.names and r.source.extra["cb_wait_ns"] == 3 * 50_000
+    assert r.skipped == 1 and any("command buffer" in w for w in r.warnings)
+    assert int((st["phase"] == DECODE).sum()) == 3 and int((st["phase"] == PREFILL).sum()) == 1
+    assert r.source.n_layers == 2
+    check_steps(ks, st)
+    sd = names.names.index("sdpa")
+    assert (ks["op_class"][ks["name"] == sd] == OP_CLASS_ID["attention"]).all()
+
+
+def test_exact_ns_timestamps_and_array_form(tmp_path: Path) -> None:
+    p = tmp_path / "a.json"  # Array form; floats written as text: json.dumps would round them
+    p.write_text('[\n' + ",\n".join(
+        f'{{"ph": "X", "cat": "kernel", "name": "{n}", "pid": 0, "tid": {s}, "ts": {ts}, "dur": {d}, '
+        f'"args": {{"correlation": {c}, "device": 0, "stream": {s}}}}}'
+        for n, s, ts, d, c in (("gemm_L3", 7, "1694039959000054.484", "12.345", 9),
+                               ("flash_fwd", 8, "1694039959000070.001", "1.5", 10))) + "\n]")
+    r = open_trace(p)
+    ks, _, names = collect(r)
+    assert ks["start_ns"].tolist() == [1694039959000054484, 1694039959000070001]
+    assert ks["dur_ns"].tolist() == [12345, 1500]
+    assert ks["layer"].tolist() == [3, -1]
+    assert [names[i] for i in ks["name"]] == ["gemm_L3", "flash_fwd"]
+    assert len(np.unique(ks["track"])) == 2

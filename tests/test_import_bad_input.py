@@ -1,0 +1,182 @@
+"""Bad input: a one-line LlmtopError or a partial import that counts what it skipped; never a traceback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from llmtop.errors import LlmtopError
+from llmtop.events import OP_CLASS_ID
+from llmtop.traces.importers import open_trace
+from llmtop.traces.importers.mapping import layer_of, op_class_of, parse_step, us_to_ns
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HTA = SHARED / "fixtures" / "kineto" / "hta_a100_simple_add.json.gz"
+HTA_RAW = gzip.decompress(HTA.read_bytes())
+DOPPLER = next((SHARED / "seeds").glob("002_*.txt"), SHARED / "seeds" / "002_missing.txt")
+
+
+def outcome(path: Path) -> str:
+    try:
+        r = open_trace(path)
+        n = sum(len(b) for b in r.batches)
+    except LlmtopError as e:
+        assert "\n" not in str(e) and str(e)
+        return "error"
+    return f"ok:{n}:{r.skipped}"
+
+
+def test_truncated_gzip_is_partial(tmp_path: Path) -> None:
+    data = HTA.read_bytes()
+    p = tmp_path / "t.json.gz"
+    p.write_bytes(data[: len(data) // 2])
+    r = open_trace(p)
+    assert sum(len(b.kernels) for b in r.batches) < 98
+    assert r.skipped >= 1 and any("ended early" in w or "truncated" in w for w in r.warnings)
+
+
+def test_half_written_json_is_partial(tmp_path: Path) -> None:
+    p = tmp_path / "t.json"
+    p.write_bytes(HTA_RAW[: int(len(HTA_RAW) * 0.8)])
+    r = open_trace(p)
+    assert r.skipped == 1 and any("truncated" in w for w in r.warnings)
+    assert 0 < sum(len(b.kernels) for b in r.batches) <= 98
+
+
+def test_sqlite_not_nsys(tmp_path: Path) -> None:
+    p = tmp_path / "x.sqlite"
+    con = sqlite3.connect(p)
+    con.execute("CREATE TABLE users(id INTEGER, name TEXT)")
+    con.commit()
+    con.close()
+    with pytest.raises(LlmtopError, match="not an Nsight Systems export"):
+        open_trace(p)
+
+
+def test_foreign_and_empty_files(tmp_path: Path) -> None:
+    for name, data in (("a.json", b""), ("b.bin", b"\x00\x01garbage"), ("c.json", b'{"a": 1}'),
+                       ("d.txt", b"hello world\n")):
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(LlmtopError):
+            open_trace(p)
+    with pytest.raises(LlmtopError, match="no such file"):
+        open_trace(tmp_path / "missing.json")
+
+
+def test_wrong_types_are_skipped(tmp_path: Path) -> None:
+    ok = {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 10, "dur": 2,
+          "args": {"correlation": 1, "device": 0, "stream": 7}}
+    bad = [dict(ok, ts="abc"), dict(ok, dur=None), dict(ok, name=5),
+           dict(ok, args={"correlation": 1, "device": [1], "stream": 7}), "str", 7, None]
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps({"traceEvents": [ok, *bad, dict(ok, ts=20)]}))
+    r = open_trace(p)
+    assert sum(len(b.kernels) for b in r.batches) == 2 and r.skipped == len(bad)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=hs.floats(0.0, 1.0), gz=hs.booleans(), flip=hs.integers(0, 255), at=hs.floats(0.0, 1.0))
+def test_fuzz_kineto_bytes(cut: float, gz: bool, flip: int, at: float) -> None:
+    data = bytearray(HTA_RAW[: int(len(HTA_RAW) * cut)])
+    if data:
+        data[int((len(data) - 1) * at)] = flip
+    raw = gzip.compress(bytes(data)) if gz else bytes(data)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "f.json"
+        p.write_bytes(raw)
+        outcome(p)  # must not raise anything but LlmtopError
+
+
+@settings(max_examples=20, deadline=None)
+@given(lines=hs.lists(hs.one_of(hs.text(max_size=40), hs.sampled_from([
+    "[browser:warning] [10.0ms][Profile] Batch decode (N=4):",
+    "[browser:warning] [10.1ms][Profile] GPU Profile Report",
+    "attention                       24.27    21.2", "TOTAL  1.0  100.0", "matmul:q_proj:L3   1e5  2",
+])), max_size=30))
+def test_fuzz_doppler_lines(lines: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "log.txt"
+        p.write_text("[browser:log] start\n" + "\n".join(lines))
+        outcome(p)
+
+
+def test_truncated_doppler_seed(tmp_path: Path) -> None:
+    text = DOPPLER.read_text()
+    p = tmp_path / "cut.txt"
+    p.write_text(text[: len(text) // 3])
+    r = open_trace(p)
+    assert sum(len(b.steps) for b in r.batches) < text.count("GPU Profile Report")
+
+
+# The mapping table, one row per rule family.
+OP_CASES = [
+    ("ampere_sgemm_32x32_sliced1x4_tn", "matmul"),
+    ("Cijk_Alik_Bljk_BBS_BH_Bias_HA_S_SAV_UserArgs_MT64x32x256", "matmul"),
+    ("NT_matmul7_kernel_2", "matmul"),
+    ("void cutlass::Kernel<cutlass_80_tensorop_s16816gemm>", "matmul"),
+    ("gemv_addmm (C)", "matmul"),
+    ("aten::linear", "matmul"),
+    ("_C::onednn_mm", "matmul"),
+    ("matmul_rmsnorm_fused:L9.ffn_down", "matmul"),
+    ("flash_fwd_splitkv_kernel", "attention"),
+    ("fmha_cutlassF_f16_aligned_64x64_rf_sm80", "attention"),
+    ("void paged_attention_ll4mi_QKV_mfma16_kernel", "attention"),
+    ("batch_decode_paged_kv_kernel", "attention"),
+    ("sdpa", "attention"),
+    ("_ZN5aiter24add_rmsnorm_quant_kernelIDF16b", "norm"),
+    ("fuse_add_norm_prefill_kernel", "norm"),
+    ("void rotary_embedding_kernel<c10::BFloat16, true>", "rope"),
+    ("metallic::kernels::rope::RoPEOp", "rope"),
+    ("aten::embedding", "embedding"),
+    ("act_and_mul_kernel", "elementwise"),
+    ("aten::silu", "elementwise"),
+    ("void at::native::vectorized_elementwise_kernel<4, add>", "elementwise"),
+    ("Memcpy HtoD (Pageable -> Device)", "memcpy"),
+    ("Memset (Device)", "memcpy"),
+    ("void (anonymous namespace)::store_kvcache<2048l>", "memcpy"),
+    ("reduce_kernel<512, 1, ReduceOp<float, ArgMaxOps<float>>>", "sampling"),
+    ("sample_topk_fused", "sampling"),
+    ("aten::empty", "other"),
+    ("property_lookup", "other"),
+]
+
+
+@pytest.mark.parametrize(("name", "cls"), OP_CASES)
+def test_op_class_table(name: str, cls: str) -> None:
+    assert op_class_of(name) == OP_CLASS_ID[cls]
+
+
+@pytest.mark.parametrize(("name", "layer"), [
+    ("nn.Module: LlamaDecoderLayer_12", 12), ("model.layers.7.mlp", 7), ("block_3_total", 3),
+    ("blk.21.attn_q", 21), ("matmul:ffn_up:L12", 12), ("matmul_rmsnorm_fused:L9.ffn_down", 9),
+    ("_ZN5aiter24add_rmsnorm_quant_kernelIDF16bDF16bLi64ELi8E", -1), ("ampere_sgemm_32x32", -1),
+])
+def test_layer_table(name: str, layer: int) -> None:
+    assert layer_of(name) == layer
+
+
+def test_step_table() -> None:
+    f = parse_step("execute_context_1(4)_generation_0(0)")
+    assert (f.phase, f.tokens, f.batch) == (0, 4, 1)
+    f = parse_step("execute_context_0(0)_generation_3(3)")
+    assert (f.phase, f.tokens, f.batch) == (1, 3, 3)
+    f = parse_step("execute_32_context_0(sq0sk0sqsq0sqsk0)_generation_32(sq32sk32785sqsq32sqsk32785)")
+    assert (f.phase, f.tokens, f.batch, f.ctx) == (1, 32, 32, 1025)
+    assert parse_step("ProfilerStep#7").index == 7
+    assert parse_step("step[DECODE bs=32]").batch == 32
+    assert parse_step("aten::mm") is None
+
+
+def test_us_to_ns_exact() -> None:
+    assert us_to_ns("1694039959000054.484") == 1694039959000054484
+    assert us_to_ns("0.0005") == 1 and us_to_ns(12) == 12000 and us_to_ns("-1.5") == -1500
+    assert np.int64(us_to_ns("4909914216204.635")) == 4909914216204635
