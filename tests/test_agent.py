@@ -75,8 +75,8 @@ def test_manual_api_streams_to_viewers_and_survives_restart() -> None:
             names.extend(b.names_base, b.new_names)
         ks = np.concatenate([b.kernels for b in b1])
         assert len(ks) == 16
-        assert sorted({names[i] for i in ks["name"]}) == ["layer", "matmul:lm_head"]
-        assert set(ks["layer"][ks["name"] == names.names.index("layer")]) == {0, 1, 2}
+        assert sorted({names[i] for i in ks["name"]}) == ["decoder_layer", "matmul:lm_head"]
+        assert set(ks["layer"][ks["name"] == names.names.index("decoder_layer")]) == {0, 1, 2}
         assert v1.source is not None and v1.source.kind == "attach"
         port = agent.port
         agent.close()

@@ -123,6 +123,7 @@ def test_flavor_detection_and_bad_input() -> None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     bodies: ClassVar[list[bytes]] = []
+    posts: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         body = self.bodies.pop(0) if len(self.bodies) > 1 else self.bodies[0]
@@ -130,6 +131,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:  # a vLLM with a profiler answers these two
+        self.posts.append(self.path)
+        code = 200 if self.path in ("/start_profile", "/stop_profile") else 404
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *a: object) -> None:
         pass
@@ -179,3 +187,20 @@ def test_collector_scrapes_rejects_and_reconnects() -> None:
         srv.shutdown()
         srv.server_close()
     assert not c.alive
+
+
+def test_profile_start_stop() -> None:
+    from llmtop.attach.prometheus import start_profile, stop_profile
+
+    _Handler.bodies = [b""]
+    srv = _serve()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/metrics"
+    try:
+        start_profile(url)
+        stop_profile(url)
+        assert _Handler.posts[-2:] == ["/start_profile", "/stop_profile"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(LlmtopError):
+        start_profile(url, timeout=2)  # nothing listens any more: one-line error

@@ -146,8 +146,9 @@ def test_serve_attach_counts_and_reconnect() -> None:
         assert rows["total"].gen_tokens == 2 * received
         events_before = p.ingested_events
         assert events_before > 0
-        snap = p.snapshot().report
+        snap = p.snapshot(mode="cumulative").report
         assert snap["kernels"] and snap["source"]["kind"] == "attach"
+        assert _wait(lambda: p.snapshot(mode="cumulative").report["tokens"]["generated"] == received, 5)
 
         _kill(proc)  # the server dies mid-run
         assert _wait(lambda: agent_c.link == "disconnected" and prom_c.link == "disconnected")

@@ -90,7 +90,7 @@ class Agent:
         engine: Any = None,
         model: Any = None,
         source: SourceInfo | None = None,
-        interval: float = 0.02,
+        interval: float = 0.05,
         viewer_buffer_events: int = 2_000_000,
         viewer_buffer_items: int = 4096,
         send_timeout: float = 5.0,
@@ -139,7 +139,7 @@ class Agent:
                 self.names = rec.names
                 self.recorder = KernelRecorder(self.names, track=1)
                 self._recorders = [rec, self.recorder]
-            else:
+            elif rec not in self._recorders:
                 self._recorders.insert(0, rec)
             self.engine = engine
         self.set_source(engine.source_info())
@@ -159,6 +159,12 @@ class Agent:
             raise ValueError("the recorder must use the agent's name table (KernelRecorder(agent.names))")
         with self._lock:
             self._recorders.append(recorder)
+
+    def remove_recorder(self, recorder: KernelRecorder) -> None:
+        """Stop draining a recorder (an engine's, when it is handed to another consumer)."""
+        with self._lock:
+            if recorder in self._recorders:
+                self._recorders.remove(recorder)
 
     def set_source(self, source: SourceInfo) -> None:
         self._source = source
@@ -200,7 +206,7 @@ class Agent:
         finally:
             self.recorder.add(nid, opc, layer, t0, time.perf_counter_ns() - t0, m, n, k)
 
-    def layer(self, i: int, name: str = "layer") -> contextlib.AbstractContextManager[None]:
+    def layer(self, i: int, name: str = "decoder_layer") -> contextlib.AbstractContextManager[None]:
         """Time a whole decoder layer `i` as one kernel."""
         return self.kernel(name, "other", i)
 
@@ -310,7 +316,7 @@ class Agent:
                 conn.sendall(wire.encode_welcome(wire.BAD_TOKEN, time.perf_counter_ns(), "wrong token"))
                 raise wire.WireError("token")
             conn.sendall(wire.encode_welcome(wire.OK, time.perf_counter_ns()))
-        except (OSError, ConnectionError, wire.WireError, ValueError, Exception):
+        except Exception:  # whatever a stranger sends: refuse it and go on
             self.refused += 1
             with contextlib.suppress(OSError):
                 conn.close()

@@ -168,3 +168,38 @@ def read_frame(sock: socket.socket, max_frame: int = MAX_FRAME) -> tuple[int, by
     if ftype not in FRAME_TYPES:
         raise WireError(f"unknown frame type {ftype}")
     return ftype, recv_exact(sock, length)
+
+
+class FrameReader:
+    """Frames from a socket with a read timeout: a timeout never loses the bytes of a half-read frame.
+
+    `next()` returns (type, payload), or None when the timeout passed before a whole frame arrived.
+    The header is checked as soon as it is in, so an oversized length is refused before its payload.
+    """
+
+    def __init__(self, sock: socket.socket, max_frame: int = MAX_FRAME) -> None:
+        self.sock = sock
+        self.max_frame = max_frame
+        self.buf = bytearray()
+
+    def next(self) -> tuple[int, bytes] | None:
+        buf = self.buf
+        while True:
+            if len(buf) >= _FRAME.size:
+                length, ftype = _FRAME.unpack_from(buf, 0)
+                if length > self.max_frame:
+                    raise WireError(f"frame of {length} bytes exceeds the {self.max_frame} byte limit")
+                if ftype not in FRAME_TYPES:
+                    raise WireError(f"unknown frame type {ftype}")
+                end = _FRAME.size + length
+                if len(buf) >= end:
+                    payload = bytes(buf[_FRAME.size : end])
+                    del buf[:end]
+                    return ftype, payload
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise ConnectionError("connection closed")
+            buf += chunk

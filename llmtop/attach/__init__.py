@@ -183,12 +183,15 @@ def target_rows(pipeline: Pipeline) -> list[TargetRow]:
     return rows
 
 
-def attach_report(pipeline: Pipeline, **snapshot_kw: Any) -> dict[str, Any]:
+def attach_report(
+    pipeline: Pipeline, rows: list[TargetRow] | None = None, **snapshot_kw: Any
+) -> dict[str, Any]:
     """The usual report dict plus an "attach" section with the target rows (NaN -> None for JSON)."""
     rep = dict(pipeline.snapshot(**snapshot_kw).report)
+    rows = target_rows(pipeline) if rows is None else rows
     rep["attach"] = [
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
-        for r in target_rows(pipeline)
+        for r in rows
     ]
     return rep
 
@@ -206,9 +209,22 @@ def attach_once(
     p.start()
     try:
         time.sleep(max(duration_s, 0.0))
+        rows = target_rows(p)  # before stop(), which closes the connections
     finally:
         p.stop()
-    return attach_report(p)
+    return attach_report(p, rows)
+
+
+def link_summary(pipeline: Pipeline) -> str | None:
+    """One header line when some target is not connected, e.g. "disconnected: 127.0.0.1:7070 (retrying)"."""
+    bad = [r for r in target_rows(pipeline) if r.kind != "total" and r.link != CONNECTED]
+    if not bad:
+        return None
+    parts = []
+    for r in bad:
+        why = "retrying" if r.link in ("disconnected", "connecting") else (r.error or r.link)
+        parts.append(f"{r.link}: {r.label} ({why})")
+    return "; ".join(parts)
 
 
 def profile_targets(pipeline: Pipeline) -> list[str]:
@@ -225,6 +241,7 @@ __all__ = [
     "attach_once",
     "attach_report",
     "build_attach_pipeline",
+    "link_summary",
     "profile_targets",
     "start_profile",
     "stop_profile",

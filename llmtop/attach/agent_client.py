@@ -158,11 +158,12 @@ class AgentCollector(Collector):
             self._mark(f"{self.label}: reconnected")
         remote = NameTable()
         remap = np.zeros(0, dtype=np.uint32)
+        reader = wire.FrameReader(sock, self.max_frame)
         while not self.stopping:
-            try:
-                ftype, payload = wire.read_frame(sock, self.max_frame)
-            except TimeoutError:
+            got = reader.next()
+            if got is None:
                 continue
+            ftype, payload = got
             if ftype == wire.BATCH:
                 b = wire.decode_batch(payload)
                 try:

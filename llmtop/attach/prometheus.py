@@ -7,7 +7,6 @@ no kernels: the SourceInfo's extra carries `capabilities` and `missing` for the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import deque
@@ -195,8 +194,7 @@ def load_profile_trace(path: str, aggregator: Any) -> Any:
     the trace importers; returns their LoadSummary. The kernel panes then show the server's kernels."""
     from llmtop.collectors.replay import load_into
 
-    summary = load_into(path, aggregator)
-    return dataclasses.replace(summary)
+    return load_into(path, aggregator)
 
 
 __all__ = [

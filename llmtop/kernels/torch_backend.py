@@ -216,6 +216,7 @@ class TorchOps(Ops):
         if not recorder.enabled:
             self.timing = "off"
         self._ids = recorder.ids
+        self._serial_decode_attn = device == "cpu"
         self._cfg: ModelConfig | None = None
         self._k_cache: list[torch.Tensor] = []
         self._v_cache: list[torch.Tensor] = []
@@ -387,7 +388,18 @@ class TorchOps(Ops):
             # decode: the G query heads sharing a KV head act as G queries of one head, so no
             # K/V repeat is needed; q (B, 1, Hkv*G*hd) -> (B, Hkv, G, hd)
             qh = q.view(B, self._hkv, self._group, self._hd)
-            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=p.mask, scale=self._scale)
+            if self._serial_decode_attn:
+                # On CPU this kernel is microseconds of work, but SDPA always opens an OpenMP
+                # parallel region, and waking the team stalled it ~6 ms per call on 2 busy cores
+                # (SmolLM2 decode went 3.9 -> 18 tok/s when run on one thread; toggling costs <1 µs).
+                n = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    o = F.scaled_dot_product_attention(qh, k, v, attn_mask=p.mask, scale=self._scale)
+                finally:
+                    torch.set_num_threads(n)
+            else:
+                o = F.scaled_dot_product_attention(qh, k, v, attn_mask=p.mask, scale=self._scale)
             return o.view(B, 1, self._hq * self._hd)
         qh = q.view(B, T, self._hq, self._hd).transpose(1, 2)
         o = F.scaled_dot_product_attention(

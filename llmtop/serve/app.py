@@ -260,6 +260,8 @@ def run_server(
     log_level: str = "warning",
 ) -> int:
     """Load the model, start scheduler + agent, serve HTTP until SIGINT/SIGTERM. Returns an exit code."""
+    import os
+
     import uvicorn
 
     import llmtop.agent as agent_mod
@@ -270,14 +272,16 @@ def run_server(
         raise LlmtopError(f"bad port {port}")
     if max_batch < 1:
         raise LlmtopError(f"--max-batch must be >= 1, got {max_batch}")
+    _check_port(host, port)  # fail before the (slow) model load, with one line instead of uvicorn's log
     loaded = load_model(model)
     engine = Engine(loaded, make_ops(backend, threads), max_batch=max_batch, max_context=max_context)
     name = model_name or getattr(loaded.config, "name", "") or str(model)
-    agent = (
-        agent_mod.start(agent_addr, agent_token, engine=engine)
-        if agent_addr
-        else agent_mod.autostart(engine=engine)
-    )
+    # The agent is on by default (127.0.0.1:7070, or $LLMTOP_AGENT); "off" disables it.
+    agent_addr = agent_addr or os.environ.get(agent_mod.ENV_ADDR) or agent_mod.DEFAULT_ADDR
+    agent = None
+    if agent_addr.lower() not in ("off", "none", "no", "0"):
+        token = agent_token or os.environ.get(agent_mod.ENV_TOKEN) or None
+        agent = agent_mod.start(agent_addr, token, engine=engine)
     if agent is not None:
         src = agent.source
         src.extra["serve"] = f"http://{host}:{port}"
@@ -303,6 +307,22 @@ def run_server(
     return 0 if server.started else 1
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise LlmtopError(f"cannot resolve --host {host}: {e}") from None
+    fam, _, _, _, addr = infos[0]
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise LlmtopError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="cpu", help="cpu, cuda or wgpu (default cpu)")
     p.add_argument("--model", default="default", help="model spec (default: the shipped SmolLM2)")
@@ -316,7 +336,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--agent",
         default=None,
         metavar="HOST:PORT",
-        help="start the llmtop agent there (default: $LLMTOP_AGENT, else none)",
+        help="llmtop agent address (default: $LLMTOP_AGENT or 127.0.0.1:7070; off to disable)",
     )
     p.add_argument("--agent-token", default=None, help="shared token (default: $LLMTOP_AGENT_TOKEN)")
     p.add_argument("--log-level", default="warning")

@@ -57,8 +57,12 @@ class Scheduler:
         max_batch: int | None = None,
         max_waiting: int = 1024,
         agent: Any = None,
+        gather_s: float = 0.02,
     ) -> None:
         self.engine = engine
+        # Batches form only when a generation starts, so wait this long for companions of a lone request
+        # (clients that fire together rarely land in the same millisecond).
+        self.gather_s = gather_s
         self.metrics = metrics
         self.max_batch = max_batch or engine.max_batch
         if self.max_batch > engine.max_batch:
@@ -112,6 +116,12 @@ class Scheduler:
                 self._waiting.popleft()
             if not self._waiting:
                 return []
+            end = time.monotonic() + self.gather_s
+            while len(self._waiting) < self.max_batch and not self._stop.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             first = self._waiting[0]
             batch, rest = [], deque()
             while self._waiting:

@@ -146,8 +146,6 @@ class LlmtopApp(App[None]):
 
     # -- refresh loop ---------------------------------------------------------------------
     def _tick(self) -> None:
-        if not self.table.is_attached:
-            return  # shutting down: the widgets are being torn down
         if self.paused:
             # Frozen panes, but the header keeps saying what the pipeline is doing (errors, behind).
             self.status = self._safe(self.provider.status, {})
@@ -157,6 +155,8 @@ class LlmtopApp(App[None]):
 
     def refresh_now(self) -> FrameTiming | None:
         """Take one snapshot from the provider and show it. Returns where the time went."""
+        if not self.table.is_attached:
+            return None  # shutting down: the widgets are being torn down
         t0 = time.perf_counter()
         try:
             snap = self.provider.snapshot(self.mode, self.group, self.sort_key, self.filter_text)
@@ -194,6 +194,8 @@ class LlmtopApp(App[None]):
         self.table.show(view.rows(self.snapshot, "kernels"), self.sort_key)
 
     def _show_header(self) -> None:
+        if not self.header_bar.is_attached:
+            return
         self.header_bar.show(self.snapshot, self.status, mode=self.mode, paused=self.paused)
         self.strip.show(self.counters, self.status)
         errors = dict(self.status.get("errors") or {})

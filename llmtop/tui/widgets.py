@@ -17,7 +17,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -65,7 +65,11 @@ def join_lines(lines: Iterable[Text]) -> Text:
 
 
 class _Pane(Widget):
-    """A bordered pane that renders Text from the snapshot it was last given."""
+    """A bordered pane drawn with the line API from the snapshot it was last given.
+
+    Subclasses build their content as a list of Rich Text lines (`lines()`); they are turned into
+    strips once per new snapshot or size, so repaints in between cost nothing.
+    """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "pane--label",
@@ -79,10 +83,48 @@ class _Pane(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.snapshot: Any = None
+        self._strips: list[Strip] | None = None
+        self._strips_key: tuple[int, int] | None = None
+        self._base = Style()
+        self._op_styles: dict[str, Style] = {}
 
     def set_snapshot(self, snapshot: Any) -> None:
         self.snapshot = snapshot
+        self._strips = None
         self.refresh()
+
+    def lines(self) -> list[Text]:
+        raise NotImplementedError
+
+    def text(self) -> str:
+        """The pane's content as plain text (what a terminal shows, without colours)."""
+        return "\n".join(t.plain for t in self.lines())
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = None  # theme or CSS changed: styles baked into the strips are stale
+        self._op_styles.clear()
+
+    def op(self, op_class: str) -> Style:
+        """Op-class colour, resolved once per stylesheet (it is asked for per bar cell)."""
+        st = self._op_styles.get(op_class)
+        if st is None:
+            st = self._op_styles[op_class] = op_style(self, op_class)
+        return st
+
+    def render_line(self, y: int) -> Strip:
+        w, h = self.size
+        if self._strips is None or self._strips_key != (w, h):
+            base = self._base = self.rich_style
+            console = self.app.console
+            strips = []
+            for line in self.lines()[:h]:
+                segs = list(line.render(console, end=""))
+                strips.append(Strip(segs).crop(0, w).adjust_cell_length(w).apply_style(base))
+            self._strips, self._strips_key = strips, (w, h)
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(w, self._base)
 
     def lv(self, label: str, value: str, warn: bool = False) -> Text:
         t = Text(no_wrap=True)
@@ -97,11 +139,11 @@ class _Pane(Widget):
 class TokenPane(_Pane):
     """Token rate: decode tok/s over time plus TTFT, TPOT p50/p95, prefill/decode rates."""
 
-    def render(self) -> Text:
+    def lines(self) -> list[Text]:
         w, h = self.size.width, self.size.height
         tok = view.section(self.snapshot, "tokens")
         if not tok:
-            return self.empty("waiting for the first tokens…")
+            return [self.empty("waiting for the first tokens…")]
         narrow = w < 34
         chunks = [
             self.lv("decode", f"{view.fmt_rate(tok.get('decode_tok_s'))} tok/s"),
@@ -133,18 +175,18 @@ class TokenPane(_Pane):
             # Anchor the y axis at 0 so a small wobble does not look like a collapse.
             style = self.get_component_rich_style("plot--main", partial=True)
             lines += plot_rows(w, room, [Series(ts, vs, style, line=True)], y_range=(0.0, hi * 1.05))
-        return join_lines(lines)
+        return lines
 
 
 class AttentionPane(_Pane):
     """Attention ms per decode step against context: points, least-squares line, projection."""
 
-    def render(self) -> Text:
+    def lines(self) -> list[Text]:
         w, h = self.size.width, self.size.height
         att = view.section(self.snapshot, "attention")
         xs, ys = view.attention_points(self.snapshot)
         if not att and not xs:
-            return self.empty("no decode steps yet…")
+            return [self.empty("no decode steps yet…")]
         slope = view.num(att.get("slope_us_per_1k"))
         intercept = view.num(att.get("intercept_ms"))
         chunks = [
@@ -187,7 +229,7 @@ class AttentionPane(_Pane):
                 room -= 1
             # Points first, then the fitted line on top: where they coincide the fit shows.
             lines += plot_rows(w, room, series)
-        return join_lines(lines)
+        return lines
 
 
 class LayerPane(_Pane):
@@ -195,14 +237,14 @@ class LayerPane(_Pane):
 
     COMPONENT_CLASSES: ClassVar[set[str]] = _Pane.COMPONENT_CLASSES | OP_COMPONENTS
 
-    def render(self) -> Text:
+    def lines(self) -> list[Text]:
         w, h = self.size.width, self.size.height
         layers = view.rows(self.snapshot, "layers")
         if not layers:
-            return self.empty("no layer timings yet…")
+            return [self.empty("no layer timings yet…")]
         totals = [view.num(r.get("ms_per_step")) or 0.0 for r in layers]
         present = [c for c in OP_CLASSES if any((view.num(_by(r).get(c)) or 0) > 0 for r in layers)]
-        legend = flow([Text("■ " + c, op_style(self, c)) for c in present], w, sep=" ")
+        legend = flow([Text("■ " + c, self.op(c)) for c in present], w, sep=" ")
         peak_i = max(range(len(layers)), key=lambda i: totals[i])
         outliers = [str(r.get("layer")) for r in layers if r.get("outlier")]
         summary = Text(no_wrap=True, overflow="crop")
@@ -220,11 +262,11 @@ class LayerPane(_Pane):
         # Priority when space is short: bars, then the summary line, then the legend.
         bar_h = h - 2  # summary + layer-number axis
         if bar_h < 1:
-            return summary
+            return [summary]
         if bar_h - len(legend) < 3:
             legend = legend[: max(0, bar_h - 3)]
         bar_h -= len(legend)
-        return join_lines([summary, *self._bars(layers, totals, w, bar_h), *legend])
+        return [summary, *self._bars(layers, totals, w, bar_h), *legend]
 
     def _bars(self, layers: Sequence[Mapping[str, Any]], totals: list[float], w: int, h: int) -> list[Text]:
         n = len(layers)
@@ -249,9 +291,9 @@ class LayerPane(_Pane):
             cells = _stack_cells(stack, peak, h)
             for row in range(h):
                 ch, fg, bg = cells[h - 1 - row]
-                style = op_style(self, fg) if fg else Style()
+                style = self.op(fg) if fg else Style()
                 if bg:
-                    bg_color = op_style(self, bg).color
+                    bg_color = self.op(bg).color
                     style += Style(bgcolor=bg_color)
                 grid[row].append(ch * bar_w, style)
                 if gap:
@@ -425,7 +467,8 @@ class ErrorBar(Static):
     """Collector errors; hidden (CSS class) while there are none."""
 
     def show(self, errors: Mapping[str, str]) -> None:
-        self.set_class(bool(errors), "-active")
+        if self.has_class("-active") != bool(errors):
+            self.set_class(bool(errors), "-active")
         if errors:
             self.update(
                 join_lines(Text(f"✖ {k}: {v}", no_wrap=True, overflow="ellipsis") for k, v in errors.items())
@@ -460,7 +503,7 @@ MIN_NAME_WIDTH = 14
 # On narrow terminals these columns go first (in this order) so the kernel name stays readable;
 # the sort column is always kept. All columns show from about 120 columns up.
 DROP_ORDER = ("p99_ms", "p50_ms", "max_ms", "cum_pct", "count")
-WANT_NAME_WIDTH = 24
+WANT_NAME_WIDTH = 20
 
 
 def row_key(row: Mapping[str, Any]) -> str:
@@ -502,15 +545,21 @@ class KernelTable(ScrollView, can_focus=True):
             self.table = table
             self.key = key
 
+        @property
+        def control(self) -> KernelTable:
+            return self.table
+
     cursor_row: reactive[int] = reactive(0, always_update=True)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._cells: dict[str, tuple[str, ...]] = {}  # row key -> formatted cells as last shown
-        self._op: dict[str, str] = {}
+        self._rows: dict[str, Mapping[str, Any]] = {}  # row key -> its report row in the last snapshot
+        self._cells: dict[str, tuple[int, tuple[str, ...]]] = {}  # row key -> (generation, formatted cells)
+        self._generation = 0
         self._order: list[str] = []
         self._layout: tuple[int, tuple[str, ...], str] | None = None  # what the columns were fitted to
         self._columns: list[tuple[str, str, int, bool]] = []  # key, label, width, right-justified
+        self._paint: dict[str, Style] = {}
         self.sort_key = "total"
 
     # -- read side (tests, app) -----------------------------------------------------------
@@ -530,10 +579,6 @@ class KernelTable(ScrollView, can_focus=True):
     def header_labels(self) -> dict[str, str]:
         return {key: label for key, label, _, _ in self._columns}
 
-    def row_cells(self, key: str) -> tuple[str, ...]:
-        """The formatted cells of a row (name first, then the shown columns)."""
-        return self._cells[key]
-
     def cursor_key(self) -> str | None:
         if not self._order or not (0 <= self.cursor_row < len(self._order)):
             return None
@@ -546,7 +591,7 @@ class KernelTable(ScrollView, can_focus=True):
 
     def clear_rows(self) -> None:
         self._cells.clear()
-        self._op.clear()
+        self._rows = {}
         self._order = []
         self.cursor_row = 0
         self._resize_virtual()
@@ -578,6 +623,7 @@ class KernelTable(ScrollView, can_focus=True):
                 self._columns.append((key, ("▼" if key == sort_col else "") + label, wd, key != "op_class"))
         self._layout = (width, shown, self.sort_key)
         self._cells.clear()  # every row is re-formatted for the new columns
+        self.refresh()
 
     def _format(self, row: Mapping[str, Any], width: int, shown: tuple[str, ...]) -> tuple[str, ...]:
         out = [view.shorten(row_key(row), width)]
@@ -590,45 +636,49 @@ class KernelTable(ScrollView, can_focus=True):
         return tuple(out)
 
     def show(self, rows: Sequence[Mapping[str, Any]], sort_key: str) -> None:
-        """Make the table show `rows` in this order; redraws only when something visible changed."""
+        """Make the table show `rows` in this order.
+
+        Cells are formatted lazily, only for the lines being painted, so a refresh costs the same
+        with 300 kernels as with 20; rows keep their keys, so nothing is rebuilt between refreshes.
+        """
         self.sort_key = sort_key
         cursor = self.cursor_key()
         on_top = self.cursor_row <= 0
         width, shown = self._fit_columns()
-        changed = False
         if self._layout != (width, shown, sort_key):
             self._build_columns(width, shown)
-            changed = True
         keys: list[str] = []
-        cells_now: dict[str, tuple[str, ...]] = {}
+        by_key: dict[str, Mapping[str, Any]] = {}
         for row in rows:
             key = row_key(row)
-            if key in cells_now:  # defensive: a duplicate name would break keyed updates
-                continue
-            keys.append(key)
-            cells = self._format(row, width, shown)
-            cells_now[key] = cells
-            if self._cells.get(key) != cells:
-                changed = True
-            self._op[key] = str(row.get("op_class") or "")
-        if len(cells_now) != len(self._cells):
-            changed = True
-        self._cells = cells_now
+            if key not in by_key:  # defensive: a duplicate name would break keyed rows
+                by_key[key] = row
+                keys.append(key)
+        self._rows = by_key
+        self._generation += 1
+        # Rows only move when the snapshot's order (ties already broken by name) really changed.
         if keys != self._order:
-            # Rows only move when the snapshot's order (ties already broken by name) really changed.
             self._order = keys
-            changed = True
-        self._op = {k: self._op[k] for k in keys}
+        self._cells = {k: v for k, v in self._cells.items() if k in by_key}
         self._resize_virtual()
         # The cursor follows its kernel once the user has moved it; on the top row it stays on top.
-        if cursor is not None and cursor in cells_now and not on_top:
+        if cursor is not None and cursor in by_key and not on_top:
             idx = keys.index(cursor)
             if idx != self.cursor_row:
                 self.cursor_row = idx
         elif self.cursor_row >= len(keys):
             self.cursor_row = max(0, len(keys) - 1)
-        if changed:
-            self.refresh()
+        self.refresh()
+
+    def row_cells(self, key: str) -> tuple[str, ...]:
+        """The formatted cells of a row (name first, then the shown columns), as painted."""
+        hit = self._cells.get(key)
+        if hit is not None and hit[0] == self._generation:
+            return hit[1]
+        assert self._layout is not None
+        cells = self._format(self._rows[key], self._layout[0], self._layout[1])
+        self._cells[key] = (self._generation, cells)
+        return cells
 
     def _resize_virtual(self) -> None:
         # +1: the header is line 0 of the virtual space and is pinned on screen by render_line.
@@ -673,32 +723,59 @@ class KernelTable(ScrollView, can_focus=True):
             self.cursor_row = row
 
     # -- drawing --------------------------------------------------------------------------
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._paint = {}
+
+    def on_focus(self) -> None:
+        self._paint = {}
+
+    def on_blur(self) -> None:
+        self._paint = {}
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        if not self._paint:
+            self._resolve_paint()
+        return super().render_lines(crop)
+
+    def _resolve_paint(self) -> None:
+        # Resolved once per stylesheet/focus change, not per line: rich_style walks the DOM.
+        base = self.rich_style
+        self._paint = {
+            "base": base,
+            "cursor": base + self.get_component_rich_style("kernel-table--cursor"),
+            "zebra": base + self.get_component_rich_style("kernel-table--zebra"),
+            "header": base + self.get_component_rich_style("kernel-table--header"),
+        }
+        self._paint["sorted"] = self._paint["header"] + self.get_component_rich_style("kernel-table--sorted")
+        for c in OP_CLASSES:
+            self._paint["op--" + c] = op_style(self, c)
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        paint = self._paint
+        base = paint["base"]
         if y == 0:
-            return self._header_strip(width, base)
+            return self._header_strip(width)
         index = round(self.scroll_offset.y) + y - 1
         if index >= len(self._order):
             return Strip.blank(width, base)
         key = self._order[index]
-        cells = self._cells.get(key)
-        if cells is None:
-            return Strip.blank(width, base)
+        cells = self.row_cells(key)
+        op = str(self._rows[key].get("op_class") or "")
         style = base
         if index == self.cursor_row and (self.has_focus or self.cursor_row > 0):
-            style = base + self.get_component_rich_style("kernel-table--cursor")
+            style = paint["cursor"]
         elif index % 2:
-            style = base + self.get_component_rich_style("kernel-table--zebra")
+            style = paint["zebra"]
         segs: list[Segment] = []
         for (col, _, wd, right), text in zip(self._columns, cells, strict=True):
-            seg_style = style + op_style(self, self._op.get(key, "")) if col == "op_class" else style
+            seg_style = style + paint.get("op--" + op, paint["op--other"]) if col == "op_class" else style
             segs.append(Segment(" " + _fit(text, wd, right) + " ", seg_style))
         return Strip(segs).adjust_cell_length(width, style)
 
-    def _header_strip(self, width: int, base: Style) -> Strip:
-        head = base + self.get_component_rich_style("kernel-table--header")
-        sort_style = head + self.get_component_rich_style("kernel-table--sorted")
+    def _header_strip(self, width: int) -> Strip:
+        head, sort_style = self._paint["header"], self._paint["sorted"]
         sort_col = SORT_COLUMN.get(self.sort_key, "")
         segs = [
             Segment(" " + _fit(label, wd, right) + " ", sort_style if key == sort_col else head)

@@ -1,0 +1,66 @@
+"""Cost of llmtop's own per-kernel timing: decode tok/s with timing on vs off, interleaved runs,
+plus torch.profiler(activities=[CPU]) around the same loop as the anchor.
+
+Usage: python benchmarks/bench_timing_overhead.py [--threads 2] [--tokens 64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from llmtop.kernels.base import KernelRecorder
+from llmtop.kernels.torch_backend import TorchOps
+from llmtop.model.engine import Engine
+from llmtop.model.loader import load_model
+
+PROMPT = "Write a long story about a dragon who learns to fly."
+
+
+def decode_tok_s(eng: Engine, tokens: int) -> float:
+    rec = eng.ops.recorder
+    rec.drain()
+    eng.generate([PROMPT], tokens)
+    st = rec.drain().steps
+    dec = st[st["phase"] == 1]
+    return float(dec["tokens"].sum() / (dec["dur_ns"].sum() / 1e9))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    lm = load_model("default")
+    engines = {}
+    for mode in ("on", "off", "profiler"):
+        e = Engine(lm, TorchOps(KernelRecorder(enabled=mode == "on"), device="cpu", threads=a.threads))
+        e.eos_ids = frozenset()
+        engines[mode] = e
+    res: dict[str, list[float]] = {m: [] for m in engines}
+    decode_tok_s(engines["on"], 8)  # warm-up
+    for i in range(a.repeats):  # alternate the order so drift and warm-up hit both modes alike
+        for m in ("on", "off") if i % 2 == 0 else ("off", "on"):
+            res[m].append(decode_tok_s(engines[m], a.tokens))
+    # the profiler last: its teardown can leave the process slower, which would bias later runs
+    for _ in range(a.repeats):
+        with profile(activities=[ProfilerActivity.CPU]):
+            res["profiler"].append(decode_tok_s(engines["profiler"], a.tokens))
+    med = {m: statistics.median(v) for m, v in res.items()}
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"SmolLM2-135M fp32 CPU, {a.threads} threads, {a.tokens} tokens, median of {a.repeats} runs\n")
+    print("| mode | decode tok/s (median) | runs | cost vs off |")
+    print("|---|---|---|---|")
+    for m, label in (("off", "timing off"), ("on", "llmtop timing on"), ("profiler", "torch.profiler CPU")):
+        runs = ", ".join(f"{x:.2f}" for x in res[m])
+        print(f"| {label} | {med[m]:.2f} | {runs} | {100 * (1 - med[m] / med['off']):+.1f}% |")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

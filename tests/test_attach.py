@@ -1,0 +1,83 @@
+"""`attach` over several agents: one pipeline, one name table, rows per target plus a total, --once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import llmtop.agent as agent_mod
+from llmtop.attach import attach_once, build_attach_pipeline, link_summary, target_rows
+from llmtop.collectors.synthetic import SyntheticEngine
+from llmtop.errors import LlmtopError
+from llmtop.stats import Aggregator
+
+
+def _run(engine: SyntheticEngine, stop: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not stop.is_set():
+            engine.generate(["x"], 8, stop_event=stop)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def test_two_agents_once_report() -> None:
+    e1 = SyntheticEngine(n_layers=2, step_time_s=0.005)
+    e2 = SyntheticEngine(n_layers=3, step_time_s=0.005)
+    # a name only the second process knows, so the two remote tables differ
+    e2.ops.recorder.kernel_id("custom:only_here", "other")
+    a1, a2 = agent_mod.start("127.0.0.1:0", engine=e1), agent_mod.start("127.0.0.1:0", engine=e2)
+    stop = threading.Event()
+    threads = [_run(e1, stop), _run(e2, stop)]
+    try:
+        rep = attach_once([f"llmtop://{a1.address}", f"tcp://{a2.address}"], Aggregator(30.0), duration_s=1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        a1.close()
+        a2.close()
+    rows = rep["attach"]
+    assert [r["kind"] for r in rows] == ["agent", "agent", "total"]
+    assert all(r["link"] == "connected" for r in rows[:2]) and rows[2]["link"] == "2/2 connected"
+    assert rows[0]["gen_tokens"] > 0 and rows[1]["gen_tokens"] > 0
+    assert rows[2]["gen_tokens"] == rows[0]["gen_tokens"] + rows[1]["gen_tokens"]
+    assert rep["source"]["kind"] == "attach" and len(rep["source"]["extra"]["targets"]) == 2
+    names = {k["name"] for k in rep["kernels"]}
+    assert "matmul:lm_head" in names
+    assert rep["events"] > 0
+
+
+def test_bad_targets() -> None:
+    with pytest.raises(LlmtopError, match="at least one"):
+        build_attach_pipeline([], Aggregator())
+    with pytest.raises(LlmtopError, match="cannot attach"):
+        build_attach_pipeline(["ftp://x"], Aggregator())
+    with pytest.raises(LlmtopError, match="twice"):
+        build_attach_pipeline(["llmtop://127.0.0.1:1", "llmtop://127.0.0.1:1"], Aggregator())
+
+
+def test_unreachable_target_reports_disconnected() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = build_attach_pipeline(
+        [f"llmtop://127.0.0.1:{port}", f"http://127.0.0.1:{port}/metrics"], Aggregator()
+    )
+    p.start()
+    try:
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not all(r.link == "disconnected" for r in target_rows(p)[:2]):
+            time.sleep(0.05)
+        rows = target_rows(p)
+        assert [r.link for r in rows[:2]] == ["disconnected", "disconnected"]
+        assert np.isnan(rows[1].gen_tok_s)
+        line = link_summary(p)
+        assert line is not None and line.count("disconnected") == 2 and "retrying" in line
+    finally:
+        p.stop()

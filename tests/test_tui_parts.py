@@ -1,0 +1,120 @@
+"""The TUI's pure parts (braille plot, formatting, stacked bars) and the live-pipeline provider."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmtop.collectors.engine import EngineCollector
+from llmtop.collectors.gpu import GpuCollector
+from llmtop.collectors.pipeline import Pipeline
+from llmtop.collectors.process import ProcessCollector
+from llmtop.collectors.synthetic import SyntheticEngine
+from llmtop.stats.aggregator import Aggregator
+from llmtop.tui import view
+from llmtop.tui.app import LlmtopApp
+from llmtop.tui.plot import BrailleCanvas, Series, plot_rows
+from llmtop.tui.provider import PipelineProvider, SnapshotProvider
+from llmtop.tui.widgets import DeviceStrip, HeaderBar, KernelTable, _stack_cells
+
+
+def test_braille_dots_land_where_expected() -> None:
+    c = BrailleCanvas(2, 1)  # 4 x 4 dots
+    c.set(0, 0)
+    c.set(3, 3)
+    rows = c.rows()
+    assert [r.plain for r in rows] == [chr(0x2800 + 0x01) + chr(0x2800 + 0x80)]
+    c.set(99, 99)  # out of range: ignored, no exception
+    assert c.rows()[0].plain == rows[0].plain
+
+
+def test_line_plot_spans_the_canvas_and_rises() -> None:
+    rows = plot_rows(10, 3, [Series([0, 1, 2, 3], [0, 1, 2, 3], line=True)])
+    text = [r.plain for r in rows]
+    assert len(text) == 3 and all(len(t) == 10 for t in text)
+    # lowest point bottom-left, highest top-right, and no gaps in a line series
+    assert text[2][0] != " " and text[0][-1] != " "
+    assert all(any(ch != " " for ch in t) for t in text)
+
+
+def test_plot_skips_non_finite_points_and_flat_series() -> None:
+    rows = plot_rows(4, 2, [Series([0, 1, 2], [1.0, float("nan"), 1.0])])
+    assert sum(ch != " " for r in rows for ch in r.plain) == 2
+    assert [r.plain for r in plot_rows(4, 2, [])] == ["    ", "    "]
+
+
+@pytest.mark.parametrize(
+    ("value", "ms", "dur", "pct"),
+    [
+        (0.01234, "0.012", "12 µs", "0.0%"),
+        (1.5, "1.50", "1.50 ms", "1.5%"),
+        (12.34, "12.3", "12.3 ms", "12.3%"),
+        (1234.0, "1,234", "1.23 s", "1234%"),
+        (None, "–", "–", "–"),
+        (float("nan"), "–", "–", "–"),
+    ],
+)
+def test_number_formats(value: float | None, ms: str, dur: str, pct: str) -> None:
+    assert view.fmt_ms(value) == ms
+    assert view.fmt_duration_ms(value) == dur
+    assert view.fmt_pct(value) == pct
+
+
+def test_shorten_keeps_both_ends() -> None:
+    assert view.shorten("matmul:gate_proj", 30) == "matmul:gate_proj"
+    s = view.shorten("void at::native::vectorized_elementwise_kernel<4>", 20)
+    assert len(s) == 20 and s.startswith("void at::") and s.endswith("kernel<4>")
+
+
+def test_stacked_bar_cells_split_by_op_class() -> None:
+    # 3/4 matmul + 1/4 attention over a 2-row bar at full height: 12 eighths matmul, 4 attention
+    cells = _stack_cells([("matmul", 3.0), ("attention", 1.0)], peak=4.0, h=2)
+    assert cells[0] == ("█", "matmul", "")
+    assert cells[1] == ("▄", "matmul", "attention")
+    # half height, single class: a partial top block, nothing above
+    assert _stack_cells([("norm", 1.0)], peak=2.0, h=2) == [("█", "norm", ""), (" ", "", "")]
+
+
+def test_pipeline_provider_drives_the_app() -> None:
+    """A live pipeline (synthetic producer, real process/GPU collectors) behind the provider protocol."""
+    agg = Aggregator(window_s=30.0)
+    pipe = Pipeline(agg, report_interval=0.1)
+    engine = SyntheticEngine(n_layers=3, step_time_s=0.002)
+    pipe.set_source(engine.source_info())
+    pipe.add(EngineCollector(engine, loop=True, max_new_tokens=8, drain_interval=0.01))
+    pipe.add(ProcessCollector(interval=0.1))
+    gpu = pipe.add(GpuCollector(interval=0.2))
+    provider = PipelineProvider(pipe)
+    assert isinstance(provider, SnapshotProvider)
+    pipe.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "process" not in pipe.counters.latest() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        counters = provider.counters()
+        assert counters["process"]["rss_bytes"] > 0
+        if not gpu.available:
+            assert counters["gpu_absent"] == gpu.reason
+        status = provider.status()
+        assert status["kind"] == "live" and status["state"] == "running"
+        assert status["prompt"].startswith("#")
+        assert "gpu" not in status["errors"]  # an absent GPU is a reason, not an error
+
+        async def drive() -> None:
+            app = LlmtopApp(provider)
+            async with app.run_test(size=(100, 30)) as pilot:
+                await pilot.pause()
+                app.refresh_now()
+                await pilot.pause()
+                assert app.query_one(KernelTable).row_count > 0
+                assert "synthetic" in app.query_one(HeaderBar).content.plain
+                strip = app.query_one(DeviceStrip).content.plain
+                assert "RSS" in strip and "GPU" in strip
+                await pilot.press("space")
+                assert provider.status()["state"] == "paused"
+
+        asyncio.run(drive())
+    finally:
+        pipe.stop()
