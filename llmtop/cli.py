@@ -1,8 +1,9 @@
-"""Command line entry point: `llmtop [options]` and, later, `llmtop <subcommand> ...`.
+"""Command line entry point: `llmtop [options]` (live profiler) and `llmtop <subcommand> ...`.
 
-`main` dispatches on argv[0]: a name registered in SUBCOMMANDS runs that subcommand's handler
-(report, replay, export, attach, serve register themselves there); anything else is the top-level
-live profiler, which for now supports the headless `--once` run.
+`main` dispatches on argv[0]: a name in SUBCOMMANDS (replay, report, export, attach, serve) runs that
+subcommand; anything else is the top-level live profiler — the Textual TUI over a live decode loop,
+or with `--once` one headless generation whose full Aggregator report is printed.
+Every user mistake surfaces as `llmtop: error: <one line>` (LlmtopError), never a traceback.
 """
 
 from __future__ import annotations
@@ -12,18 +13,34 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
-
-import numpy as np
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from llmtop.errors import LlmtopError, UsageError
-from llmtop.events import DECODE, OP_CLASSES, PREFILL, EventBatch, NameTable
 
-BACKENDS = ("cpu", "cuda")
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+if TYPE_CHECKING:
+    from llmtop.collectors.pipeline import Pipeline
+    from llmtop.events import SourceInfo
+    from llmtop.tui.app import LlmtopApp
 
-# name -> handler(argv_rest) -> exit code. Subcommand modules add themselves here.
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
+from llmtop.kernels.factory import DTYPE_CHOICES, check_backend, make_ops
+
+FORMATS = ("text", "json", "markdown")
+MODES = ("cumulative", "window")
+GROUPS = ("kernel", "op_class", "layer")
+SORTS = ("total", "count", "mean", "p95", "max", "name")
+DEFAULT_ONCE_PROMPT = "What is the capital of France?"
+NOT_A_TTY = ("the TUI needs an interactive terminal (stdin/stdout is not a TTY); use --once for a "
+             "headless run, or `llmtop report FILE` for a recording")
+
+SUBCOMMAND_HELP = {
+    "replay": "replay a recording or an imported trace (Kineto, nsys, metallic, doppler) in the TUI",
+    "report": "print the report of a recording or trace headless (text, json, markdown)",
+    "export": "write a recording or trace as Chrome Trace Event JSON (Perfetto)",
+    "attach": "attach to llmtop agents or Prometheus /metrics endpoints (vLLM, llama.cpp, TGI, SGLang)",
+    "serve": "OpenAI-style HTTP server on the llmtop engine, with the agent and /metrics",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,164 +50,580 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _eprint(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _positive(kind: type, what: str, *, zero_ok: bool = False) -> Callable[[str], Any]:
+    def conv(s: str) -> Any:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {s!r}") from None
+        if v < 0 or (v == 0 and not zero_ok) or v != v:
+            raise argparse.ArgumentTypeError(f"{what} must be {'>= 0' if zero_ok else '> 0'}, got {s}")
+        return v
+
+    return conv
+
+
+def _add_view_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=_positive(float, "--window"), default=10.0, metavar="S",
+                   help="sliding window of the 'window' view, seconds of event time (default 10)")
+    p.add_argument("--refresh", type=_positive(float, "--refresh"), default=4.0, metavar="HZ",
+                   help="TUI refresh rate (default 4)")
+
+
+def _add_report_args(p: argparse.ArgumentParser, *, mode_default: str = "cumulative") -> None:
+    p.add_argument("--format", default="text", choices=FORMATS, help="output format (default text)")
+    p.add_argument("--mode", default=mode_default, choices=MODES,
+                   help=f"statistics over everything or the last --window seconds (default {mode_default})")
+    p.add_argument("--group", default="kernel", choices=GROUPS, help="kernel table rows (default kernel)")
+    p.add_argument("--sort", default="total", choices=SORTS, help="kernel table order (default total)")
+    p.add_argument("--filter", default="", metavar="EXPR",
+                   help="row filter: substrings, phase:prefill|decode, layer:N|none, class:NAME")
+    p.add_argument("--limit", type=_positive(int, "--limit"), default=None, metavar="N",
+                   help="show at most N kernel rows in text/markdown")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="llmtop", description="top for LLM inference: profile a live decode loop")
-    p.add_argument("--once", action="store_true", help="run one generation headless and print a summary")
-    p.add_argument("--prompt", default="What is the capital of France?", help="prompt text")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt")
-    p.add_argument("--backend", default="cpu", help=f"compute backend ({', '.join(BACKENDS)})")
-    p.add_argument(
-        "--model", default="default", help="'default', a .gguf file, an HF checkpoint dir or a preset"
+    """The top-level parser: the live profiler (TUI, or headless with --once)."""
+    subs = "\n".join(f"  {name:<8} {text}" for name, text in SUBCOMMAND_HELP.items())
+    p = _Parser(
+        prog="llmtop",
+        description="top for LLM inference: profile a live decode loop, every kernel timed.",
+        epilog=f"subcommands (llmtop <subcommand> --help):\n{subs}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dtype", default="float32", help=f"compute dtype ({', '.join(DTYPE_CHOICES)})")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (also seeds preset weights)")
-    p.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
-    p.add_argument("--no-timing", action="store_true", help="switch per-kernel timing off (step times stay)")
-    p.add_argument("--format", default="text", help="output format for --once: text or json")
+    g = p.add_argument_group("model and backend")
+    g.add_argument("--backend", default="auto",
+                   help="auto (cuda if torch sees a GPU, else cpu), cpu, cuda or wgpu (default auto)")
+    g.add_argument("--model", default="default",
+                   help="'default' (shipped SmolLM2-135M Q4_1), a .gguf file, an HF checkpoint dir, or a "
+                        "preset (llama-3.2-1b, qwen2.5-0.5b, smollm2-135m; random weights)")
+    g.add_argument("--dtype", default="float32", help=f"compute dtype ({', '.join(DTYPE_CHOICES)})")
+    g.add_argument("--threads", type=_positive(int, "--threads"), default=None,
+                   help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--no-timing", action="store_true",
+                   help="switch per-kernel timing off (step times stay) to measure its cost")
+    w = p.add_argument_group("workload")
+    w.add_argument("--prompt", action="append", default=None,
+                   help="prompt text (repeatable; default: built-in prompts, or one question with --once)")
+    w.add_argument("--prompt-file", default=None, metavar="F",
+                   help="prompts, one per line, or JSONL with prompt/text/content/messages")
+    w.add_argument("--batch", type=_positive(int, "--batch"), default=1, metavar="N",
+                   help="sequences decoded together (default 1)")
+    w.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="tokens to generate per prompt (default 64)")
+    w.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep generating with fresh prompts until quit (default: on in the TUI)")
+    w.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=int, default=0, help="0 = off")
+    s.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    s.add_argument("--seed", type=int, default=None, help="sampling seed (also seeds preset weights)")
+    o = p.add_argument_group("output")
+    o.add_argument("--record", default=None, metavar="FILE",
+                   help="tee every event to a llmtop recording (TUI and --once)")
+    _add_view_args(o)
+    o.add_argument("--once", action="store_true",
+                   help="run the prompts once headless and print the generated text and the full report")
+    o.add_argument("--format", default="text", help="--once output: text, json or markdown (default text)")
     return p
 
 
-def make_ops(backend: str, dtype: str, *, threads: int | None, timing: bool) -> Any:
-    """The Ops for a backend name; unknown names and missing hardware raise LlmtopError."""
-    from llmtop.kernels.base import KernelRecorder
-
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if dtype not in DTYPE_CHOICES:
-        raise UsageError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
-    from llmtop.kernels.torch_backend import TorchOps
-
-    return TorchOps(KernelRecorder(enabled=timing), device=backend, dtype=dtype, threads=threads)
-
-
-def summarize(
-    batches: Sequence[EventBatch], generated: int, names: NameTable | None = None
-) -> dict[str, Any]:
-    """First summary of a run straight from its event batches (the stats module supersedes it).
-
-    `names` resolves kernel ids when the batches are not the whole stream from its start.
-    """
-    if names is None:
-        names = NameTable()
-        for b in batches:
-            names.extend(b.names_base, b.new_names)
-    kernels, steps = [], []
-    for b in batches:
-        kernels.append(b.kernels)
-        steps.append(b.steps)
-    k = np.concatenate(kernels) if kernels else np.zeros(0)
-    s = np.concatenate(steps) if steps else np.zeros(0)
-
-    def rate(phase: int) -> float:
-        sel = s[s["phase"] == phase] if len(s) else s
-        dur = int(sel["dur_ns"].sum()) if len(sel) else 0
-        return float(sel["tokens"].sum()) / (dur / 1e9) if dur > 0 else 0.0
-
-    prefill = s[s["phase"] == PREFILL] if len(s) else s
-    ttft_ms = float(prefill["dur_ns"][0]) / 1e6 if len(prefill) else 0.0
-    rows = []
-    if len(k):
-        ids, inv = np.unique(k["name"], return_inverse=True)
-        totals = np.bincount(inv, weights=k["dur_ns"].astype(np.float64))
-        counts = np.bincount(inv)
-        op_class = np.zeros(len(ids), dtype=np.int64)
-        op_class[inv] = k["op_class"]
-        for i in np.argsort(-totals, kind="stable"):
-            rows.append(
-                {
-                    "name": names[int(ids[i])],
-                    "op_class": OP_CLASSES[int(op_class[i])],
-                    "count": int(counts[i]),
-                    "total_ms": round(float(totals[i]) / 1e6, 3),
-                }
-            )
-    return {
-        "ttft_ms": round(ttft_ms, 3),
-        "decode_tok_s": round(rate(DECODE), 3),
-        "prefill_tok_s": round(rate(PREFILL), 3),
-        "generated": int(generated),
-        "kernels": rows,
-    }
+# -- engine ------------------------------------------------------------------------------------------
+def _check_workload(args: argparse.Namespace) -> None:
+    """Everything about the run that can be checked before the (slow) model load."""
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    check_backend(args.backend, args.dtype)
+    if args.top_k < 0 or not 0.0 < args.top_p <= 1.0 or args.temperature < 0:
+        raise UsageError("sampling needs --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
+    if args.record:
+        parent = Path(args.record).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise LlmtopError(f"cannot record to {args.record}: directory {parent} does not exist")
+    if args.refresh > 60:
+        raise UsageError(f"--refresh must be in (0, 60] Hz, got {args.refresh:g}")
 
 
-def run_once(args: argparse.Namespace) -> int:
-    from llmtop.kernels.base import SamplingParams
+def _prompts(args: argparse.Namespace) -> list[str]:
+    from llmtop.collectors.engine import load_prompts
+
+    out = list(args.prompt or [])
+    if args.prompt_file:
+        out += load_prompts(args.prompt_file)
+    return out
+
+
+def build_engine(args: argparse.Namespace) -> Any:
+    """Ops + model + Engine for the top-level flags (the backend is checked before the model loads)."""
     from llmtop.model.engine import Engine
     from llmtop.model.loader import load_model
 
-    if args.format not in ("text", "json"):
-        raise UsageError(f"unknown format {args.format!r} (choose from text, json)")
-    if args.max_new_tokens < 0:
-        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    # Validate the backend before the (slow) model load, so a missing GPU fails fast.
     ops = make_ops(args.backend, args.dtype, threads=args.threads, timing=not args.no_timing)
-    loaded = load_model(args.model, seed=args.seed or 0)
-    if loaded.random_weights:
-        print(
-            f"llmtop: note: {loaded.source} has random weights; the generated text is meaningless",
-            file=sys.stderr,
-        )
-    engine = Engine(loaded, ops, max_batch=1)
+    try:
+        loaded = load_model(args.model, seed=args.seed or 0)
+        if loaded.random_weights:
+            _eprint(f"llmtop: note: {loaded.source} has random weights; the generated text is meaningless")
+        engine = Engine(loaded, ops, max_batch=args.batch)
+    except BaseException:
+        ops.close()
+        raise
     loaded.weights = {}  # the backend holds its own copies (or zero-copy views); drop our refs
-    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
-    batches: list[EventBatch] = []
-    t0 = time.perf_counter()
-    gen = engine.generate([args.prompt], args.max_new_tokens, sampling, chat=not args.no_chat)[0]
-    ops.synchronize()  # after this every CUDA event has completed, so one drain resolves all steps
-    while (b := ops.recorder.drain()) is not None:
-        batches.append(b)
-    wall = time.perf_counter() - t0
-    summary = summarize(batches, len(gen.token_ids))
+    return engine
+
+
+def _sampling(args: argparse.Namespace) -> Any:
+    from llmtop.kernels.base import SamplingParams
+
+    return SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+
+
+# -- --once ------------------------------------------------------------------------------------------
+@dataclass
+class OnceResult:
+    report: dict[str, Any]
+    generations: list[Any]
+    prompts: list[str]
+    wall_s: float
+
+
+def once_report(args: argparse.Namespace) -> OnceResult:
+    """Run the prompts once (in --batch chunks) in this thread; every event goes through an Aggregator.
+
+    The recording (--record) receives exactly the batches the aggregator ingests, so `llmtop report`
+    of it equals this report. On any exit, what was generated so far is drained, recorded and closed.
+    """
+    from llmtop.stats.aggregator import Aggregator
+
+    prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
+    engine = build_engine(args)
+    ops = engine.ops
+    agg = Aggregator(window_s=args.window)
     src = engine.source_info()
+    agg.set_source(src)
+    writer = None
+    gens: list[Any] = []
+
+    def drain() -> None:
+        while (b := ops.recorder.drain()) is not None:
+            agg.ingest(b)
+            if writer is not None:
+                writer.write(b)
+
+    t0 = time.perf_counter()
+    try:
+        if args.record:
+            from llmtop.traces.recording import RecordingWriter
+
+            writer = RecordingWriter(args.record, src)
+        rounds = -(-len(prompts) // args.batch)
+        for i in range(rounds):
+            # like the live loop, a short last round is filled up cyclically so every step has --batch rows
+            chosen = [prompts[(i * args.batch + j) % len(prompts)] for j in range(args.batch)]
+            gens += engine.generate(chosen, args.max_new_tokens, _sampling(args), chat=not args.no_chat)
+            ops.synchronize()  # every CUDA event has completed, so one drain resolves all steps
+            drain()
+    finally:
+        try:
+            ops.synchronize()
+            drain()
+        finally:
+            if writer is not None:
+                writer.close()
+            ops.close()
+    wall = time.perf_counter() - t0
+    return OnceResult(dict(agg.snapshot(mode="cumulative").report), gens, prompts, wall)
+
+
+def run_once(args: argparse.Namespace) -> int:
+    from llmtop.report import render
+
+    if args.format not in FORMATS:
+        raise UsageError(f"unknown format {args.format!r} (choose from {', '.join(FORMATS)})")
+    if args.loop:
+        raise UsageError("--loop needs the TUI; --once runs each prompt once")
+    res = once_report(args)
+    first = res.generations[0] if res.generations else None
     if args.format == "json":
-        out = {
-            "text": gen.text,
-            "finish_reason": gen.finish_reason,
-            "prompt_tokens": gen.prompt_tokens,
-            "source": {
-                "backend": src.backend,
-                "device": src.device,
-                "model": src.model,
-                "dtype": src.dtype,
-                "timing": src.timing,
-            },
-            "tokens": {k: summary[k] for k in ("ttft_ms", "decode_tok_s", "prefill_tok_s", "generated")},
-            "kernels": summary["kernels"],
+        out: dict[str, Any] = {
+            "text": first.text if first else "",
+            "finish_reason": first.finish_reason if first else None,
+            "prompt_tokens": first.prompt_tokens if first else 0,
         }
-        print(json.dumps(out, indent=2))
-    else:
-        print(gen.text)
+        if len(res.generations) > 1:
+            out["generations"] = [
+                {"prompt": res.prompts[i % len(res.prompts)], "text": g.text,
+                 "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
+                 "generated": len(g.token_ids)}
+                for i, g in enumerate(res.generations)
+            ]
+        out.update(res.report)
+        print(json.dumps(out, indent=2, allow_nan=False))
+        return 0
+    md = args.format == "markdown"
+    for i, g in enumerate(res.generations):
+        if len(res.generations) > 1:
+            print(f"{'### ' if md else ''}[{i + 1}] {res.prompts[i % len(res.prompts)]}")
+        print(g.text)
+        print(f"{'_' if md else '('}{g.prompt_tokens} prompt tokens, {len(g.token_ids)} generated, "
+              f"{g.finish_reason}{'_' if md else ')'}")
         print()
-        print(f"model {src.model} | {src.backend} {src.dtype} | {src.device} | timing {src.timing}")
-        print(
-            f"prompt {gen.prompt_tokens} tok | generated {summary['generated']} tok ({gen.finish_reason})"
-            f" | TTFT {summary['ttft_ms']:.1f} ms | prefill {summary['prefill_tok_s']:.1f} tok/s"
-            f" | decode {summary['decode_tok_s']:.2f} tok/s | wall {wall:.2f} s"
-        )
-        rows = summary["kernels"]
-        if rows:
-            total = sum(r["total_ms"] for r in rows) or 1.0
-            print(f"{'kernel':<22} {'class':<11} {'count':>7} {'total ms':>10} {'%':>6}")
-            for r in rows[:10]:
-                pct = 100.0 * r["total_ms"] / total
-                print(
-                    f"{r['name']:<22} {r['op_class']:<11} {r['count']:>7} {r['total_ms']:>10.2f} {pct:>5.1f}%"
-                )
-    ops.close()
+    print(f"wall {res.wall_s:.2f} s" + ("\n" if md else ""))
+    print(render(res.report, args.format), end="")
     return 0
+
+
+# -- TUI sessions ------------------------------------------------------------------------------------
+@dataclass
+class TuiSession:
+    """What a TUI mode runs: the app, the pipeline feeding it, and cleanups after both stop.
+
+    `with session:` starts the pipeline and stops it (closing any recording) on the way out, so
+    tests can drive `session.app.run_test()` over exactly what the CLI builds.
+    """
+
+    app: LlmtopApp
+    pipeline: Pipeline
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # messages printed once the TUI is gone
+
+    def __enter__(self) -> TuiSession:
+        self.pipeline.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.pipeline.stop()
+        finally:
+            for fn in self.cleanups:
+                fn()
+
+    def run(self) -> int:
+        require_tty()
+        with self:
+            self.app.run()
+        for fn in self.after:
+            fn()
+        for line in self.pipeline.status().errors:
+            _eprint(f"llmtop: warning: {line}")
+        return 0
+
+
+def require_tty() -> None:
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise LlmtopError(NOT_A_TTY)
+
+
+def _app(provider: Any, refresh: float, title: str) -> LlmtopApp:
+    from llmtop.tui.app import LlmtopApp
+
+    return LlmtopApp(provider, refresh_hz=refresh, title=title)
+
+
+def _title(src: SourceInfo | None, what: str) -> str:
+    if src is None:
+        return f"llmtop · {what}"
+    parts = [p for p in (src.model, src.backend, src.device) if p]
+    return "llmtop · " + " · ".join([what, *parts])
+
+
+def build_live_session(args: argparse.Namespace) -> TuiSession:
+    """`llmtop [flags]`: engine + process + GPU collectors into the TUI (not started)."""
+    from llmtop.collectors.engine import BUILTIN_PROMPTS
+    from llmtop.collectors.pipeline import live_pipeline
+    from llmtop.stats.aggregator import Aggregator
+    from llmtop.tui.provider import PipelineProvider
+
+    _check_workload(args)
+    if args.max_new_tokens < 1:
+        raise UsageError("the live profiler needs --max-new-tokens >= 1")
+    prompts = _prompts(args) or list(BUILTIN_PROMPTS)
+    engine = build_engine(args)
+    try:
+        agg = Aggregator(window_s=args.window)
+        loop = True if args.loop is None else args.loop
+        p = live_pipeline(engine, agg, prompts=prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
+                          sampling=_sampling(args), chat=not args.no_chat, loop=loop, record=args.record)
+        app = _app(PipelineProvider(p, kind="live"), args.refresh, _title(p.source, "live"))
+    except BaseException:
+        engine.ops.close()
+        raise
+    session = TuiSession(app, p, cleanups=[engine.ops.close])
+    if args.record:
+        session.after.append(lambda: _eprint(
+            f"llmtop: recorded {p.status().recorded_records} records to {args.record}"))
+    return session
+
+
+def build_replay_session(args: argparse.Namespace) -> TuiSession:
+    """`llmtop replay FILE`: the file through ReplaySource (space pauses, +/- change speed)."""
+    from llmtop.collectors.pipeline import replay_pipeline
+    from llmtop.stats.aggregator import Aggregator
+    from llmtop.tui.provider import PipelineProvider
+
+    agg = Aggregator(window_s=args.window)
+    p, src = replay_pipeline(args.file, agg, speed=args.speed)
+    app = _app(PipelineProvider(p, kind="replay", control=src), args.refresh,
+               _title(p.source, f"replay {_files_label(args.file)}"))
+    session = TuiSession(app, p)
+
+    def warnings() -> None:
+        for w in getattr(src, "warnings", None) or []:
+            _eprint(f"llmtop: warning: {w}")
+
+    session.after.append(warnings)
+    return session
+
+
+def _files_label(files: str | Path | list[str]) -> str:
+    """The FILE argument(s) for a title: one name, or the first name and how many more."""
+    fs = [files] if isinstance(files, str | Path) else list(files)
+    return Path(fs[0]).name + (f" +{len(fs) - 1}" if len(fs) > 1 else "")
+
+
+def build_replay_app(args: argparse.Namespace) -> LlmtopApp:
+    """The replay app alone (its pipeline is `app.provider.pipeline`; start/stop it around the app)."""
+    return build_replay_session(args).app
+
+
+class _AttachProvider:
+    """PipelineProvider plus the attach link state ("disconnected: ...") in the error bar."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        from llmtop.tui.provider import PipelineProvider
+
+        self._inner = PipelineProvider(pipeline, kind="attach")
+        self.pipeline = pipeline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Any:
+        return self._inner.snapshot(mode, group, sort, filter)
+
+    def status(self) -> Any:
+        from llmtop.attach import link_summary
+
+        st = self._inner.status()
+        link = link_summary(self.pipeline)
+        if link:
+            st.setdefault("errors", {})["link"] = link
+        return st
+
+
+def build_attach_session(args: argparse.Namespace) -> TuiSession:
+    from llmtop.attach import build_attach_pipeline
+    from llmtop.stats.aggregator import Aggregator
+
+    agg = Aggregator(window_s=args.window)
+    p = build_attach_pipeline(args.urls, agg, token=args.token, interval=args.interval)
+    app = _app(_AttachProvider(p), args.refresh, f"llmtop · attach {' '.join(args.urls)}")
+    return TuiSession(app, p)
+
+
+def run_live(args: argparse.Namespace) -> int:
+    require_tty()  # before the model load: a pipe should fail in milliseconds
+    if args.format != "text":
+        raise UsageError("--format applies to --once (the TUI has no output format)")
+    return build_live_session(args).run()
+
+
+# -- subcommands -------------------------------------------------------------------------------------
+def replay_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llmtop replay", description=SUBCOMMAND_HELP["replay"] + ".")
+    p.add_argument("file", metavar="FILE", nargs="+",
+                   help="llmtop recording, Kineto JSON(.gz), nsys SQLite, metallic JSONL or doppler log; "
+                        "several traces or a directory (one per rank) are shown side by side")
+    p.add_argument("--speed", type=_positive(float, "--speed", zero_ok=True), default=1.0, metavar="X",
+                   help="playback speed, 0 = as fast as possible (default 1; +/- keys change it)")
+    _add_view_args(p)
+    return p
+
+
+def cmd_replay(argv: list[str]) -> int:
+    args = replay_parser().parse_args(argv)
+    # opening the file first: a missing or foreign file is the more useful error; run() checks the TTY
+    return build_replay_session(args).run()
+
+
+def report_parser() -> argparse.ArgumentParser:
+    from llmtop.report_nsys import COLUMN_SETS
+
+    p = _Parser(prog="llmtop report", description=SUBCOMMAND_HELP["report"] + ".")
+    p.add_argument("file", metavar="FILE", nargs="+",
+                   help="llmtop recording or any importable trace; several traces or a directory (one per "
+                        "rank) are merged, each rank/device/stream on its own track")
+    _add_report_args(p)
+    p.add_argument("--window", type=_positive(float, "--window"), default=10.0, metavar="S",
+                   help="window length for --mode window, seconds of event time (default 10)")
+    p.add_argument("--columns", default="auto", choices=COLUMN_SETS,
+                   help="kernel table layout: nsys (cuda_gpu_kern_sum columns), llmtop, or auto "
+                        "(nsys for GPU traces; default)")
+    return p
+
+
+def file_report(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(LoadSummary, Snapshot) of a whole file; importer warnings and skips go to stderr, one line each."""
+    from llmtop.collectors.replay import load_into
+    from llmtop.stats.aggregator import Aggregator
+
+    agg = Aggregator(window_s=args.window)
+    summary = load_into(args.file, agg)
+    for w in summary.warnings:
+        _eprint(f"llmtop: warning: {' '.join(str(w).split())}")
+    if summary.skipped:
+        _eprint(f"llmtop: warning: skipped {summary.skipped} records that could not be mapped")
+    snap = agg.snapshot(mode=args.mode, group=args.group, sort=args.sort, filter=args.filter)
+    return summary, snap
+
+
+def cmd_report(argv: list[str]) -> int:
+    from llmtop.report import render
+    from llmtop.report_nsys import is_gpu_trace, kernel_layers, render_nsys
+
+    args = report_parser().parse_args(argv)
+    summary, snap = file_report(args)
+    rep = snap.report
+    nsys = args.columns == "nsys" or (args.columns == "auto" and is_gpu_trace(summary.source, summary.format))
+    if args.format == "json":
+        out = render(rep, "json")
+    elif nsys:
+        out = render_nsys(rep, args.format, layers=kernel_layers(snap, args.limit), limit=args.limit)
+    else:
+        out = render(rep, args.format, limit=args.limit)
+    print(out, end="")
+    return 0
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llmtop export", description=SUBCOMMAND_HELP["export"] + ".")
+    p.add_argument("file", metavar="FILE", nargs="+",
+                   help="llmtop recording or any importable trace; several traces or a directory (one per "
+                        "rank) are merged, each rank/device/stream on its own track")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.json", help="Chrome trace JSON to write")
+    p.add_argument("--tracks", default="layer", choices=("layer", "phase"),
+                   help="kernel tracks per decoder layer or per phase (default layer)")
+    return p
+
+
+def cmd_export(argv: list[str]) -> int:
+    from llmtop.traces.chrome_export import export_file
+
+    args = export_parser().parse_args(argv)
+    files = [args.file] if isinstance(args.file, str | Path) else list(args.file)
+    src, out = files if len(files) > 1 else files[0], Path(args.output)
+    if out.exists() and any(Path(f).exists() and out.resolve() == Path(f).resolve() for f in files):
+        raise UsageError("-o must not be the input file")
+    if not out.expanduser().resolve().parent.is_dir():
+        raise LlmtopError(f"cannot write {out}: its directory does not exist")
+    counts, warnings = export_file(src, out, track_by=args.tracks)
+    for w in warnings:
+        _eprint(f"llmtop: warning: {' '.join(str(w).split())}")
+    detail = ", ".join(f"{n} {ph}" for ph, n in sorted(counts.items()))
+    _eprint(f"llmtop: wrote {out} ({sum(counts.values())} trace events: {detail})")
+    return 0
+
+
+def attach_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llmtop attach", description=SUBCOMMAND_HELP["attach"] + ".")
+    p.add_argument("urls", nargs="+", metavar="URL",
+                   help="llmtop://host:port (agent) or http(s)://host:port[/metrics] (Prometheus)")
+    p.add_argument("--token", default=None, help="shared token of a token-protected agent")
+    p.add_argument("--interval", type=_positive(float, "--interval"), default=1.0, metavar="S",
+                   help="Prometheus scrape interval (default 1)")
+    p.add_argument("--once", action="store_true", help="collect for --duration seconds, print the report")
+    p.add_argument("--duration", type=_positive(float, "--duration"), default=3.0, metavar="S",
+                   help="--once collection time (default 3)")
+    p.add_argument("--format", default="text", choices=FORMATS, help="--once output format (default text)")
+    _add_view_args(p)
+    return p
+
+
+def _targets_table(rows: list[dict[str, Any]], md: bool) -> str:
+    def f(v: Any, scale: float = 1.0, nd: int = 2) -> str:
+        return "-" if v is None else f"{float(v) * scale:.{nd}f}"
+
+    head = ["Target", "Kind", "Link", "gen tok/s", "gen tokens", "running", "waiting", "TTFT p50 (ms)",
+            "ITL p50 (ms)", "dropped"]
+    body = [[str(r.get("label")), str(r.get("kind")), str(r.get("link")), f(r.get("gen_tok_s")),
+             f(r.get("gen_tokens"), nd=0), f(r.get("running"), nd=0), f(r.get("waiting"), nd=0),
+             f(r.get("ttft_p50_s"), 1e3), f(r.get("itl_p50_s"), 1e3), str(r.get("dropped", 0))] for r in rows]
+    if md:
+        lines = ["## Targets", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+        lines = ["Targets"] + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                               for row in [head, *body]]
+    errs = [f"{r.get('label')}: {r.get('error')}" for r in rows if r.get("error")]
+    return "\n".join(lines + errs) + "\n\n"
+
+
+def cmd_attach(argv: list[str]) -> int:
+    args = attach_parser().parse_args(argv)
+    if not args.once:
+        return build_attach_session(args).run()  # URLs are checked while building, the TTY in run()
+    from llmtop.attach import attach_once
+    from llmtop.report import render
+    from llmtop.stats.aggregator import Aggregator
+
+    rep = attach_once(args.urls, Aggregator(window_s=args.window), token=args.token,
+                      duration_s=args.duration, interval=args.interval)
+    if args.format == "json":
+        print(render(rep, "json"), end="")
+    else:
+        print(_targets_table(list(rep.get("attach") or []), args.format == "markdown")
+              + render(rep, args.format), end="")
+    return 0
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    from llmtop.serve import add_serve_arguments
+
+    p = _Parser(prog="llmtop serve", description=SUBCOMMAND_HELP["serve"] + ".")
+    add_serve_arguments(p)
+    return p
+
+
+def cmd_serve(argv: list[str]) -> int:
+    from llmtop.serve import serve_main
+
+    return serve_main(serve_parser().parse_args(argv))
+
+
+# name -> handler(argv_rest) -> exit code
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "replay": cmd_replay,
+    "report": cmd_report,
+    "export": cmd_export,
+    "attach": cmd_attach,
+    "serve": cmd_serve,
+}
+# name -> its parser, for tests and docs that need the exact Namespace a subcommand builds
+PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "llmtop": build_parser,
+    "replay": replay_parser,
+    "report": report_parser,
+    "export": export_parser,
+    "attach": attach_parser,
+    "serve": serve_parser,
+}
 
 
 def _run_main(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
+    if argv and not argv[0].startswith("-"):
+        raise UsageError(f"unknown command {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)}, or options)")
     args = build_parser().parse_args(argv)
+    _check_workload(args)
     if args.once:
         return run_once(args)
-    raise UsageError("the live TUI is not available in this build yet; use --once for a headless run")
+    return run_live(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,10 +632,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_main(argv)
     except LlmtopError as e:
         msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"llmtop: error: {msg}", file=sys.stderr)
+        _eprint(f"llmtop: error: {msg}")
         return e.exit_code
+    except SystemExit as e:  # --help / --version: argparse's own clean exit
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
+        # Recordings are closed by the finally blocks on the way here; nothing recorded is lost.
         return 130
+    except BrokenPipeError:  # `llmtop report F | head`: the reader left; not an error worth a traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

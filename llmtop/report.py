@@ -1,9 +1,10 @@
 """Headless rendering of a Snapshot report: `llmtop report FILE --format text|json|markdown`, `--once`.
 
 `render(report, fmt)` takes the JSON-able dict of `Snapshot.report` (docs/REPORT.md) and returns the
-whole report as one string. Text and markdown show the same tables, built once as `_Section`s:
-tokens, top kernels (the MLC / nsys "kernel execution statistics" columns), per-layer, attention
-growth, wall-time attribution, per-token trend, dropped events and collector cost.
+whole report as one string. Text and markdown show the same tables, built once as `Section`s:
+tokens, top kernels (the MLC / nsys "kernel execution statistics" columns), tracks (several ranks /
+streams side by side), per-layer, attention growth, wall-time attribution, per-token trend, dropped
+events and collector cost.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from llmtop.errors import LlmtopError
 
 FORMATS = ("text", "json", "markdown")
 DASH = "-"
+KERNEL_SECTION = "Kernel Execution Statistics"  # title prefix of the top-kernels table
 
 
 @dataclass
-class _Section:
+class Section:
     title: str
     headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
@@ -34,7 +36,7 @@ class _Section:
     lines: list[str] = field(default_factory=list)  # free text under the table
 
 
-def _num(x: Any) -> float | None:
+def num(x: Any) -> float | None:
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -46,7 +48,7 @@ def _num(x: Any) -> float | None:
 
 def fms(x: Any) -> str:
     """ms with ~4 significant digits."""
-    v = _num(x)
+    v = num(x)
     if v is None:
         return DASH
     a = abs(v)
@@ -62,17 +64,17 @@ def fms(x: Any) -> str:
 
 
 def fpct(x: Any) -> str:
-    v = _num(x)
+    v = num(x)
     return DASH if v is None else f"{v:.2f}%"
 
 
 def frate(x: Any) -> str:
-    v = _num(x)
+    v = num(x)
     return DASH if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
 
 
 def fint(x: Any) -> str:
-    v = _num(x)
+    v = num(x)
     return DASH if v is None else f"{round(v):,}"
 
 
@@ -80,7 +82,7 @@ def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, Mapping) else None
 
 
-def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[_Section]]:
+def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[Section]]:
     src = _get(r, "source") or {}
     head = [
         "llmtop report - " + " | ".join(
@@ -93,10 +95,10 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
         + (f", filter '{r.get('filter')}'" if r.get("filter") else "")
         + f"; {fint(r.get('events'))} kernel events over {fms(r.get('span_s'))} s",
     ]
-    out: list[_Section] = []
+    out: list[Section] = []
 
     t = _get(r, "tokens") or {}
-    out.append(_Section(
+    out.append(Section(
         "Tokens", ["Metric", "Value"],
         [["TTFT (prefill step, median)", f"{fms(t.get('ttft_ms'))} ms"],
          ["TTFT p95", f"{fms(t.get('ttft_ms_p95'))} ms"],
@@ -115,8 +117,8 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
     shown = kernels if limit is None else kernels[:limit]
     sort_title = {"total": "Total Time", "count": "Instances", "mean": "Avg Time", "p95": "p95",
                   "max": "Max Time", "name": "Name"}.get(str(r.get("sort")), str(r.get("sort")))
-    ks = _Section(
-        f"Kernel Execution Statistics (by {r.get('group', 'kernel')}, sorted by {sort_title})",
+    ks = Section(
+        f"{KERNEL_SECTION} (by {r.get('group', 'kernel')}, sorted by {sort_title})",
         ["Name", "Class", "Time %", "Cum %", "Total (ms)", "Instances", "Avg (ms)", "Med (ms)", "Min (ms)",
          "p95 (ms)", "p99 (ms)", "Max (ms)", "StdDev (ms)"],
         [[str(k.get("name")), str(k.get("op_class", "")), fpct(k.get("pct")), fpct(k.get("cum_pct")),
@@ -131,6 +133,16 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
         ks.lines.append("no kernel events in this view")
     out.append(ks)
 
+    tracks = [x for x in _get(r, "tracks") or [] if isinstance(x, Mapping)]
+    if len(tracks) > 1:  # ranks / devices / streams side by side; one track says nothing new
+        out.append(Section(
+            "Tracks (rank / device / stream, since the start)",
+            ["Track", "Kernels", "Kernel time (ms)", "Steps", "Decode tok/s"],
+            [[str(x.get("label")), fint(x.get("kernels")), fms(x.get("kernel_ms")), fint(x.get("steps")),
+              frate(x.get("decode_tok_s"))] for x in tracks],
+            {1, 2, 3, 4},
+        ))
+
     layers = [x for x in _get(r, "layers") or [] if isinstance(x, Mapping)]
     classes: list[str] = []
     for x in layers:
@@ -138,7 +150,7 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
             if c not in classes:
                 classes.append(c)
     phase = layers[0].get("phase", "decode") if layers else "decode"
-    ls = _Section(
+    ls = Section(
         f"Per-layer time (ms per {phase} step)",
         ["Layer", "ms/step", "%", *classes, "Outlier"],
         [[str(x.get("layer")), fms(x.get("ms_per_step")), fpct(x.get("pct")),
@@ -151,8 +163,8 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
     out.append(ls)
 
     a = _get(r, "attention") or {}
-    at = _Section("Attention growth (attention ms per decode step vs context)")
-    if _num(a.get("slope_us_per_1k")) is not None:
+    at = Section("Attention growth (attention ms per decode step vs context)")
+    if num(a.get("slope_us_per_1k")) is not None:
         at.lines.append(
             f"attention = {fms(a.get('intercept_ms'))} ms + {frate(a.get('slope_us_per_1k'))} us"
             " per 1k tokens "
@@ -185,7 +197,7 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
                          fms(x.get("wall_ms_per_step")), fms(x.get("kernel_ms_per_step")),
                          fms(x.get("host_ms_per_step")),
                          f"yes ({fms(x.get('overlap_ms'))} ms)" if x.get("clamped") else ""])
-    ats = _Section("Wall-time attribution (step wall = timed kernels + host/other, e.g. python scheduling)",
+    ats = Section("Wall-time attribution (step wall = timed kernels + host/other, e.g. python scheduling)",
                    ["Phase", "Steps", "Wall (ms)", "Kernels (ms)", "Kernels %", "Host/other (ms)", "Host %",
                     "Wall/step", "Kernels/step", "Host/step", "Overlap clamped"], rows, set(range(1, 10)))
     if not rows:
@@ -193,7 +205,7 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
     out.append(ats)
 
     tr = _get(r, "trend") or {}
-    trs = _Section(f"Per-token trend (decode steps of the {tr.get('generation') or 'current'} generation)")
+    trs = Section(f"Per-token trend (decode steps of the {tr.get('generation') or 'current'} generation)")
     if tr.get("steps"):
         trs.headers = ["Steps", "First", "Middle", "Last", "Min", "Max", "Mean", "Drift", "Slope (us/token)"]
         trs.rows = [[fint(tr.get("steps")), fms(tr.get("first_ms")), fms(tr.get("middle_ms")),
@@ -209,7 +221,7 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
     col = _get(r, "collectors") or {}
     names = sorted(set(dr.get("by_collector") or {}) | set(col))
     by = dr.get("by_collector") or {}
-    ds = _Section(f"Dropped events: {fint(dr.get('total'))}; collectors",
+    ds = Section(f"Dropped events: {fint(dr.get('total'))}; collectors",
                   ["Collector", "Dropped", "CPU cost (s)", "CPU % (last 5 s)", "Behind"],
                   [[n, fint(by.get(n, 0)), fms(_get(col.get(n), "cost_s")), fpct(_get(col.get(n), "cpu_pct")),
                     "BEHIND" if _get(col.get(n), "behind") else ""] for n in names], {1, 2, 3})
@@ -217,8 +229,7 @@ def _sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[
     return head, out
 
 
-def _text(r: Mapping[str, Any], width: int, limit: int | None) -> str:
-    head, secs = _sections(r, limit)
+def _text(head: list[str], secs: list[Section], width: int) -> str:
     console = Console(file=io.StringIO(), width=width, record=True, color_system=None, force_terminal=False,
                       soft_wrap=False)
     for line in head:
@@ -228,11 +239,13 @@ def _text(r: Mapping[str, Any], width: int, limit: int | None) -> str:
         if s.headers:
             tab = Table(title=s.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                         show_edge=False)
-            name_w = min(60, max([len(h) for h in s.headers[:1]] + [len(row[0]) for row in s.rows]))
+            # the name column (first, or "Name" in the nsys layout) keeps its width up to 60 and
+            # folds long names rather than dropping them
+            ni = s.headers.index("Name") if "Name" in s.headers else 0
+            name_w = min(60, max([len(s.headers[ni])] + [len(row[ni]) for row in s.rows]))
             for i, h in enumerate(s.headers):
-                # the name column keeps its full width (up to 60); long names fold rather than vanish
                 tab.add_column(h, justify="right" if i in s.right else "left", overflow="fold",
-                               min_width=name_w if i == 0 else None, no_wrap=i != 0)
+                               min_width=name_w if i == ni else None, no_wrap=i != ni)
             for row in s.rows:
                 tab.add_row(*row)
             console.print(tab)
@@ -247,9 +260,8 @@ def _md_cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown(r: Mapping[str, Any], limit: int | None) -> str:
-    head, secs = _sections(r, limit)
-    out = ["# " + head[0], "", head[1]]
+def _markdown(head: list[str], secs: list[Section]) -> str:
+    out = ["# " + head[0], "", *head[1:]]
     for s in secs:
         out += ["", f"## {s.title}", ""]
         if s.headers:
@@ -263,17 +275,21 @@ def _markdown(r: Mapping[str, Any], limit: int | None) -> str:
 
 
 def render(report: Mapping[str, Any], fmt: str = "text", *, width: int = 160,
-           limit: int | None = None) -> str:
-    """The report as text (rich tables), json (the dict itself) or markdown. `limit` caps kernel rows."""
+           limit: int | None = None, kernel_section: Section | None = None) -> str:
+    """The report as text (rich tables), json (the dict itself) or markdown. `limit` caps kernel rows.
+
+    `kernel_section` replaces the top-kernels table (report_nsys's nsys column layout).
+    """
     if fmt not in FORMATS:
         raise LlmtopError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
     if not isinstance(report, Mapping):
         raise LlmtopError("a report must be a JSON object")
     if fmt == "json":
         return json.dumps(report, indent=2, allow_nan=False) + "\n"
-    if fmt == "markdown":
-        return _markdown(report, limit)
-    return _text(report, width, limit)
+    head, secs = sections(report, limit)
+    if kernel_section is not None:
+        secs = [kernel_section if x.title.startswith(KERNEL_SECTION) else x for x in secs]
+    return _markdown(head, secs) if fmt == "markdown" else _text(head, secs, width)
 
 
-__all__ = ["FORMATS", "render"]
+__all__ = ["FORMATS", "KERNEL_SECTION", "Section", "num", "render", "sections"]

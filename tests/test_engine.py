@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from llmtop.cli import main, summarize
+from llmtop.cli import main
 from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, PREFILL
 from llmtop.kernels.base import KernelRecorder, SamplingParams
@@ -128,6 +128,44 @@ def test_edge_cases(engine, loaded):
     assert g.finish_reason in ("length", "eos") and g.prompt_tokens + len(g.token_ids) <= 17
 
 
+def test_on_tokens_streams_every_step(engine):
+    prompts = ["Count from one to ten.", "Name a color."]
+    ids = [engine.encode_prompt(p) for p in prompts]
+    seen: list[tuple[int, list, list]] = []
+    gens = engine.generate(ids, [7, 3], on_tokens=lambda s, t, f: seen.append((s, list(t), list(f))))
+    assert [s for s, _, _ in seen] == list(range(len(seen)))  # step 0 = prefill, then one per decode step
+    for b, g in enumerate(gens):
+        streamed = [t[b] for _, t, _ in seen if t[b] is not None]
+        assert streamed == g.token_ids  # every kept token, in order, nothing after the row finished
+        ends = [(i, f[b]) for i, (_, _, f) in enumerate(seen) if f[b] is not None]
+        assert ends == [(len(streamed) - 1, g.finish_reason)]
+    assert len(gens[1].token_ids) <= 3
+    # token-id prompts and text prompts are the same generation
+    assert engine.generate(prompts, [7, 3])[0].token_ids == gens[0].token_ids
+
+
+def test_on_tokens_can_stop_rows(engine):
+    stopped_at: list[int] = []
+
+    def stop_row0(step: int, tokens: list, finished: list) -> list[int]:
+        if step == 2:
+            stopped_at.append(step)
+            return [0]
+        assert step < 2 or tokens[0] is None  # a stopped row yields no more tokens
+        return []
+
+    engine.eos_ids, eos = frozenset(), engine.eos_ids
+    try:
+        a, b = engine.generate(["Hello", "Tell me a story."], 6, on_tokens=stop_row0)
+    finally:
+        engine.eos_ids = eos
+    assert stopped_at == [2]
+    assert a.finish_reason == "stopped" and len(a.token_ids) == 3
+    assert b.finish_reason == "length" and len(b.token_ids) == 6
+    with pytest.raises(LlmtopError, match="outside the vocabulary"):
+        engine.generate([[1, 10**9]], 2)
+
+
 def test_timing_off_keeps_steps(loaded):
     ops = TorchOps(KernelRecorder(enabled=False), device="cpu")
     assert ops.timing == "off"
@@ -140,14 +178,21 @@ def test_timing_off_keeps_steps(loaded):
     assert info.n_layers == loaded.config.n_layers
 
 
-def test_summary_from_batches(engine):
+def test_aggregator_report_from_batches(loaded):
+    from llmtop.stats.aggregator import Aggregator
+
+    # a fresh recorder: its first batch carries the name table the aggregator needs
+    engine = Engine(loaded, TorchOps(KernelRecorder(), device="cpu"))
     rec = engine.ops.recorder
-    rec.drain()
     g = engine.generate(["Name three colors."], 8)[0]
-    s = summarize([rec.drain()], len(g.token_ids), rec.names)
-    assert s["ttft_ms"] > 0 and s["prefill_tok_s"] > 0 and s["generated"] == len(g.token_ids)
+    agg = Aggregator()
+    agg.set_source(engine.source_info())
+    agg.ingest(rec.drain())
+    s = agg.snapshot(mode="cumulative").report
+    t = s["tokens"]
+    assert t["ttft_ms"] > 0 and t["prefill_tok_s"] > 0 and t["generated"] == len(g.token_ids)
     if len(g.token_ids) > 1:
-        assert s["decode_tok_s"] > 0
+        assert t["decode_tok_s"] > 0
     totals = [r["total_ms"] for r in s["kernels"]]
     assert totals == sorted(totals, reverse=True)
     assert {r["name"] for r in s["kernels"]} >= {"matmul:lm_head", "attention:prefill", "sampling"}
@@ -163,7 +208,7 @@ def test_cli_once_text_and_json(capsys):
     d = json.loads(capsys.readouterr().out)
     assert set(d) >= {"text", "source", "tokens", "kernels"}
     assert d["source"]["backend"] == "cpu" and d["source"]["model"].endswith(".gguf")
-    assert set(d["tokens"]) == {"ttft_ms", "decode_tok_s", "prefill_tok_s", "generated"}
+    assert set(d["tokens"]) >= {"ttft_ms", "decode_tok_s", "prefill_tok_s", "generated"}
     assert 1 <= d["tokens"]["generated"] <= 4
     assert {"name", "op_class", "count", "total_ms"} <= set(d["kernels"][0])
 

@@ -618,3 +618,32 @@ def test_coalesced_small_batches_give_the_same_report(monkeypatch: pytest.Monkey
         assert a["trend"] == b["trend"]
         assert a["attention"]["steps"] == b["attention"]["steps"]
         assert a["attention"]["slope_us_per_1k"] == pytest.approx(b["attention"]["slope_us_per_1k"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "note"),
+    [
+        ({"prompt": 45, "new": 30, "attn": (2e4, 40.0, 0.0)}, "context range too narrow"),
+        ({"prompt": 100, "new": 120, "attn": (2e4, -40.0, 0.0)}, "no growth"),
+        ({"prompt": 100, "new": 4, "attn": (2e4, 40.0, 0.0)}, "decode steps"),
+    ],
+)
+def test_attention_projection_needs_a_fit_that_carries_it(kwargs: dict, note: str) -> None:
+    """A narrow context range, no growth or too few steps: no projection numbers, a note why."""
+    names, ks, ss = decode_loop(11, gens=1, **kwargs)
+    agg = Aggregator(WINDOW_S)
+    agg.set_source(SourceInfo(kind="live", max_context=8192))
+    att = feed(agg, loop_batches(names, ks, ss, 4)).snapshot("cumulative").report["attention"]
+    assert att["fit_ok"] is False
+    assert note in att["fit_note"]
+    assert att["projection"]["ctx"] == 8192
+    assert att["projection"]["attention_ms"] is None and att["projection"]["pct_of_step"] is None
+
+
+def test_attention_projection_when_the_fit_is_good() -> None:
+    names, ks, ss = decode_loop(12, gens=1, prompt=100, new=200)
+    agg = Aggregator(WINDOW_S)
+    agg.set_source(SourceInfo(kind="live", max_context=8192))
+    att = feed(agg, loop_batches(names, ks, ss, 4)).snapshot("cumulative").report["attention"]
+    assert att["fit_ok"] is True and att["fit_note"] is None
+    assert att["projection"]["pct_of_step"] is not None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
+import numpy as np
 import pytest
 
 from llmtop.collectors.engine import EngineCollector
@@ -15,7 +17,7 @@ from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.stats.aggregator import Aggregator
 from llmtop.tui import view
 from llmtop.tui.app import LlmtopApp
-from llmtop.tui.plot import BrailleCanvas, Series, plot_rows
+from llmtop.tui.plot import BrailleCanvas, Series, decimate, plot_rows
 from llmtop.tui.provider import PipelineProvider, SnapshotProvider
 from llmtop.tui.widgets import DeviceStrip, HeaderBar, KernelTable, _stack_cells
 
@@ -118,3 +120,22 @@ def test_pipeline_provider_drives_the_app() -> None:
         asyncio.run(drive())
     finally:
         pipe.stop()
+
+
+def test_decimate_keeps_each_columns_extremes_in_order() -> None:
+    rng = np.random.default_rng(0)
+    xs = np.arange(2000, dtype=float)
+    ys = rng.random(2000) * 100
+    ys[1234] = 1000.0  # a spike must survive
+    ys[77] = -5.0
+    dx, dy = decimate(xs.tolist(), ys.tolist(), 40)
+    assert len(dx) <= 80
+    assert dx == sorted(dx)
+    assert max(dy) == 1000.0 and min(dy) == -5.0
+    cols = ((np.array(dx) - 0) / 1999 * 39).astype(int)
+    for c in range(40):  # every column's min and max (computed directly) are kept
+        sel = ((xs / 1999 * 39).astype(int)) == c
+        assert ys[sel].max() in dy and ys[sel].min() in dy
+        assert (cols == c).sum() <= 2
+    short = decimate([0.0, 1.0, 2.0], [1.0, float("nan"), 3.0], 40)  # few points: unchanged, gaps kept
+    assert short[0] == [0.0, 1.0, 2.0] and math.isnan(short[1][1])

@@ -86,6 +86,18 @@ def test_linear_batched_and_prefill(ops, m: int, n: int, k: int, bias: bool) -> 
     _close(y, ref)
 
 
+def test_linear_reuses_pooled_input_of_a_smaller_prompt(ops) -> None:
+    """A pooled activation buffer grown for a short input is reused for a longer one: the last 8-row block's
+    uniform window must still fit (the buffer keeps 64 KiB of slack past the data)."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((200, 576), dtype=np.float32)
+    h = _load(ops, SMOL, {"w": w})["w"]
+    for m in (3, 3, 40, 40):  # the pool alternates two buffers: the third upload reuses the first
+        x = rng.standard_normal((1, m, 576), dtype=np.float32)
+        y = ops.to_host(ops.linear(ops.upload(x, "grow"), h, None, name="matmul:o_proj", layer=0))
+        _close(y, torch.from_numpy(x).double() @ torch.from_numpy(w).double().T)
+
+
 def test_weight_chunking_over_binding_limit(ops) -> None:
     """Matrices above the storage-binding limit (Llama's 1 GB lm_head) are split into row chunks."""
     rng = np.random.default_rng(3)
@@ -178,11 +190,20 @@ def _attn_ref(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, pos: np.ndarray, cf
     return (s.softmax(-1) @ vt).transpose(1, 2).reshape(b, t, -1).numpy()
 
 
-@pytest.mark.parametrize("cfg", [SMOL, LLAMA], ids=["smol", "llama"])
-def test_kv_write_and_attention_prefill_then_decode(ops, cfg: ModelConfig) -> None:
+@pytest.mark.parametrize(("cfg", "tex_rows"), [(SMOL, None), (LLAMA, None), (SMOL, 128)],
+                         ids=["smol", "llama", "smol-segmented"])
+def test_kv_write_and_attention_prefill_then_decode(ops, cfg: ModelConfig, tex_rows: int | None) -> None:
+    """tex_rows: pretend the adapter's textures hold only that many positions, so the 320-slot cache spans
+    3 texture layers per sequence (how contexts beyond the texture limit are stored)."""
     _load(ops, cfg, {})
     bsz, ctx, t = 2, 320, 70  # 70 > one 64-key chunk; right-padded second prompt
-    ops.alloc_kv_cache(bsz, ctx)
+    saved = ops.max_tex
+    ops.max_tex = tex_rows or saved
+    try:
+        ops.alloc_kv_cache(bsz, ctx)
+    finally:
+        ops.max_tex = saved
+    assert ops._kv_nseg == (3 if tex_rows else 1)
     rng = np.random.default_rng(7)
     kc = np.zeros((bsz, cfg.n_kv_heads, ctx, cfg.head_dim), np.float32)
     vc = np.zeros_like(kc)
@@ -204,9 +225,10 @@ def test_kv_write_and_attention_prefill_then_decode(ops, cfg: ModelConfig) -> No
     lens = np.array([t, 40])  # row 1's padded slots 40.. get overwritten by its decode tokens
     for i in range(3):
         step((lens + i).astype(np.int32).reshape(bsz, 1), DECODE)
-    from llmtop.kernels.wgpu_backend import WTensor
 
-    np.testing.assert_array_equal(ops.to_host(WTensor(ops.kv[0][0], kc.shape)), kc)
+    got_k, got_v = ops.kv_to_host(0)
+    np.testing.assert_array_equal(got_k, kc)
+    np.testing.assert_array_equal(got_v, vc)
 
 
 def test_sampling_greedy_topk_and_seeded(ops) -> None:

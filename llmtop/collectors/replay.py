@@ -11,7 +11,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,23 @@ class TraceFile:
     names: NameTable | None = None  # an importer's name table (its batches carry new_names as well)
 
 
-def open_trace_file(path: str | Path) -> TraceFile:
-    """Open a llmtop recording, or any trace the importers understand; LlmtopError otherwise."""
+TracePaths = str | Path | Sequence[str | Path]
+
+
+def open_trace_file(path: TracePaths) -> TraceFile:
+    """Open a llmtop recording, or any trace the importers understand; LlmtopError otherwise.
+
+    Several paths, or a directory, are foreign traces merged by `open_traces` (one track per rank,
+    device and stream); `TraceFile.path` is then the directory or the first file.
+    """
+    if not isinstance(path, str | Path):
+        paths = list(path)
+        if len(paths) != 1:
+            return _open_many(paths)
+        path = paths[0]
     p = Path(path)
+    if p.is_dir():
+        return _open_many([p])
     if not p.exists():
         raise LlmtopError(f"no such file: {p}")
     if is_recording(p):
@@ -54,6 +68,18 @@ def open_trace_file(path: str | Path) -> TraceFile:
     tf = TraceFile(p, res.source, getattr(res, "format", "") or res.source.backend or "import", iter(()),
                    _live_list(getattr(res, "warnings", None)), int(getattr(res, "skipped", 0) or 0),
                    getattr(res, "names", None))
+    tf.records = timed_batches(res.batches)
+    return tf
+
+
+def _open_many(paths: list[str | Path]) -> TraceFile:
+    from llmtop.traces.importers import open_traces
+
+    if not paths:
+        raise LlmtopError("no trace files given")
+    res = open_traces(paths)
+    tf = TraceFile(Path(paths[0]), res.source, res.source.backend or "import", iter(()),
+                   res.warnings, res.skipped, res.names)
     tf.records = timed_batches(res.batches)
     return tf
 
@@ -104,7 +130,7 @@ class ReplaySource(Collector):
         self._changed = threading.Event()
 
     @classmethod
-    def open(cls, path: str | Path, *, speed: float = 1.0, max_gap_s: float | None = 5.0) -> ReplaySource:
+    def open(cls, path: TracePaths, *, speed: float = 1.0, max_gap_s: float | None = 5.0) -> ReplaySource:
         """Replay a file; `.source` is the recorded SourceInfo with kind="replay"."""
         tf = open_trace_file(path)
         extra = {**tf.source.extra, "replay_of": str(tf.path), "recorded_kind": tf.source.kind,
@@ -203,7 +229,7 @@ class LoadSummary:
     skipped: int
 
 
-def load_into(path: str | Path, aggregator: Any, counters: Any | None = None) -> LoadSummary:
+def load_into(path: TracePaths, aggregator: Any, counters: Any | None = None) -> LoadSummary:
     """Fold a whole file into an aggregator as fast as possible, no threads (`report`, `--once`).
 
     The aggregator gets the SourceInfo exactly as recorded, so a report of the file equals the

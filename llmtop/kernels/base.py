@@ -72,10 +72,12 @@ class KernelRecorder:
         self.names = names if names is not None else NameTable()
         self.enabled = enabled
         self.track = track
-        self._rows: list[tuple] = []
+        # The open step's rows, in `add`'s tuple layout. Hot-path backends append to it directly
+        # to save a Python call per op (see TorchOps); nothing else may touch it.
+        self.rows: list[tuple] = []
         self._step_meta: tuple[int, int, int, int, int] | None = None  # phase, step, tokens, batch, ctx
         self._step_t0 = 0
-        self._done: deque[tuple[tuple, list[tuple], int, int]] = deque()
+        self._done: deque[tuple[tuple, list[tuple], int, int, Any]] = deque()
         self._names_sent = 0
         self.ids: dict[str, tuple[int, int]] = {
             n: (self.names.intern(n), OP_CLASS_ID[c]) for n, c in KERNEL_NAMES.items()
@@ -90,20 +92,20 @@ class KernelRecorder:
 
     # -- engine thread -------------------------------------------------------------------
     def begin_step(self, phase: int, step: int, tokens: int, batch: int, ctx: int) -> None:
-        self._rows = []
+        self.rows = []
         self._step_meta = (phase, step, tokens, batch, ctx)
         self._step_t0 = time.perf_counter_ns()
 
     def add(self, name_id: int, op_class: int, layer: int, start_ns: int, dur_ns: int,
             m: int = 0, n: int = 0, k: int = 0) -> None:
-        self._rows.append((name_id, op_class, layer, start_ns, dur_ns, m, n, k))
+        self.rows.append((name_id, op_class, layer, start_ns, dur_ns, m, n, k))
 
     def end_step(self, pending: Any = None) -> None:
         """Close the step. `pending` is backend state still needed to resolve its timings."""
         wall = time.perf_counter_ns() - self._step_t0
         assert self._step_meta is not None, "end_step without begin_step"
-        self._done.append((self._step_meta, self._rows, self._step_t0, wall, pending))
-        self._rows = []
+        self._done.append((self._step_meta, self.rows, self._step_t0, wall, pending))
+        self.rows = []
         self._step_meta = None
 
     # -- collector thread ----------------------------------------------------------------
@@ -124,7 +126,7 @@ class KernelRecorder:
             phase, step, tokens, batch, ctx = meta
             k = np.zeros(len(rows), dtype=KERNEL_DTYPE)
             if rows:
-                cols = list(zip(*rows))
+                cols = list(zip(*rows, strict=True))
                 k["name"], k["op_class"], k["layer"] = cols[0], cols[1], cols[2]
                 k["start_ns"], k["dur_ns"] = cols[3], cols[4]
                 k["m"], k["n"], k["k"] = cols[5], cols[6], cols[7]
@@ -217,10 +219,10 @@ class Ops(ABC):
         """Backend RNG for seeded sampling."""
         return np.random.default_rng(seed)
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional hook; synchronous backends need nothing
         """Wait for queued work (setup and tests only; never inside the decode loop)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources."""
 
 

@@ -215,6 +215,8 @@ class TorchOps(Ops):
             self.timing = "perf_counter_ns"
         if not recorder.enabled:
             self.timing = "off"
+        if recorder.enabled and device == "cpu" and type(recorder).add is not KernelRecorder.add:
+            raise TypeError("CPU timing appends rows to the recorder directly; override _resolve, not add")
         self._ids = recorder.ids
         self._serial_decode_attn = device == "cpu"
         self._cfg: ModelConfig | None = None
@@ -424,20 +426,30 @@ class TorchOps(Ops):
         return sample_logits(logits[:, -1, :], params, generator).cpu().numpy()
 
     # -- timed ops, CPU ---------------------------------------------------------------------
+    # Each body is its `_x_raw` twin inlined, so the timed path differs from the untimed one only by
+    # the two timer reads and the `recorder.add`: a delegating call (an extra frame with keyword
+    # arguments) cost more than the timer itself. Only attention and sampling, whose bodies are
+    # long and whose kernels are the slowest per call, still delegate. Rows go straight onto the
+    # recorder's step list (what `KernelRecorder.add` does, minus a Python call per op; __init__
+    # refuses recorders that override `add`).
     def _embedding_cpu(self, ids: np.ndarray, table: Any) -> Any:
         t0 = _pc()
-        y = self._embedding_raw(ids, table)
+        y = F.embedding(torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device), table)
         t1 = _pc()
         nid, cid = self._ids["embedding"]
-        self.recorder.add(nid, cid, NO_LAYER, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, NO_LAYER, t0, t1 - t0, 0, 0, 0))
         return y
 
     def _rmsnorm_cpu(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
-        t0 = _pc()
-        y = self._rmsnorm_raw(x, weight, eps, name=name, layer=layer)
+        if x.dtype != torch.float32:
+            t0 = _pc()
+            y = self._rmsnorm_raw(x, weight, eps, name=name, layer=layer)
+        else:
+            t0 = _pc()
+            y = F.rms_norm(x, (x.shape[-1],), weight, eps)
         t1 = _pc()
         nid, cid = self._ids[name]
-        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))
         return y
 
     def _linear_cpu(self, x: Any, weight: Any, bias: Any | None, *, name: str, layer: int) -> Any:
@@ -446,30 +458,42 @@ class TorchOps(Ops):
         t1 = _pc()
         nid, cid = self._ids[name]
         s, ws = x.shape, weight.shape
-        self.recorder.add(nid, cid, layer, t0, t1 - t0, s[0] * s[1], ws[0], ws[1])
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, s[0] * s[1], ws[0], ws[1]))
         return y
 
     def _rope_cpu(self, q: Any, k: Any, positions: np.ndarray, *, layer: int) -> tuple[Any, Any]:
         t0 = _pc()
-        y = self._rope_raw(q, k, positions, layer=layer)
+        p = self._positions(positions)
+        y = self._rot(q, p.cos, p.sin, self._hq), self._rot(k, p.cos, p.sin, self._hkv)
         t1 = _pc()
         nid, cid = self._ids["rope"]
-        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))
         return y
 
     def _kv_write_cpu(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
         t0 = _pc()
-        self._kv_write_raw(k, v, positions, layer=layer)
+        p = self._positions(positions)
+        B, T, _ = k.shape
+        kc, vc = self._k_cache[layer], self._v_cache[layer]
+        k4 = k.view(B, T, self._hkv, self._hd)
+        v4 = v.view(B, T, self._hkv, self._hd)
+        if p.kv_start is not None:
+            s = p.kv_start
+            kc[:B, :, s : s + T].copy_(k4.transpose(1, 2))
+            vc[:B, :, s : s + T].copy_(v4.transpose(1, 2))
+        else:
+            kc[p.kv_bidx, :, p.kv_pos] = k4
+            vc[p.kv_bidx, :, p.kv_pos] = v4
         t1 = _pc()
         nid, cid = self._ids["memcpy:kv_write"]
-        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))
 
     def _attention_cpu(self, q: Any, positions: np.ndarray, *, layer: int, phase: int) -> Any:
         t0 = _pc()
         y = self._attention_raw(q, positions, layer=layer, phase=phase)
         t1 = _pc()
         nid, cid = self._ids["attention:decode" if phase == DECODE else "attention:prefill"]
-        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))
         return y
 
     def _silu_mul_cpu(self, gate: Any, up: Any, *, layer: int) -> Any:
@@ -477,7 +501,7 @@ class TorchOps(Ops):
         y = F.silu(gate, inplace=True).mul_(up)
         t1 = _pc()
         nid, cid = self._ids["silu_mul"]
-        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))
         return y
 
     def _add_cpu(self, a: Any, b: Any, *, name: str, layer: int) -> Any:
@@ -485,15 +509,15 @@ class TorchOps(Ops):
         y = torch.add(a, b)
         t1 = _pc()
         nid, cid = self._ids[name]
-        self.recorder.add(nid, cid, layer, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))
         return y
 
     def _sample_cpu(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
         t0 = _pc()
-        y = self._sample_raw(logits, params, generator)
+        y = sample_logits(logits[:, -1, :], params, generator).cpu().numpy()
         t1 = _pc()
         nid, cid = self._ids["sampling"]
-        self.recorder.add(nid, cid, NO_LAYER, t0, t1 - t0)
+        self.recorder.rows.append((nid, cid, NO_LAYER, t0, t1 - t0, 0, 0, 0))
         return y
 
     # -- timed ops, CUDA: an event pair per op; rows get times in CudaEventRecorder._resolve --

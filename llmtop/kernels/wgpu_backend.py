@@ -1,8 +1,10 @@
 """WebGPU backend: the decode loop in our own WGSL kernels (llmtop/kernels/wgsl/) via wgpu-py.
 
 Design:
-- Weights are uploaded once; the KV cache lives on the GPU. Matrices larger than the adapter's
-  storage-binding limit are split into row chunks (one dispatch per chunk, still one event).
+- Weights are uploaded once; the KV cache lives on the GPU. 2-D weights and the KV cache are textures
+  (one texel = 4 values; see linear.wgsl for why); weights are split into row chunks within the
+  texture-dimension and storage-binding limits (one dispatch per chunk, still one event). The linear
+  kernel reads its input activation as a uniform-buffer window of the activation's storage buffer.
 - Every op records into one command encoder that is submitted only at sync points (sampling,
   `to_host`, `synchronize`, end of step). Activations come from a per-op-name pool of two buffers
   that grow to a power of two, uniform parameter buffers are cached by content and bind groups by
@@ -33,7 +35,10 @@ from llmtop.kernels.base import KernelRecorder, Ops, SamplingParams
 from llmtop.model.config import ModelConfig
 
 TOPK_MAX = 64  # largest top_k served by the GPU top-k kernel; larger (or 0) samples from GPU softmax
-GEMV_MAX_M = 4  # activation rows handled by the GEMV kernel; more rows use the tiled matmul
+LINEAR_MAX_MB = 8  # activation rows per linear dispatch (the register tile); also capped by 64 KiB of X
+LINEAR_PREFILL_RPT = 4  # weight rows per invocation when MB > 1 (the other side of the register tile)
+LINEAR_DECODE_RPT = 2  # weight rows per invocation for GEMV (MB = 1); 1.2-1.6x faster than 1, 4 mixed
+_UNIFORM_MAX = 65536  # WebGPU's guaranteed max-uniform-buffer-binding-size
 _QUERIES_PER_SET = 4096  # wgpu's per-query-set maximum
 
 
@@ -41,6 +46,20 @@ def _grid(n_wg: int) -> tuple[int, int]:
     """Split a 1-D workgroup count over x/y (each dimension is capped at 65535)."""
     gx = min(max(n_wg, 1), 65535)
     return gx, (n_wg + gx - 1) // gx
+
+
+def _unroll_tile(src: str, mb: int, rpt: int) -> str:
+    """Expand linear.wgsl's register tile: repeat lines marked //@rows (r < mb), //@cols (j < rpt) and
+    //@tile (both), substituting {r} and {j}; naga/llvmpipe then keep every accumulator in registers."""
+    out = []
+    for ln in src.splitlines():
+        tag = ln.rstrip().rsplit("//@", 1)[-1] if "//@" in ln else ""
+        rs = range(mb) if tag in ("rows", "tile") else [None]
+        js = range(rpt) if tag in ("cols", "tile") else [None]
+        for r in rs:
+            for j in js:
+                out.append(ln.replace("{r}", str(r)).replace("{j}", str(j)))
+    return "\n".join(out)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -90,10 +109,15 @@ class WTensor:
 
 @dataclass(slots=True)
 class WMatrix:
-    """(N, K) weight as row chunks: [(buffer, first row, rows)], each within the binding limit."""
+    """(N, K) weight as row chunks of a K/4-texel-wide 2-D texture: [(view, first row, rows)].
+
+    Textures, not storage buffers: lavapipe gathers texels with SIMD loads but loads storage buffers
+    one lane at a time (see linear.wgsl). Chunks keep each texture within the adapter's dimension limit.
+    """
 
     chunks: list[tuple[Any, int, int]]
     shape: tuple[int, int]
+    textures: list[Any]
 
 
 class WgpuOps(Ops):
@@ -148,13 +172,15 @@ class WgpuOps(Ops):
             want.append("timestamp-query-inside-encoders")  # lets benchmarks time buffer copies
         lim = adapter.limits
         limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
-                                      "max-storage-buffers-per-shader-stage",
+                                      "max-storage-buffers-per-shader-stage", "max-texture-dimension-2d",
                                       "max-compute-workgroup-storage-size") if k in lim}
         self.device = adapter.request_device_sync(required_features=want, required_limits=limits)
         self.queue = self.device.queue
         self.features = frozenset(want)
         self.mode = mode
         self.max_binding = int(self.device.limits["max-storage-buffer-binding-size"])
+        self.max_tex = int(self.device.limits["max-texture-dimension-2d"])
+        self._ubo_align = int(self.device.limits.get("min-uniform-buffer-offset-alignment", 256))
         info = adapter.info
         self.device_name = f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
         self.timing = {
@@ -171,7 +197,9 @@ class WgpuOps(Ops):
                          else "alias ST = f32;\nalias ST4 = vec4<f32>;\n")
         U = wgpu.BufferUsage
         self._U = U
-        self._act_usage = U.STORAGE | U.COPY_SRC | U.COPY_DST
+        # UNIFORM: the linear kernel binds its input activation as a uniform buffer (see linear.wgsl).
+        self._act_usage = U.STORAGE | U.UNIFORM | U.COPY_SRC | U.COPY_DST
+        self._tex_format = "rgba16float" if dtype == "float16" else "rgba32float"
         self._pipelines: dict[str, Any] = {}
         self._bind_groups: dict[tuple, Any] = {}
         self._params: dict[bytes, Any] = {}
@@ -179,7 +207,9 @@ class WgpuOps(Ops):
         self._pool_next: dict[str, int] = {}
         self.n_buffers = 0  # GPU buffers created so far (tests check decode steps add none)
         self.cfg: ModelConfig | None = None
-        self.kv: list[tuple[Any, Any]] = []
+        self.kv: list[tuple[Any, Any]] = []  # per layer (K view, V view)
+        self._kv_tex: list[tuple[Any, Any]] = []
+        self._kv_seg = self._kv_nseg = 1
         self.kv_batch = self.kv_ctx = 0
         self._cos = self._sin = None
         self._dummy = self._buffer(16, U.STORAGE | U.COPY_SRC)
@@ -242,11 +272,13 @@ class WgpuOps(Ops):
             return self.device.create_buffer_with_data(data=np.ascontiguousarray(data), usage=usage)
         return self.device.create_buffer(size=max(16, (size + 3) // 4 * 4), usage=usage)
 
-    def _pipeline(self, name: str, **consts: int) -> Any:
+    def _pipeline(self, name: str, **consts: int | str) -> Any:
         key = name + "".join(f":{k}={v}" for k, v in sorted(consts.items()))
         pl = self._pipelines.get(key)
         if pl is None:
             src = resources.files("llmtop.kernels").joinpath("wgsl", f"{name}.wgsl").read_text()
+            if "MB" in consts:
+                src = _unroll_tile(src, int(consts["MB"]), int(consts["RPT"]))
             for k, v in consts.items():
                 src = src.replace("{{" + k + "}}", str(v))
             module = self.device.create_shader_module(label=name, code=self._prelude + src)
@@ -256,13 +288,20 @@ class WgpuOps(Ops):
         return pl
 
     def _bind(self, pl: Any, bufs: tuple[Any, ...]) -> Any:
+        """Bind group of `bufs`: buffers (whole), (buffer, offset, size) ranges, or texture views."""
         key = (id(pl), *bufs)
         bg = self._bind_groups.get(key)
         if bg is None:
-            bg = self.device.create_bind_group(
-                layout=pl.get_bind_group_layout(0),
-                entries=[{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
-                         for i, b in enumerate(bufs)])
+            entries = []
+            for i, b in enumerate(bufs):
+                if isinstance(b, tuple):
+                    res: Any = {"buffer": b[0], "offset": b[1], "size": b[2]}
+                elif isinstance(b, self._wgpu.GPUTextureView):
+                    res = b
+                else:
+                    res = {"buffer": b, "offset": 0, "size": b.size}
+                entries.append({"binding": i, "resource": res})
+            bg = self.device.create_bind_group(layout=pl.get_bind_group_layout(0), entries=entries)
             self._bind_groups[key] = bg
         return bg
 
@@ -286,9 +325,10 @@ class WgpuOps(Ops):
         if slots[i] is not None and slots[i] in avoid:
             i ^= 1
         buf = slots[i]
-        if buf is None or buf.size < nbytes:
+        if buf is None or buf.size < nbytes + _UNIFORM_MAX:
             self._submit()  # old buffer may still be referenced by recorded commands; keep them ordered
-            buf = slots[i] = self._buffer(1 << max(8, (nbytes - 1).bit_length()), self._act_usage)
+            # + 64 KiB: any row of an activation can start a full uniform window (see `linear`).
+            buf = slots[i] = self._buffer(1 << (nbytes + _UNIFORM_MAX - 1).bit_length(), self._act_usage)
             self._bind_groups.clear()  # entries may reference the replaced buffer
         self._pool_next[name] = i ^ 1
         return WTensor(buf, shape)
@@ -459,11 +499,24 @@ class WgpuOps(Ops):
                 n_rows, k = arr.shape
                 if k % 4:
                     raise LlmtopError(f"wgpu backend: {name} has K={k}, not divisible by 4")
-                per = max(1, self.max_binding // (k * self._esize))
-                usage = U.STORAGE | U.COPY_SRC
-                chunks = [(self._buffer(0, usage, arr[r0:r0 + per]), r0, min(per, n_rows - r0))
-                          for r0 in range(0, n_rows, per)]
-                handles[name] = WMatrix(chunks, (n_rows, k))
+                if k // 4 > self.max_tex:
+                    raise LlmtopError(f"wgpu backend: {name} has K={k}, wider than the adapter's texture "
+                                      f"limit ({4 * self.max_tex})")
+                per = min(self.max_tex, max(1, self.max_binding // (k * self._esize)))
+                texs, chunks = [], []
+                for r0 in range(0, n_rows, per):
+                    part = np.ascontiguousarray(arr[r0:r0 + per])
+                    tex = self.device.create_texture(
+                        size=(k // 4, len(part), 1), format=self._tex_format,
+                        usage=self._wgpu.TextureUsage.TEXTURE_BINDING | self._wgpu.TextureUsage.COPY_SRC
+                        | self._wgpu.TextureUsage.COPY_DST)
+                    self.queue.write_texture({"texture": tex}, part,
+                                             {"bytes_per_row": k * self._esize, "rows_per_image": len(part)},
+                                             (k // 4, len(part), 1))
+                    self.n_buffers += 1
+                    texs.append(tex)
+                    chunks.append((tex.create_view(), r0, len(part)))
+                handles[name] = WMatrix(chunks, (n_rows, k), texs)
             else:
                 flat = arr.reshape(-1)
                 handles[name] = WTensor(self._buffer(0, U.STORAGE | U.COPY_SRC, flat), flat.shape)
@@ -471,12 +524,29 @@ class WgpuOps(Ops):
 
     def alloc_kv_cache(self, batch: int, max_ctx: int) -> None:
         cfg = self._need_cfg()
-        nbytes = batch * cfg.n_kv_heads * max_ctx * cfg.head_dim * self._esize
-        if nbytes > self.max_binding:
-            raise LlmtopError(f"wgpu backend: KV cache per layer ({nbytes >> 20} MiB) exceeds the adapter's "
-                              f"binding limit ({self.max_binding >> 20} MiB); lower --max-context or batch")
-        usage = self._U.STORAGE | self._U.COPY_SRC
-        self.kv = [(self._buffer(nbytes, usage), self._buffer(nbytes, usage)) for _ in range(cfg.n_layers)]
+        # K and V are 2-D array textures: attention reads them with SIMD texel gathers instead of lavapipe's
+        # lane-by-lane storage-buffer loads. Texel (h * hd/4 + d, p % seg) of layer b * nseg + p // seg holds
+        # position p of sequence b, so contexts longer than the texture height span several layers.
+        width = cfg.n_kv_heads * cfg.head_dim // 4
+        layers = int(self.device.limits.get("max-texture-array-layers", 256))
+        seg = min(max_ctx, self.max_tex)
+        nseg = -(-max_ctx // seg)
+        if width > self.max_tex or batch * nseg > layers:
+            raise LlmtopError(f"wgpu backend: a KV cache of {max_ctx} positions x batch {batch} exceeds the "
+                              f"adapter's texture limits ({layers} layers of {self.max_tex} positions); "
+                              "lower --max-context or batch")
+        self._kv_seg, self._kv_nseg = seg, nseg
+        TU = self._wgpu.TextureUsage
+        usage = TU.TEXTURE_BINDING | TU.STORAGE_BINDING | TU.COPY_SRC
+
+        def cache() -> Any:
+            self.n_buffers += 1
+            return self.device.create_texture(size=(width, seg, batch * nseg), format=self._tex_format,
+                                              usage=usage)
+
+        self._kv_tex = [(cache(), cache()) for _ in range(cfg.n_layers)]
+        self.kv = [(kt.create_view(dimension="2d-array"), vt.create_view(dimension="2d-array"))
+                   for kt, vt in self._kv_tex]
         self.kv_batch, self.kv_ctx = batch, max_ctx
         inv = rope_inv_freq(cfg)
         freqs = np.arange(max_ctx, dtype=np.float32)[:, None] * inv[None, :]  # f32 product like torch
@@ -500,10 +570,38 @@ class WgpuOps(Ops):
 
     def to_host(self, x: Any) -> np.ndarray:
         if isinstance(x, WMatrix):
-            return np.concatenate([self.to_host(WTensor(b, (r, x.shape[1]))) for b, _, r in x.chunks])
+            return np.concatenate([self._texture_to_host(t, r, x.shape[1])
+                                   for t, (_, _, r) in zip(x.textures, x.chunks, strict=True)])
         raw = self._flush(x, x.numel * self._esize)
         assert raw is not None
         return raw.view(self._np_dtype).astype(np.float32).reshape(x.shape)
+
+    def _texture_to_host(self, tex: Any, rows: int, k: int, layers: int = 1) -> np.ndarray:
+        """Read a texture back as float32 (layers, rows, k) (tests); copies need 256-byte row pitches."""
+        self._flush()  # recorded work may still write the texture
+        row = k * self._esize
+        pitch = (row + 255) // 256 * 256
+        stage = self.device.create_buffer(size=pitch * rows * layers,
+                                          usage=self._U.MAP_READ | self._U.COPY_DST)
+        enc = self.device.create_command_encoder()
+        enc.copy_texture_to_buffer({"texture": tex}, {"buffer": stage, "bytes_per_row": pitch,
+                                                      "rows_per_image": rows}, (k // 4, rows, layers))
+        self.queue.submit([enc.finish()])
+        stage.map_sync("read")
+        raw = np.frombuffer(stage.read_mapped(copy=True), np.uint8).reshape(layers, rows, pitch)[..., :row]
+        stage.unmap()
+        stage.destroy()
+        out = np.ascontiguousarray(raw).view(self._np_dtype).astype(np.float32)
+        return out[0] if layers == 1 else out
+
+    def kv_to_host(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """This layer's K and V caches as (batch, n_kv_heads, max_ctx, head_dim) float32 (tests)."""
+        cfg = self._need_cfg()
+        seg, nseg = self._kv_seg, self._kv_nseg
+        shape = (self.kv_batch, nseg * seg, cfg.n_kv_heads, cfg.head_dim)
+        k, v = (self._texture_to_host(t, seg, cfg.n_kv_heads * cfg.head_dim, self.kv_batch * nseg)
+                .reshape(shape)[:, :self.kv_ctx].transpose(0, 2, 1, 3) for t in self._kv_tex[layer])
+        return np.ascontiguousarray(k), np.ascontiguousarray(v)
 
     def synchronize(self) -> None:
         self._flush(WTensor(self._dummy, (4,)), 16)  # always waits, even with nothing recorded
@@ -514,6 +612,7 @@ class WgpuOps(Ops):
         self._pool.clear()
         self._params.clear()
         self.kv = []
+        self._kv_tex = []
         self.device.destroy()
 
     # -- timed ops ------------------------------------------------------------------------------
@@ -550,16 +649,32 @@ class WgpuOps(Ops):
         m = x.numel // k
         out = self._out(name, (*x.shape[:-1], n_out), (x.buf,))
         bias_buf = bias.buf if bias is not None else self._dummy
+        row_bytes = k * self._esize
+        f16 = self._esize == 2
         disp = []
-        for buf, r0, nr in weight.chunks:
-            prm = self._param("8I", nr, k // 4, m, r0, n_out, int(bias is not None), 0, 0)
-            if m <= GEMV_MAX_M:
-                pl = self._pipeline("gemv")
-                gx, gy = _grid((nr + 3) // 4)
-            else:
-                pl = self._pipeline("matmul")
-                gx, gy = (nr + 31) // 32, (m + 31) // 32
-            disp.append((pl, (buf, x.buf, out.buf, bias_buf, prm), gx, gy))
+        m0 = 0
+        while m0 < m:
+            # X rows m0.. are bound as a 64 KiB uniform window starting at the aligned offset below them
+            # (pool buffers carry 64 KiB of slack for this); `xoff` skips the misalignment.
+            off = m0 * row_bytes // self._ubo_align * self._ubo_align
+            mis = m0 * row_bytes - off
+            mb = min(LINEAR_MAX_MB, m - m0, (_UNIFORM_MAX - mis) // row_bytes)
+            if mb < 1:
+                raise LlmtopError(f"wgpu backend: {name} has K={k}; rows over {_UNIFORM_MAX} bytes do not "
+                                  "fit the uniform input window")
+            rpt = LINEAR_DECODE_RPT if mb == 1 else LINEAR_PREFILL_RPT
+            pl = self._pipeline(
+                "linear", MB=mb, RPT=rpt, XN=_UNIFORM_MAX // 16, XU="vec4<u32>" if f16 else "vec4<f32>",
+                XLOAD=("let v = X[i >> 1u]; let h = select(v.xy, v.zw, (i & 1u) == 1u); "
+                       "return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));") if f16
+                else "return X[i];")
+            xr = (x.buf, off, _UNIFORM_MAX)
+            for view, r0, nr in weight.chunks:
+                prm = self._param("8I", nr, k // 4, m0, r0, n_out, int(bias is not None),
+                                  mis // (4 * self._esize), 0)
+                gx, gy = _grid((nr + 16 * rpt - 1) // (16 * rpt))
+                disp.append((pl, (view, xr, out.buf, bias_buf, prm), gx, gy))
+            m0 += mb
         self._run(disp, name, layer, m, n_out, k)
         return out
 
@@ -584,10 +699,10 @@ class WgpuOps(Ops):
         pos = self._set_positions(positions)
         kc, vc = self.kv[layer]
         hd4 = cfg.head_dim // 4
-        prm = self._param("8I", b * t, t, cfg.n_kv_heads, hd4, self.kv_ctx, 0, 0, 0)
+        prm = self._param("8I", b * t, t, cfg.n_kv_heads, hd4, self.kv_ctx, self._kv_seg, self._kv_nseg, 0)
         gx, gy = _grid((b * t * cfg.n_kv_heads * hd4 + 63) // 64)
-        self._run([(self._pipeline("kv_write"), (k.buf, v.buf, pos, kc, vc, prm), gx, gy)],
-                  "memcpy:kv_write", layer)
+        pl = self._pipeline("kv_write", FMT=self._tex_format)
+        self._run([(pl, (k.buf, v.buf, pos, kc, vc, prm), gx, gy)], "memcpy:kv_write", layer)
 
     def attention(self, q: WTensor, positions: np.ndarray, *, layer: int, phase: int) -> WTensor:
         cfg = self._need_cfg()
@@ -596,7 +711,8 @@ class WgpuOps(Ops):
         kc, vc = self.kv[layer]
         out = self._out("attention", q.shape, (q.buf,))
         pl = self._pipeline("attention", G=cfg.n_heads // cfg.n_kv_heads, HD=cfg.head_dim)
-        prm = self._param("4If3I", b * t, t, cfg.n_kv_heads, self.kv_ctx, cfg.head_dim ** -0.5, 0, 0, 0)
+        prm = self._param("4If3I", b * t, t, cfg.n_kv_heads, self.kv_ctx, cfg.head_dim ** -0.5, self._kv_seg,
+                          self._kv_nseg, 0)
         name = "attention:decode" if phase == DECODE else "attention:prefill"
         self._run([(pl, (q.buf, pos, kc, vc, out.buf, prm), cfg.n_kv_heads, b * t)], name, layer)
         return out
@@ -681,4 +797,4 @@ def create_wgpu_ops(recorder: KernelRecorder, dtype: str = "float32") -> WgpuOps
     return WgpuOps(recorder, dtype)
 
 
-__all__ = ["TOPK_MAX", "WMatrix", "WTensor", "WgpuOps", "create_wgpu_ops", "rope_inv_freq"]
+__all__ = ["LINEAR_MAX_MB", "TOPK_MAX", "WMatrix", "WTensor", "WgpuOps", "create_wgpu_ops", "rope_inv_freq"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from llmtop.kernels.base import Ops, SamplingParams
 from llmtop.model.llama import LlamaForward
 
 _KV_ROUND = 256  # KV cache length granularity, so similar requests reuse one allocation
+
+# on_tokens(step, new token per row or None, finish reason per row finishing now) -> rows to stop
+OnTokens = Callable[[int, list[int | None], list[str | None]], Iterable[int] | None]
 
 
 @dataclass(slots=True)
@@ -74,45 +78,66 @@ class Engine:
     # -- generation --------------------------------------------------------------------------
     def generate(
         self,
-        prompts: list[str],
-        max_new_tokens: int,
+        prompts: Sequence[str | Sequence[int]],
+        max_new_tokens: int | Sequence[int],
         sampling: SamplingParams = SamplingParams(),  # noqa: B008 - frozen dataclass, safe default
         chat: bool = True,
         stop_event: threading.Event | None = None,
+        on_tokens: OnTokens | None = None,
     ) -> list[Generation]:
+        """Generate for a batch of prompts (text, or token ids used as they are).
+
+        `max_new_tokens` is one limit for all rows or one per row. `on_tokens(step, tokens, finished)` runs
+        on this thread after the prefill (step 0) and every decode step: `tokens[b]` is row b's new token
+        (None once the row has finished), `finished[b]` the finish reason ("eos" / "length") when row b
+        finished at this step. It may return row indices to stop now (finish_reason "stopped"); the batch
+        keeps its shape, as for rows finished by EOS. `stop_event` stops every row.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
             raise LlmtopError("no prompts given")
         if len(prompts) > self.max_batch:
             raise LlmtopError(f"{len(prompts)} prompts exceed the engine's max_batch of {self.max_batch}")
-        if max_new_tokens < 0:
-            raise LlmtopError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        limits = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (len(prompts),))
+        if limits.size and int(limits.min()) < 0:
+            raise LlmtopError(f"max_new_tokens must be >= 0, got {int(limits.min())}")
         if sampling.temperature < 0 or sampling.top_k < 0 or not 0.0 < sampling.top_p <= 1.0:
             raise LlmtopError("sampling needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
-        encoded = [self.encode_prompt(p, chat) for p in prompts]
+        encoded = [self.encode_prompt(p, chat) if isinstance(p, str) else self._check_ids(p) for p in prompts]
         lens = np.array([len(e) for e in encoded], dtype=np.int64)
         ctx = self.max_context
         longest = int(lens.max())
         if longest > ctx:
             raise LlmtopError(f"prompt is {longest} tokens, longer than the context of {ctx} tokens")
         gens = [Generation(text="", prompt_tokens=len(e)) for e in encoded]
-        if max_new_tokens == 0:
+        if int(limits.max()) == 0:
             return gens
         # A row of length L can emit at most ctx - L + 1 tokens: the last one is never fed back.
-        budget = np.minimum(max_new_tokens, ctx - lens + 1)
+        # Rows asking for 0 tokens still run the shared prefill but keep none of it.
+        budget = np.minimum(limits, ctx - lens + 1)
         B, T = len(prompts), longest
-        last_pos = np.maximum(T - 1, lens + budget - 2)  # highest cache slot each row writes
+        # highest cache slot each row writes
+        last_pos = np.maximum(T - 1, lens + np.maximum(budget, 1) - 2).astype(np.int32)
         need = int(last_pos.max()) + 1
         kv_len = min(ctx, -(-need // _KV_ROUND) * _KV_ROUND)
 
         run_ctx = getattr(self.ops, "run_context", None)
         with run_ctx() if run_ctx is not None else contextlib.nullcontext():
             self.ops.alloc_kv_cache(B, kv_len)
-            self._loop(encoded, lens, budget, last_pos.astype(np.int32), gens, sampling, stop_event)
+            self._loop(encoded, lens, budget, last_pos, gens, sampling, stop_event, on_tokens)
         for g in gens:
             g.text = self.decode_tokens(g.token_ids)
         return gens
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        out = [int(t) for t in ids]
+        if not out:
+            raise LlmtopError("a tokenized prompt must have at least one token")
+        bad = [t for t in out if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise LlmtopError(f"token id {bad[0]} is outside the vocabulary of {self.cfg.vocab_size}")
+        return out
 
     def _loop(
         self,
@@ -123,6 +148,7 @@ class Engine:
         gens: list[Generation],
         sampling: SamplingParams,
         stop_event: threading.Event | None,
+        on_tokens: OnTokens | None,
     ) -> None:
         ops, rec, fwd = self.ops, self.ops.recorder, self.model.forward
         B, T = len(encoded), int(lens.max())
@@ -131,22 +157,32 @@ class Engine:
             ids[b, : len(e)] = e
         positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
         generator = ops.make_generator(sampling.seed)
-        active = np.ones(B, dtype=bool)
+        active = budget > 0
+        for b in np.flatnonzero(~active):
+            gens[b].finish_reason = "length"
         eos = self.eos_ids
+        step = 0
 
         def take(tokens: np.ndarray) -> None:
+            new: list[int | None] = [None] * B
+            finished: list[str | None] = [None] * B
             for b in np.flatnonzero(active):
                 t = int(tokens[b])
                 g = gens[b]
                 g.token_ids.append(t)
+                new[b] = t
                 if t in eos:
-                    g.finish_reason, active[b] = "eos", False
+                    g.finish_reason, active[b], finished[b] = "eos", False, "eos"
                 elif len(g.token_ids) >= budget[b]:
-                    g.finish_reason, active[b] = "length", False
+                    g.finish_reason, active[b], finished[b] = "length", False, "length"
+            if on_tokens is not None:
+                for b in on_tokens(step, new, finished) or ():
+                    if active[b]:
+                        gens[b].finish_reason, active[b] = "stopped", False
 
         if stop_event is not None and stop_event.is_set():
-            for g in gens:
-                g.finish_reason = "stopped"
+            for b in np.flatnonzero(active):
+                gens[b].finish_reason = "stopped"
             return
         rec.begin_step(PREFILL, self._step, int(lens.sum()), B, T)
         logits = fwd(ids, positions, (lens - 1).astype(np.int32), PREFILL)
@@ -157,7 +193,7 @@ class Engine:
 
         # Finished rows keep running at a frozen position (clamped to the slots the cache was sized
         # for) so the batch shape never changes; only active rows count as produced tokens.
-        pos = lens.astype(np.int32).copy()  # where each row's next token goes
+        pos = np.minimum(lens, last_pos).astype(np.int32)  # where each row's next token goes
         feed = tokens.astype(np.int32)
         zero = np.zeros(B, dtype=np.int32)
         while active.any():
@@ -165,6 +201,7 @@ class Engine:
                 for b in np.flatnonzero(active):
                     gens[b].finish_reason = "stopped"
                 return
+            step += 1
             step_pos = pos.reshape(B, 1).copy()  # a fresh array per step: ops cache per-step state
             rec.begin_step(DECODE, self._step, int(active.sum()), B, int(step_pos.max()) + 1)
             logits = fwd(feed.reshape(B, 1), step_pos, zero, DECODE)
@@ -196,4 +233,4 @@ class Engine:
         )
 
 
-__all__ = ["Engine", "Generation"]
+__all__ = ["Engine", "Generation", "OnTokens"]

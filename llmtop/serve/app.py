@@ -15,6 +15,7 @@ from typing import Any
 
 from llmtop.errors import LlmtopError
 from llmtop.kernels.base import SamplingParams
+from llmtop.kernels.factory import make_ops
 from llmtop.serve.metrics import CONTENT_TYPE, ServeMetrics
 from llmtop.serve.scheduler import Request, Scheduler
 
@@ -233,18 +234,6 @@ def build_app(engine: Any, scheduler: Scheduler, metrics: ServeMetrics, model_na
     )
 
 
-def make_ops(backend: str, threads: int | None = None) -> Any:
-    if backend in ("cpu", "cuda"):
-        from llmtop.kernels.torch_backend import TorchOps
-
-        return TorchOps(device=backend, threads=threads)
-    if backend == "wgpu":
-        from llmtop.kernels.wgpu_backend import WgpuOps
-
-        return WgpuOps()
-    raise LlmtopError(f"unknown backend {backend!r} (choose from cpu, cuda, wgpu)")
-
-
 def run_server(
     backend: str = "cpu",
     model: str = "default",
@@ -274,7 +263,7 @@ def run_server(
         raise LlmtopError(f"--max-batch must be >= 1, got {max_batch}")
     _check_port(host, port)  # fail before the (slow) model load, with one line instead of uvicorn's log
     loaded = load_model(model)
-    engine = Engine(loaded, make_ops(backend, threads), max_batch=max_batch, max_context=max_context)
+    engine = Engine(loaded, make_ops(backend, threads=threads), max_batch=max_batch, max_context=max_context)
     name = model_name or getattr(loaded.config, "name", "") or str(model)
     # The agent is on by default (127.0.0.1:7070, or $LLMTOP_AGENT); "off" disables it.
     agent_addr = agent_addr or os.environ.get(agent_mod.ENV_ADDR) or agent_mod.DEFAULT_ADDR

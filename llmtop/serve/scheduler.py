@@ -1,16 +1,15 @@
-"""The serving loop: a scheduler thread that batches queued requests through the engine's pieces.
+"""The serving loop: a scheduler thread that batches queued requests through `Engine.generate`.
 
 Batches are formed at the start of a generation (static batching): up to max_batch waiting requests
-with the same sampling parameters run together, prefill then decode, with every generated token handed
-to its request as it is sampled (the engine's `generate` returns only at the end, so this loop drives
-`engine.model.forward` / `ops.sample` itself, bracketing steps on the recorder exactly as the engine
-does, so the agent and the TUI see the same events). Requests that arrive meanwhile wait for the next
-batch; finished or cancelled rows stop counting but keep the batch shape, as in the engine.
+with the same sampling parameters run together, prefill then decode. The engine's per-step `on_tokens`
+callback hands every generated token to its request as it is sampled and stops rows whose client went
+away, so the engine's own loop (and its recorder steps, which the agent and the TUI read) is the only
+decode loop. Requests that arrive meanwhile wait for the next batch; finished or cancelled rows stop
+counting but keep the batch shape.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -19,13 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from llmtop.errors import LlmtopError
-from llmtop.events import DECODE, PREFILL
 from llmtop.kernels.base import SamplingParams
 
-_KV_ROUND = 256
 _ids = itertools.count(1)
 
 
@@ -74,7 +69,6 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.running = 0
-        self._step = 0
         self._kv_used = 0
         self._last_counters = 0.0
         self.batches = 0
@@ -143,9 +137,7 @@ class Scheduler:
             self.running = len(batch)
             self._gauges()
             try:
-                run_ctx = getattr(self.engine.ops, "run_context", None)
-                with run_ctx() if run_ctx is not None else contextlib.nullcontext():
-                    self._run(batch)
+                self._run(batch)
             except Exception as e:  # one bad batch must not kill the server
                 self.error = f"{type(e).__name__}: {e}"
                 for r in batch:
@@ -181,68 +173,45 @@ class Scheduler:
         r.sink("done", reason)
 
     def _run(self, reqs: list[Request]) -> None:
-        eng, ops = self.engine, self.engine.ops
-        rec, fwd = ops.recorder, eng.model.forward
-        ctx = eng.max_context
-        lens = np.array([len(r.prompt_ids) for r in reqs], dtype=np.int64)
-        budget = np.minimum(np.array([r.max_tokens for r in reqs]), ctx - lens + 1)
-        B, T = len(reqs), int(lens.max())
-        last_pos = np.maximum(T - 1, lens + budget - 2).astype(np.int32)
-        kv_len = min(ctx, -(-(int(last_pos.max()) + 1) // _KV_ROUND) * _KV_ROUND)
-        ops.alloc_kv_cache(B, kv_len)
+        eng = self.engine
+        lens = [len(r.prompt_ids) for r in reqs]
         if self.metrics is not None:
-            self.metrics.prompt_tokens(int(lens.sum()))
-        ids = np.full((B, T), eng._pad_id if hasattr(eng, "_pad_id") else 0, dtype=np.int32)
-        for b, r in enumerate(reqs):
-            ids[b, : len(r.prompt_ids)] = r.prompt_ids
-        positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
-        generator = ops.make_generator(reqs[0].sampling.seed)
-        active = np.ones(B, dtype=bool)
-        eos = eng.eos_ids
+            self.metrics.prompt_tokens(sum(lens))
+        used = list(lens)  # KV slots each live row holds, for the kv_cache gauge
+        live = [True] * len(reqs)
+        reasons = {"eos": "stop", "length": "length"}
 
-        def take(tokens: np.ndarray) -> None:
+        def on_tokens(step: int, tokens: list[int | None], finished: list[str | None]) -> list[int]:
             now = time.perf_counter()
-            for b in np.flatnonzero(active):
+            stop: list[int] = []
+            for b, tok in enumerate(tokens):
+                if tok is None or not live[b]:
+                    continue
                 r = reqs[b]
-                if r.cancelled:
-                    active[b] = False
+                if r.cancelled:  # the client went away: drop this token, free the row
+                    live[b] = False
+                    stop.append(b)
                     self._finish(r, "abort")
                     continue
-                t = int(tokens[b])
-                self._emit(r, t, now)
-                if t in eos:
-                    active[b] = False
-                    self._finish(r, "stop")
-                elif len(r.token_ids) >= budget[b]:
-                    active[b] = False
-                    self._finish(r, "length")
-
-        rec.begin_step(PREFILL, self._step, int(lens.sum()), B, T)
-        logits = fwd(ids, positions, (lens - 1).astype(np.int32), PREFILL)
-        tokens = ops.sample(logits, reqs[0].sampling, generator)
-        rec.end_step()
-        self._step += 1
-        take(tokens)
-        pos = lens.astype(np.int32).copy()
-        feed = tokens.astype(np.int32)
-        zero = np.zeros(B, dtype=np.int32)
-        while active.any():
-            if self._stop.is_set():
-                for b in np.flatnonzero(active):
-                    self._finish(reqs[b], "abort")
-                return
-            self._kv_used = int(pos[active].sum())
+                self._emit(r, tok, now)
+                used[b] += 1
+                if finished[b] is not None:
+                    live[b] = False
+                    self._finish(r, reasons[finished[b]])
+            self._kv_used = sum(u for u, alive in zip(used, live, strict=True) if alive)
             self._gauges()
-            step_pos = pos.reshape(B, 1).copy()
-            rec.begin_step(DECODE, self._step, int(active.sum()), B, int(step_pos.max()) + 1)
-            logits = fwd(feed.reshape(B, 1), step_pos, zero, DECODE)
-            tokens = ops.sample(logits, reqs[0].sampling, generator)
-            rec.end_step()
-            self._step += 1
-            was_active = active.copy()
-            take(tokens)
-            feed = np.where(was_active, tokens, feed).astype(np.int32)
-            pos = np.minimum(np.where(active, pos + 1, pos), last_pos).astype(np.int32)
+            return stop
+
+        gens = eng.generate(
+            [r.prompt_ids for r in reqs],
+            [r.max_tokens for r in reqs],
+            reqs[0].sampling,
+            stop_event=self._stop,
+            on_tokens=on_tokens,
+        )
+        for r, g, alive in zip(reqs, gens, live, strict=True):
+            if alive:  # asked for no tokens ("length"), or stopped with the server before finishing
+                self._finish(r, "length" if g.finish_reason == "length" else "abort")
 
     def _gauges(self, force: bool = False) -> None:
         cap = self.max_batch * self.engine.max_context

@@ -40,6 +40,8 @@ SORTS = ("total", "count", "mean", "p95", "max", "name")
 N_SLICES = 20
 COALESCE = 8192  # small batches are folded together once this many kernel events are pending
 COALESCE_STEPS = 256  # ... or this many step batches
+COALESCE_S = 0.05  # ... or once the oldest pending batch waited this long (wall time), so the folding
+# happens in the ingesting thread and a snapshot (the UI thread, 4 Hz) finds little left to fold
 SERIES_LEN = 3600  # tok/s points kept (one per second of event time: one hour)
 RATE_NS = 2_000_000_000  # "tok/s now" looks at the last 2 s of event time
 TREND_CAP = 8192  # per-token trend buffer; decimated by 2 beyond this
@@ -49,6 +51,9 @@ BEHIND_CPU_FRACTION = 0.8  # a collector using >= 80 % of a core is falling behi
 CTX_WIDTH0 = 16  # initial context-bucket width (tokens) for the attention fit
 
 _ATTN = OP_CLASS_ID["attention"]
+# per-track counter columns (cumulative since the start / last reset)
+TR_KERNELS, TR_KERNEL_NS, TR_STEPS, TR_DECODE_STEPS, TR_DECODE_TOKENS, TR_DECODE_WALL_NS = range(6)
+N_TR_COLS = 6
 _H1, _H2, _H3, _H4 = (np.uint64(v) for v in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F,
                                                  0x165667B19E3779F9, 0x27D4EB2F165667C5))
 
@@ -121,9 +126,22 @@ class Frozen:
     tok_bins: np.ndarray  # (n, 2): second index relative to the first event second, tokens
     gen: _Gen | None
     gen_kind: str
-    shapes: dict[int, list[tuple[int, int, int, int, float]]]
+    shapes: tuple[list[tuple[int, int, int, int]], np.ndarray, np.ndarray]  # slot meta, counts, totals
     dropped: dict[str, int]
     collectors: dict[str, dict[str, Any]]
+    # Shared with the aggregator: derived per-cell orderings that only change when cells are added
+    # (see snapshot._cell_order). Safe to share: entries are replaced whole, never mutated.
+    cell_cache: dict[str, Any] = field(default_factory=dict)
+    # Cumulative per-track counters, one row per track (columns TR_*): the report's `tracks` section.
+    tracks: np.ndarray = field(default_factory=lambda: np.zeros((0, N_TR_COLS)))
+
+    def shape_rows(self) -> dict[int, list[tuple[int, int, int, int, float]]]:
+        """name id -> [(m, n, k, count, total ns)], built on demand (only the kernel detail needs it)."""
+        meta, cnt, tot = self.shapes
+        out: dict[int, list[tuple[int, int, int, int, float]]] = {}
+        for (nid, m, n, k), c, t in zip(meta, cnt.tolist(), tot.tolist(), strict=True):
+            out.setdefault(nid, []).append((m, n, k, c, t))
+        return out
 
 
 class Aggregator:
@@ -205,10 +223,20 @@ class Aggregator:
                 self._pend_n += len(k)
             if len(batch.steps):
                 self._pend_s.append(batch.steps)
-            if self._pend_n >= COALESCE or len(self._pend_s) >= COALESCE_STEPS:
+            now = time.perf_counter()
+            if not self._pend_t:
+                self._pend_t = now
+            if (self._pend_n >= COALESCE or len(self._pend_s) >= COALESCE_STEPS
+                    or now - self._pend_t >= COALESCE_S):
                 self._flush()
 
+    def flush(self) -> None:
+        """Fold pending (coalesced) batches now; an ingesting thread can call this when it goes idle."""
+        with self._lock:
+            self._flush()
+
     def _flush(self) -> None:
+        self._pend_t = 0.0
         if self._pend_k:
             k = self._pend_k[0] if len(self._pend_k) == 1 else np.concatenate(self._pend_k)
             self._pend_k, self._pend_n = [], 0
@@ -239,6 +267,7 @@ class Aggregator:
         self._pend_k: list[np.ndarray] = []  # coalesced small batches, folded by _flush
         self._pend_s: list[np.ndarray] = []
         self._pend_n = 0
+        self._pend_t = 0.0  # perf_counter when the oldest pending batch arrived (0: none pending)
         self._live: dict[int, Store] = {}
         self._head: int | None = None
         self._archive = Store()
@@ -263,6 +292,13 @@ class Aggregator:
         self._dropped: dict[str, int] = {}
         self._drop_recent: dict[str, deque[tuple[float, int]]] = {}
         self._costs: dict[str, _Cost] = {}
+        self._tracks = np.zeros((0, N_TR_COLS))
+        # Snapshot caches. The merge of every store except the head slice is reused until one of those
+        # stores changes (`_cold_gen`) or the head moves; in steady state a snapshot then merges only
+        # the head slice into a copy instead of re-merging 20 slices (+ the archive).
+        self._cold_gen = 0
+        self._merge_cache: dict[str, tuple[tuple[int, int | None], Store]] = {}
+        self._cell_cache: dict[str, Any] = {}
 
     def _note_cost(self, collector: str, seconds: float) -> None:
         now = self._clock()
@@ -364,6 +400,7 @@ class Aggregator:
         if self._head is not None and s <= self._head:
             return
         self._head = s
+        self._cold_gen += 1
         lo = s - self._n_slices + 1
         for k in [k for k in self._live if k < lo]:
             self._archive.merge_from(self._live.pop(k), self._nk, self._nc)
@@ -373,7 +410,10 @@ class Aggregator:
 
     def _store_for(self, s: int) -> Store:
         if self._head is None or s < self._head - self._n_slices + 1:
+            self._cold_gen += 1
             return self._archive
+        if s != self._head:
+            self._cold_gen += 1  # a late event into an older slice: the cached merge is stale
         st = self._live.get(s)
         if st is None:
             st = self._live[s] = Store()
@@ -412,6 +452,7 @@ class Aggregator:
         kid = self._key_ids(name, k["layer"].astype(np.int64), phase, opc)
         cell = self._cell_ids(kid, bucket_index(d))
         self._events += len(k)
+        self._track_kernels(track, d)
         self._see_times(start, dur)
         sl = start // self._slice_ns
         self._advance(_max(sl))
@@ -455,6 +496,32 @@ class Aggregator:
             sm = np.flatnonzero(mnk)
             self._add_shapes(name[sm], k["m"][sm], k["n"][sm], k["k"][sm], d[sm])
 
+    def _track_rows(self, top: int) -> np.ndarray:
+        if top >= len(self._tracks):
+            grown = np.zeros((top + 1, N_TR_COLS))
+            grown[: len(self._tracks)] = self._tracks
+            self._tracks = grown
+        return self._tracks
+
+    def _track_kernels(self, track: np.ndarray, d: np.ndarray) -> None:
+        lo, hi = _min(track), _max(track)
+        t = self._track_rows(hi)
+        if lo == hi:  # the common case (one timeline): no per-row pass
+            t[lo, TR_KERNELS] += len(track)
+            t[lo, TR_KERNEL_NS] += float(d.sum())
+        else:
+            t[: hi + 1, TR_KERNELS] += np.bincount(track, minlength=hi + 1)
+            t[: hi + 1, TR_KERNEL_NS] += np.bincount(track, weights=d, minlength=hi + 1)
+
+    def _track_steps(self, track: np.ndarray, phase: np.ndarray, gen: np.ndarray, wall: np.ndarray) -> None:
+        hi = _max(track)
+        t = self._track_rows(hi)
+        dec = (phase == 1).astype(np.float64)
+        t[: hi + 1, TR_STEPS] += np.bincount(track, minlength=hi + 1)
+        t[: hi + 1, TR_DECODE_STEPS] += np.bincount(track, weights=dec, minlength=hi + 1)
+        t[: hi + 1, TR_DECODE_TOKENS] += np.bincount(track, weights=gen * dec, minlength=hi + 1)
+        t[: hi + 1, TR_DECODE_WALL_NS] += np.bincount(track, weights=wall * dec, minlength=hi + 1)
+
     def _attention_runs(self, rcode: list[int], firsts: list[int], lasts: list[int], cont: np.ndarray,
                         ys: np.ndarray, cs: np.ndarray, rsl: np.ndarray) -> None:
         """Commit finished steps' attention time; keep each track's last step open (it may continue)."""
@@ -487,6 +554,7 @@ class Aggregator:
     def _ensure_ctx_width(self, ctx: int) -> None:
         while ctx >= N_CTX_BUCKETS * self._ctx_width:
             self._ctx_width *= 2
+            self._cold_gen += 1
             for st in (self._archive, *self._live.values()):
                 st.rebin_attention()
 
@@ -547,6 +615,7 @@ class Aggregator:
         # active sequences). A prefill also samples each sequence's first token: `batch` generated.
         proc = tokens
         gen = np.where(phase == 1, tokens, batch)
+        self._track_steps(st["track"], phase, gen, wall)
         self._see_times(start, dur)
         sl = start // self._slice_ns
         self._advance(int(sl.max()))
@@ -591,12 +660,9 @@ class Aggregator:
 
     # -- snapshot -----------------------------------------------------------------------------
     def _freeze(self, mode: str, group: str, sort: str, filt: str) -> Frozen:
-        nk, nc = self._nk, self._nc
+        nk, nc, ns = self._nk, self._nc, len(self._shape_meta)
         lo = (self._head - self._n_slices + 1) if self._head is not None else 0
-        stores = list(self._live.values())
-        if mode == "cumulative":
-            stores.insert(0, self._archive)
-        merged = Store.merged(stores, nk, nc)
+        merged = self._merged(mode, nk, nc)
         for _code, c, y, s in self._open.values():
             if mode == "cumulative" or s >= lo:
                 merged.add_attention(np.array([c]), np.array([y / 1e6]), self._ctx_width)
@@ -658,16 +724,29 @@ class Aggregator:
             tok_bins=bins,
             gen=_copy_gen(gen) if gen.n else None,
             gen_kind=kind,
-            shapes=self._shapes_copy(),
+            shapes=(list(self._shape_meta), self._shape_cnt[:ns].copy(), self._shape_tot[:ns].copy()),
             dropped=dict(self._dropped),
             collectors=collectors,
+            cell_cache=self._cell_cache,
+            tracks=self._tracks.copy(),
         )
 
-    def _shapes_copy(self) -> dict[int, list[tuple[int, int, int, int, float]]]:
-        out: dict[int, list[tuple[int, int, int, int, float]]] = {}
-        for slot, (nid, m, n, k) in enumerate(self._shape_meta):
-            acc = (int(self._shape_cnt[slot]), float(self._shape_tot[slot]))
-            out.setdefault(nid, []).append((m, n, k, *acc))
+    def _merged(self, mode: str, nk: int, nc: int) -> Store:
+        """The stores of `mode` merged into a fresh Store: cached merge of the cold stores + the head."""
+        head = self._live.get(self._head) if self._head is not None else None
+        key = (self._cold_gen, self._head)
+        hit = self._merge_cache.get(mode)
+        if hit is None or hit[0] != key:
+            cold = [st for s, st in self._live.items() if st is not head]
+            if mode == "cumulative":
+                cold.insert(0, self._archive)
+            hit = self._merge_cache[mode] = (key, Store.merged(cold, nk, nc))
+        out = hit[1].copy()
+        if head is not None:
+            out.merge_from(head, nk, nc)
+        else:
+            out.ensure_keys(nk)
+            out.dense(nc)
         return out
 
 

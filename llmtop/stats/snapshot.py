@@ -14,8 +14,16 @@ import numpy as np
 
 from llmtop.errors import LlmtopError
 from llmtop.events import NO_LAYER, OP_CLASSES, PHASES
-from llmtop.stats.aggregator import Frozen
-from llmtop.stats.buckets import ALPHA, REPRESENTATIVE, quantile_ranks
+from llmtop.stats.aggregator import (
+    TR_DECODE_STEPS,
+    TR_DECODE_TOKENS,
+    TR_DECODE_WALL_NS,
+    TR_KERNEL_NS,
+    TR_KERNELS,
+    TR_STEPS,
+    Frozen,
+)
+from llmtop.stats.buckets import ALPHA, N_BUCKETS, REPRESENTATIVE, quantile_ranks
 from llmtop.stats.fit import linear_fit, quadratic_fit
 from llmtop.stats.store import (
     A_N,
@@ -50,7 +58,12 @@ OUTLIER_MIN_RATIO = 1.10  # ... and at least 10 % above the median layer
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
 SUPERLINEAR_T = 3.0  # quadratic term significant at |t| >= 3 ...
 SUPERLINEAR_SHARE = 0.05  # ... and worth >= 5 % of the fitted attention at the largest context seen
+# A projection far beyond the measured contexts is only shown when the fit can carry it.
+FIT_MIN_STEPS = 8
+FIT_MIN_SPAN = 64  # tokens of context between the shortest and longest decode step
+FIT_MIN_R2 = 0.5
 HIST_BINS = 24
+_PLAIN_ALREADY = frozenset({"kernels", "layers"})  # sections built from tolist() values (finite, checked)
 
 
 def _f(x: Any) -> float | None:
@@ -193,9 +206,11 @@ def build_snapshot(fz: Frozen) -> Snapshot:
         "trend": _trend(fz),
         "dropped": {"total": int(sum(fz.dropped.values())), "by_collector": dict(fz.dropped)},
         "collectors": fz.collectors,
+        "tracks": _tracks(fz),
     }
     report["kernels_total_ms"] = float(sum(r["total_ms"] for r in report["kernels"]))
-    report = _plain(report)
+    # The kernel and layer rows are already plain JSON types (see _kernel_rows): skip the deep walk over them.
+    report = {k: v if k in _PLAIN_ALREADY else _plain(v) for k, v in report.items()}
     g = fz.gen
     series = Series(
         tok_s_t=_ro(fz.tok_bins[:, 0]),
@@ -220,6 +235,7 @@ class _Groups:
     sumsq: np.ndarray
     mn: np.ndarray
     mx: np.ndarray
+    group: str | None = None  # the grouping `values` are in (None: the snapshot's group-by)
 
 
 def _group_of(fz: Frozen, group: str, keys: np.ndarray) -> np.ndarray:
@@ -250,32 +266,57 @@ def _groups(fz: Frozen, kmask: np.ndarray, group: str) -> _Groups:
     )
 
 
+_GV_OFFSET = 1 << 15  # group values (layers can be negative: NO_LAYER) shifted to sort as non-negative
+
+
+def _cell_order(fz: Frozen, group: str) -> tuple[np.ndarray, np.ndarray]:
+    """All cells sorted by (group value, bucket): (sorted composite keys, cell ids in that order).
+
+    Composite key = (group value + offset) * N_BUCKETS + bucket. Cells are only ever appended and never
+    change key or bucket, so the order is cached (shared across snapshots) and new cells are merged
+    in with one searchsorted + insert: no full sort per snapshot, even while new cells keep appearing.
+    """
+    nc = len(fz.cell_key)
+    hit = fz.cell_cache.get(group)
+    if hit is not None and hit[0] == nc:
+        return hit[1], hit[2]
+    n0 = hit[0] if hit is not None and hit[0] < nc else 0
+    new = np.arange(n0, nc)
+    ck = (_group_of(fz, group, fz.cell_key[new]) + _GV_OFFSET) * N_BUCKETS + fz.cell_bucket[new]
+    o = np.argsort(ck, kind="stable")
+    ck, new = ck[o], new[o]
+    if n0 and hit is not None:
+        at = np.searchsorted(hit[1], ck)
+        sk, order = np.insert(hit[1], at, ck), np.insert(hit[2], at, new)
+    else:
+        sk, order = ck, new
+    fz.cell_cache[group] = (nc, sk, order)  # replaced whole: a concurrent reader keeps its own arrays
+    return sk, order
+
+
 def _quantiles(fz: Frozen, gr: _Groups, qs: tuple[tuple[str, float], ...]) -> dict[str, np.ndarray]:
-    """Per-group quantiles (ns) from the merged bucket counts (see buckets.py for the error bound)."""
+    """Per-group quantiles (ns) from the merged bucket counts (see buckets.py for the error bound).
+
+    Vectorized over all groups at once: cells ordered by (group, bucket), counts of unselected keys
+    zeroed, one cumulative sum; each group's rank-r cell is then one searchsorted into that sum.
+    """
     g = len(gr.values)
     out = {k: np.zeros(g) for k, _ in qs}
     if g == 0:
         return out
-    nk = len(fz.key_name)
-    gid = np.full(nk, -1, np.int64)
-    gid[gr.keys] = gr.inv
     h = fz.store.hist
     assert h is not None
-    nc = len(fz.cell_key)
-    cells = np.flatnonzero(h[:nc])
-    cg = gid[fz.cell_key[cells]]
-    sel = cg >= 0
-    cells, cg = cells[sel], cg[sel]
-    cb = fz.cell_bucket[cells]
-    order = np.lexsort((cb, cg))
-    cg, cb, cn = cg[order], cb[order], h[cells[order]]
-    cum = np.cumsum(cn)
-    first = np.searchsorted(cg, np.arange(g), side="left")
+    sk, order = _cell_order(fz, fz.group if gr.group is None else gr.group)
+    sel = np.zeros(len(fz.key_name), np.int64)
+    sel[gr.keys] = 1
+    cum = np.cumsum(h[order] * sel[fz.cell_key[order]])
+    first = np.searchsorted(sk, (gr.values + _GV_OFFSET) * N_BUCKETS, side="left")
     base = np.where(first > 0, cum[np.maximum(first - 1, 0)], 0)
-    for k, q in qs:
-        pos = np.searchsorted(cum, base + quantile_ranks(q, gr.count), side="left")
-        pos = np.minimum(pos, len(cum) - 1)
-        out[k] = np.clip(REPRESENTATIVE[cb[pos]], gr.mn, gr.mx)
+    ranks = np.stack([quantile_ranks(q, gr.count) for _, q in qs])
+    pos = np.minimum(np.searchsorted(cum, base + ranks, side="left"), len(cum) - 1)
+    vals = np.clip(REPRESENTATIVE[sk[pos] % N_BUCKETS], gr.mn, gr.mx)
+    for i, (k, _) in enumerate(qs):
+        out[k] = vals[i]
     return out
 
 
@@ -295,35 +336,43 @@ def _group_label(fz: Frozen, group: str, v: int) -> str:
 
 
 def _kernel_rows(fz: Frozen, kmask: np.ndarray) -> list[dict[str, Any]]:
+    """The kernels table. Columns are computed as arrays and turned into plain Python values with one
+    tolist() each; building 300 dicts from those is the only per-row Python work."""
     gr = _groups(fz, kmask, fz.group)
-    if not len(gr.values):
+    g = len(gr.values)
+    if not g:
         return []
     qv = _quantiles(fz, gr, TABLE_QUANTILES)
     std = _std(gr.count, gr.total, gr.sumsq)
     # op class per group: the class of the group's keys (weighted by time when they differ)
-    opc_t = np.zeros((len(gr.values), len(OP_CLASSES) + 1))
+    opc_t = np.zeros((g, len(OP_CLASSES) + 1))
     np.add.at(opc_t, (gr.inv, np.minimum(fz.key_opc[gr.keys], len(OP_CLASSES))), fz.store.ks[gr.keys] + 1.0)
     n_cls = (opc_t > 0).sum(axis=1)
+    ci = opc_t.argmax(axis=1)
+    cls_names = [*OP_CLASSES, "other"]
+    opc = ["mixed" if n > 1 else cls_names[c] for n, c in zip(n_cls.tolist(), ci.tolist(), strict=True)]
     grand = float(gr.total.sum())
+    total = gr.total / 1e6
+    cnt = gr.count
+    cols = np.stack([total, total / cnt, gr.mn / 1e6, *(qv[k] / 1e6 for k, _ in TABLE_QUANTILES),
+                     gr.mx / 1e6, std / 1e6, 100.0 * gr.total / grand if grand > 0 else np.zeros(g)])
+    if not np.isfinite(cols).all():  # cannot happen for groups with events; keep the JSON contract anyway
+        cols = np.where(np.isfinite(cols), cols, np.nan)
+    fcols = cols.tolist()
+    values = gr.values.tolist()
+    names = [_group_label(fz, fz.group, v) for v in values]
+    qkeys = [k for k, _ in TABLE_QUANTILES]
     rows: list[dict[str, Any]] = []
-    for i, v in enumerate(gr.values.tolist()):
-        c = int(gr.count[i])
-        ci = int(opc_t[i].argmax())
+    for i, (name, c, tot, mean, mn, q50, q95, q99, mx, sd, pct) in enumerate(
+        zip(names, cnt.tolist(), *fcols, strict=True)
+    ):
         row: dict[str, Any] = {
-            "name": _group_label(fz, fz.group, v),
-            "op_class": ("mixed" if n_cls[i] > 1 else OP_CLASSES[ci] if ci < len(OP_CLASSES) else "other"),
-            "count": c,
-            "total_ms": float(gr.total[i]) / 1e6,
-            "mean_ms": float(gr.total[i]) / c / 1e6,
-            "min_ms": float(gr.mn[i]) / 1e6,
-            **{k: float(qv[k][i]) / 1e6 for k, _ in TABLE_QUANTILES},
-            "max_ms": float(gr.mx[i]) / 1e6,
-            "std_ms": float(std[i]) / 1e6,
-            "pct": _pct(float(gr.total[i]), grand) or 0.0,
+            "name": name, "op_class": opc[i], "count": c, "total_ms": tot, "mean_ms": mean, "min_ms": mn,
+            qkeys[0]: q50, qkeys[1]: q95, qkeys[2]: q99, "max_ms": mx, "std_ms": sd, "pct": pct,
             "cum_pct": 0.0,
         }
         if fz.group == "layer":
-            row["layer"] = None if v == NO_LAYER else v
+            row["layer"] = None if values[i] == NO_LAYER else values[i]
         rows.append(row)
     skey = {"total": "total_ms", "count": "count", "mean": "mean_ms", "p95": "p95_ms", "max": "max_ms"}
     rows.sort(key=lambda r: r["name"])  # ties keep a stable, alphabetical order
@@ -333,7 +382,7 @@ def _kernel_rows(fz: Frozen, kmask: np.ndarray) -> list[dict[str, Any]]:
     for r in rows:
         cum += r["pct"]
         r["cum_pct"] = min(cum, 100.0)
-    return rows
+    return _plain(rows) if np.isnan(cols).any() else rows
 
 
 # -- layers ---------------------------------------------------------------------------------------
@@ -356,18 +405,23 @@ def _layers(fz: Frozen, kmask: np.ndarray) -> list[dict[str, Any]]:
     per = by_ms.sum(axis=1)
     flags = _outliers(per)
     total = float(per.sum())
-    rows = []
-    for i, lv in enumerate(layers.tolist()):
-        rows.append({
+    pct = (100.0 * per / total if total > 0 else np.zeros(len(per))).tolist()
+    # Plain Python values straight from tolist(): build_snapshot skips the deep _plain walk for these rows.
+    by_l, nz_l = by_ms.tolist(), (by != 0).tolist()
+    return [
+        {
             "layer": lv,
-            "ms_per_step": float(per[i]),
-            "by_op_class": {OP_CLASSES[j]: float(by_ms[i, j]) for j in np.flatnonzero(by[i]).tolist()},
-            "pct": _pct(float(per[i]), total) or 0.0,
-            "outlier": bool(flags[i]),
+            "ms_per_step": p,
+            "by_op_class": {c: v for c, v, nz in zip(OP_CLASSES, b, z, strict=True) if nz},
+            "pct": pc,
+            "outlier": fl,
             "phase": PHASES[phase],
             "steps": steps,
-        })
-    return rows
+        }
+        for lv, p, b, z, pc, fl in zip(
+            layers.tolist(), per.tolist(), by_l, nz_l, pct, flags.tolist(), strict=True
+        )
+    ]
 
 
 def _outliers(v: np.ndarray) -> np.ndarray:
@@ -411,6 +465,37 @@ def _tokens(fz: Frozen) -> dict[str, Any]:
         "context": fz.context,
         "context_max": int(max(pre[S_CTX], dec[S_CTX])),
     }
+
+
+def _tracks(fz: Frozen) -> list[dict[str, Any]]:
+    """One row per track that saw kernels or steps (cumulative): ranks / devices / streams side by side."""
+    from llmtop.traces.importers import track_label
+
+    extra = fz.source.get("extra") if isinstance(fz.source, dict) else None
+    listed = extra.get("tracks") if isinstance(extra, dict) else None
+    meta = {t["track"]: t for t in listed or [] if isinstance(t, dict) and type(t.get("track")) is int}
+    out = []
+    for i, r in enumerate(fz.tracks.tolist()):
+        if not (r[TR_KERNELS] or r[TR_STEPS]):
+            continue
+        m = meta.get(i)
+        if m is None:
+            label = f"track {i}"
+        elif isinstance(m.get("label"), str):
+            label = m["label"]
+        else:
+            label = track_label(m)
+        wall = r[TR_DECODE_WALL_NS]
+        out.append({
+            "track": i,
+            "label": label,
+            "kernels": int(r[TR_KERNELS]),
+            "kernel_ms": r[TR_KERNEL_NS] / 1e6,
+            "steps": int(r[TR_STEPS]),
+            "decode_steps": int(r[TR_DECODE_STEPS]),
+            "decode_tok_s": r[TR_DECODE_TOKENS] / (wall / 1e9) if r[TR_DECODE_STEPS] and wall > 0 else None,
+        })
+    return out
 
 
 def _attribution(fz: Frozen) -> dict[str, Any]:
@@ -484,10 +569,25 @@ def _attention(fz: Frozen) -> tuple[dict[str, Any], tuple[Any, Any, Any, Any]]:
         "projection": None,
         "quadratic": None,
         "superlinear": False,
+        "fit_ok": False,
+        "fit_note": "no decode steps with attention yet" if not n else None,
     }
     lin = linear_fit(n, m[A_X], m[A_Y], m[A_XX], m[A_XY], m[A_YY])
     if lin is None:
+        if n:
+            out["fit_note"] = "one context length only: no fit"
         return out, pts
+    span = (out["ctx_max"] or 0) - (out["ctx_min"] or 0)
+    if n < FIT_MIN_STEPS:
+        out["fit_note"] = f"only {int(n)} decode steps"
+    elif span < FIT_MIN_SPAN:
+        out["fit_note"] = f"context range too narrow ({out['ctx_min']}-{out['ctx_max']} tokens)"
+    elif lin.slope <= 0:
+        out["fit_note"] = "no growth with context measured"
+    elif lin.r2 < FIT_MIN_R2:
+        out["fit_note"] = f"weak fit (R² {lin.r2:.2f})"
+    else:
+        out["fit_ok"] = True
     # x is in thousands of tokens and y in ms, so the slope is ms per 1k tokens.
     out["slope_us_per_1k"] = _f(lin.slope * 1000.0)
     out["intercept_ms"] = _f(lin.intercept)
@@ -521,7 +621,10 @@ def _attention(fz: Frozen) -> tuple[dict[str, Any], tuple[Any, Any, Any, Any]]:
         if quad is not None:
             xm = max_ctx / 1000.0
             proj["attention_ms_quadratic"] = _f(quad.a + quad.b * xm + quad.c * xm * xm)
-        if step_now is not None and out["mean_ms_per_step"] is not None:
+        if not out["fit_ok"]:  # extrapolating a fit that cannot carry it would print nonsense
+            proj["attention_ms"] = None
+            proj.pop("attention_ms_quadratic", None)
+        elif step_now is not None and out["mean_ms_per_step"] is not None:
             step_proj = step_now - out["mean_ms_per_step"] + att_proj
             proj["step_ms"] = _f(step_proj)
             proj["pct_of_step"] = _f(_pct(att_proj, step_proj)) if att_proj >= 0 else None
@@ -555,7 +658,7 @@ def _kernel_detail(fz: Frozen, name: str) -> dict[str, Any]:
     keys = np.flatnonzero(kmask & (st.kc[:nk] > 0))
     if not keys.size:
         raise LlmtopError(f"{name!r} has no events in this view")
-    one = _Groups(keys=keys, inv=np.zeros(len(keys), np.int64), values=np.array([v]),
+    one = _Groups(keys=keys, inv=np.zeros(len(keys), np.int64), values=np.array([v]), group=group,
                   count=np.array([int(st.kc[keys].sum())]), total=np.array([float(st.ks[keys].sum())]),
                   sumsq=np.array([float(st.kq[keys].sum())]), mn=np.array([float(st.kmin[keys].min())]),
                   mx=np.array([float(st.kmax[keys].max())]))
@@ -595,9 +698,10 @@ def _kernel_detail(fz: Frozen, name: str) -> dict[str, Any]:
         for i, lv in enumerate(layers.tolist())
     ]
     names = np.unique(fz.key_name[keys]).tolist()
+    shape_rows = fz.shape_rows()
     shapes = []
     for nid in names:
-        for m, n, k, sc, ss in fz.shapes.get(nid, []):
+        for m, n, k, sc, ss in shape_rows.get(nid, []):
             shapes.append({"kernel": fz.names[nid], "m": m, "n": n, "k": k, "other": m < 0, "count": sc,
                            "total_ms": ss / 1e6, "mean_ms": ss / sc / 1e6})
     shapes.sort(key=lambda s: (-s["count"], s["kernel"], s["m"], s["n"], s["k"]))

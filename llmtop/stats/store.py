@@ -201,6 +201,13 @@ class Store:
         np.minimum(self.att_min, o.att_min, out=self.att_min)
         np.maximum(self.att_max, o.att_max, out=self.att_max)
 
+    def copy(self) -> Store:
+        out = Store.__new__(Store)
+        for name in Store.__slots__:
+            v = getattr(self, name)
+            setattr(out, name, None if v is None else v.copy())
+        return out
+
     @classmethod
     def merged(cls, stores: list[Store], n_keys: int, n_cells: int) -> Store:
         out = cls()

@@ -9,12 +9,15 @@ const HD4: u32 = HD / 4u;
 const WG: u32 = 64u;
 const DPT: u32 = (HD + WG - 1u) / WG;  // head dims owned by each thread in the P.V phase
 
-struct Params { ntok: u32, t: u32, hkv: u32, max_ctx: u32, scale: f32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { ntok: u32, t: u32, hkv: u32, max_ctx: u32, scale: f32, seg: u32, nseg: u32, _p2: u32 }
 
 @group(0) @binding(0) var<storage, read> q: array<ST>;
 @group(0) @binding(1) var<storage, read> pos: array<i32>;
-@group(0) @binding(2) var<storage, read> kc: array<ST4>;
-@group(0) @binding(3) var<storage, read> vc: array<ST>;
+// The cache is a pair of textures (width Hkv*HD/4 texels; position j of sequence b at row j % seg of
+// layer b * nseg + j / seg, so contexts may exceed the texture height):
+// lavapipe gathers texels with SIMD loads but walks storage-buffer loads lane by lane.
+@group(0) @binding(2) var kc: texture_2d_array<f32>;
+@group(0) @binding(3) var vc: texture_2d_array<f32>;
 @group(0) @binding(4) var<storage, read_write> o: array<ST>;
 @group(0) @binding(5) var<uniform> p: Params;
 
@@ -48,7 +51,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let qb = (tok * hq + h * G + g) * HD + d;
         qs[e] = vec4<f32>(f32(q[qb]), f32(q[qb + 1u]), f32(q[qb + 2u]), f32(q[qb + 3u])) * p.scale;
     }
-    let cache = (b * p.hkv + h) * p.max_ctx;  // row index of this (b, h) slab
     var m: array<f32, G>;
     var l: array<f32, G>;
     var acc: array<f32, G * DPT>;
@@ -60,10 +62,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var s: array<f32, G>;
         for (var g = 0u; g < G; g++) { s[g] = -3.0e38; }
         if (valid) {
-            let kb = (cache + j) * HD4;
             for (var g = 0u; g < G; g++) { s[g] = 0.0; }
             for (var d = 0u; d < HD4; d++) {
-                let kv = vec4<f32>(kc[kb + d]);
+                let kv = textureLoad(kc, vec2<u32>(h * HD4 + d, j % p.seg), b * p.nseg + j / p.seg, 0);
                 for (var g = 0u; g < G; g++) { s[g] += dot(qs[g * HD4 + d], kv); }
             }
         }
@@ -89,7 +90,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (d >= HD) { break; }
             for (var g = 0u; g < G; g++) { acc[g * DPT + u] *= alpha[g]; }
             for (var jj = 0u; jj < cnt; jj++) {
-                let vv = f32(vc[(cache + c0 + jj) * HD + d]);
+                let jv = c0 + jj;
+                let vv = textureLoad(vc, vec2<u32>(h * HD4 + d / 4u, jv % p.seg), b * p.nseg + jv / p.seg, 0)[d % 4u];
                 for (var g = 0u; g < G; g++) { acc[g * DPT + u] += ps[g * WG + jj] * vv; }
             }
         }

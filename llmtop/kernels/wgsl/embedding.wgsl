@@ -1,9 +1,10 @@
 // Gather rows of the embedding table: out[r, :] = table[ids[r], :].
-// A table larger than the adapter's storage-binding limit is split into row chunks; one dispatch per
-// chunk copies only the ids that fall in [row0, row0 + nrows).
+// The table is the weight texture shared with a tied lm_head (one texel = 4 values, one row per token);
+// tables taller than the texture limit are split into row chunks, and one dispatch per chunk copies only
+// the ids that fall in [row0, row0 + nrows).
 struct Params { rows: u32, d4: u32, row0: u32, nrows: u32 }
 
-@group(0) @binding(0) var<storage, read> table: array<ST4>;
+@group(0) @binding(0) var table: texture_2d<f32>;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<ST4>;
 @group(0) @binding(3) var<uniform> p: Params;
@@ -15,5 +16,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let r = i / p.d4;
     let id = ids[r];
     if (id < p.row0 || id >= p.row0 + p.nrows) { return; }
-    dst[i] = table[(id - p.row0) * p.d4 + i % p.d4];
+    dst[i] = ST4(textureLoad(table, vec2<u32>(i % p.d4, id - p.row0), 0));
 }

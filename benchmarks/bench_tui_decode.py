@@ -1,0 +1,92 @@
+"""Decode tok/s with the whole live profiler running vs the engine headless with timing off.
+
+Goal (live-profiler issue): the TUI costs <= 5 % of decode tok/s.
+
+- headless: Engine + TorchOps with the recorder disabled (no per-kernel timing), generate() in
+  this thread; tok/s from the step records (step walls are kept with timing off).
+- live: exactly what `llmtop --no-loop` builds (cli.build_live_session: engine with timing on,
+  EngineCollector + ProcessCollector + GpuCollector threads, aggregator thread, the Textual app
+  refreshing at 4 Hz) run under Textual's headless driver at 120x40; tok/s from the aggregator's
+  cumulative report (the same step records). The headless driver composes every frame but writes
+  no bytes to a terminal.
+
+Runs alternate headless / live with the same prompt and token count; medians and the ratio are
+printed as a markdown table.
+
+Usage: python benchmarks/bench_tui_decode.py [--threads 2] [--tokens 96] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+
+import torch
+
+from llmtop.cli import build_live_session, build_parser
+from llmtop.kernels.base import KernelRecorder
+from llmtop.kernels.torch_backend import TorchOps
+from llmtop.model.engine import Engine
+from llmtop.model.loader import load_model
+
+PROMPT = "Write a long story about a dragon who learns to fly."
+
+
+def headless(lm, threads: int, tokens: int) -> float:
+    eng = Engine(lm, TorchOps(KernelRecorder(enabled=False), device="cpu", threads=threads))
+    eng.eos_ids = frozenset()  # always generate `tokens`
+    eng.generate([PROMPT], tokens)
+    st = eng.ops.recorder.drain().steps
+    dec = st[st["phase"] == 1]
+    return float(dec["tokens"].sum() / (dec["dur_ns"].sum() / 1e9))
+
+
+async def live(threads: int, tokens: int) -> float:
+    args = build_parser().parse_args(
+        ["--backend", "cpu", "--threads", str(threads), "--no-loop", "--prompt", PROMPT,
+         "--max-new-tokens", str(tokens), "--refresh", "4"]
+    )
+    session = build_live_session(args)
+    for c in session.pipeline.collectors:
+        eng = getattr(c, "engine", None)
+        if eng is not None:
+            eng.eos_ids = frozenset()
+    with session:
+        async with session.app.run_test(size=(120, 40)) as pilot:
+            while not session.pipeline.done:
+                await pilot.pause(0.25)
+            await pilot.pause(0.5)  # one more refresh with the final numbers
+        rep = session.pipeline.snapshot(mode="cumulative").report
+    return float(rep["tokens"]["decode_tok_s"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_grad_enabled(False)
+    lm = load_model("default")
+    headless(lm, a.threads, 8)  # warm-up
+    res: dict[str, list[float]] = {"headless": [], "live": []}
+    for i in range(a.repeats):
+        for mode in ("headless", "live") if i % 2 == 0 else ("live", "headless"):
+            if mode == "headless":
+                res[mode].append(headless(lm, a.threads, a.tokens))
+            else:
+                res[mode].append(asyncio.run(live(a.threads, a.tokens)))
+    med = {m: statistics.median(v) for m, v in res.items()}
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"SmolLM2-135M fp32 CPU, {a.threads} threads, {a.tokens} new tokens, median of {a.repeats}\n")
+    print("| run | decode tok/s (median) | runs | vs headless |")
+    print("|---|---|---|---|")
+    for m, label in (("headless", "engine headless, timing off"), ("live", "llmtop live TUI (4 Hz)")):
+        runs = ", ".join(f"{x:.2f}" for x in res[m])
+        print(f"| {label} | {med[m]:.2f} | {runs} | {100 * (med[m] / med['headless'] - 1):+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
