@@ -49,13 +49,12 @@ async def live(threads: int, tokens: int) -> float:
          "--max-new-tokens", str(tokens), "--refresh", "4"]
     )
     session = build_live_session(args)
-    for c in session.pipeline.collectors:
-        eng = getattr(c, "engine", None)
-        if eng is not None:
-            eng.eos_ids = frozenset()
+    # the engine's collector; the process/GPU collectors keep sampling until the app quits
+    producer = next(c for c in session.pipeline.collectors if getattr(c, "engine", None) is not None)
+    producer.engine.eos_ids = frozenset()  # always generate `tokens`
     with session:
         async with session.app.run_test(size=(120, 40)) as pilot:
-            while not session.pipeline.done:
+            while producer.alive:
                 await pilot.pause(0.25)
             await pilot.pause(0.5)  # one more refresh with the final numbers
         rep = session.pipeline.snapshot(mode="cumulative").report

@@ -179,3 +179,17 @@ class SourceInfo:
             n_layers=int(d.get("n_layers", 0) or 0),
             extra=dict(d.get("extra") or {}),
         )
+
+
+def track_label(t: dict[str, Any], *, rank_tag: str | None = None) -> str:
+    """'rank 0 · GPU 0 · stream 7' (GPU tracks) or 'rank 0 · pid 12 · tid 34' (CPU-only traces)."""
+    parts = [rank_tag if rank_tag is not None else f"rank {t.get('rank', 0)}"]
+    if "device" in t:
+        parts.append(f"GPU {t['device']}")
+        if "stream" in t:
+            parts.append(f"stream {t['stream']}")
+    elif "pid" in t:
+        parts.append(f"pid {t['pid']}")
+        if "tid" in t:
+            parts.append(f"tid {t['tid']}")
+    return " · ".join(parts)

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from textual.geometry import Region
 
 from llmtop.events import OP_CLASSES, EventBatch, SourceInfo
 from llmtop.stats.aggregator import Aggregator
+from llmtop.tui import view
 from llmtop.tui.app import MIN_HEIGHT, MIN_WIDTH, LlmtopApp
 from llmtop.tui.provider import AggregatorProvider, SnapshotProvider
 from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
@@ -356,3 +358,32 @@ def test_bad_refresh_rate_is_a_usage_error(provider: AggregatorProvider) -> None
     for bad in (0.0, -1.0, 1000.0):
         with pytest.raises(UsageError, match="--refresh"):
             LlmtopApp(provider, refresh_hz=bad)
+
+
+async def test_table_repaints_only_changed_lines(provider: AggregatorProvider) -> None:
+    """A refresh marks dirty only the table lines whose cells changed (whole-table repaints are costly)."""
+    app = LlmtopApp(provider, refresh_hz=0.01)  # no timer refresh in between: the test drives show()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        t = table(app)
+        rows = [dict(r) for r in report(app)["kernels"]]
+        calls: list[tuple[Region, ...]] = []
+        real_refresh = t.refresh
+
+        def spy(*regions: Region, **kw: Any) -> Any:
+            calls.append(regions)
+            return real_refresh(*regions, **kw)
+
+        t.refresh = spy  # type: ignore[method-assign]
+        t.show(rows, app.sort_key)
+        assert calls == []  # nothing changed: nothing to repaint
+        rows[2]["mean_ms"] = 1234.5  # not the sort column: the order stays, one line changes
+        t.show(rows, app.sort_key)
+        assert len(calls) == 1 and len(calls[0]) == 1
+        region = calls[0][0]
+        assert (region.y, region.height) == (3, 1)  # line 0 is the header, row 2 is line 3
+        assert view.fmt_ms(1234.5) in t.row_cells(str(rows[2]["name"]))
+        await pilot.press("down")  # a moved cursor repaints the whole table next time
+        calls.clear()
+        t.show(rows, app.sort_key)
+        assert calls == [()]

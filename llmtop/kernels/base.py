@@ -161,7 +161,12 @@ class Ops(ABC):
     # -- setup (not timed) ---------------------------------------------------------------
     @abstractmethod
     def load_weights(self, cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Upload float32 host weights (HF names, RoPE layout already un-permuted); return handles."""
+        """Upload float32 host weights (HF names, RoPE layout already un-permuted); return handles.
+
+        A host-memory backend may take the arrays over instead of copying them (TorchOps on CPU stores
+        some pre-transposed and replaces the dict's entries with equal-valued views), so the caller
+        must not rely on the arrays' memory layout afterwards.
+        """
 
     @abstractmethod
     def alloc_kv_cache(self, batch: int, max_ctx: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, OP_CLASSES, PHASES
+from llmtop.events import NO_LAYER, OP_CLASSES, PHASES, track_label
 from llmtop.stats.aggregator import (
     TR_DECODE_STEPS,
     TR_DECODE_TOKENS,
@@ -469,8 +469,6 @@ def _tokens(fz: Frozen) -> dict[str, Any]:
 
 def _tracks(fz: Frozen) -> list[dict[str, Any]]:
     """One row per track that saw kernels or steps (cumulative): ranks / devices / streams side by side."""
-    from llmtop.traces.importers import track_label
-
     extra = fz.source.get("extra") if isinstance(fz.source, dict) else None
     listed = extra.get("tracks") if isinstance(extra, dict) else None
     meta = {t["track"]: t for t in listed or [] if isinstance(t, dict) and type(t.get("track")) is int}

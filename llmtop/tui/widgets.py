@@ -159,8 +159,20 @@ class _Pane(_CachedStyles, Widget):
         console = self.app.console
         strips = []
         for line in self.lines()[:h]:
-            strip = line if isinstance(line, Strip) else Strip(list(line.render(console, end="")))
-            strips.append(strip.crop(0, w).adjust_cell_length(w).apply_style(base))
+            if isinstance(line, Strip):
+                n = line.cell_length
+                segs = list(line if n <= w else line.crop(0, w))
+            else:
+                segs = list(line.render(console, end=""))
+                n = sum(seg.cell_length for seg in segs)
+                if n > w:
+                    segs = list(Strip(segs, n).crop(0, w))
+            # One Strip per line, built directly: every Strip carries seven caches, and the chained
+            # crop/adjust/apply_style calls made up to four of them per line and frame (GC pressure).
+            n = min(n, w)
+            if n < w:
+                segs = [*segs, Segment(" " * (w - n))]
+            strips.append(Strip(Segment.apply_style(segs, base), w))
         self._strips_key = (w, h)
         return strips
 
@@ -452,7 +464,68 @@ def _stack_cells(stack: list[tuple[str, float]], peak: float, h: int) -> list[tu
 # -- header, strip, errors --------------------------------------------------------------------
 
 
-class HeaderBar(_CachedStyles, Static):
+class _TextBar(_CachedStyles, Widget):
+    """A fixed-height bar of unwrapped text lines (cropped with an ellipsis), drawn with the line API.
+
+    The header changes a number or two every refresh; as a Static, each update re-rendered the whole
+    widget through Textual's content pipeline. Here only the lines whose strips changed are repainted.
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._text = Text()
+        self._bar: list[Strip] | None = None
+        self._bar_key: tuple[int, int] | None = None
+
+    @property
+    def content(self) -> Text:
+        """The text shown (with its styles); `.plain` is what a terminal shows, without colours."""
+        return self._text
+
+    def show_text(self, text: Text) -> None:
+        if text == self._text and self._bar is not None:
+            return
+        self._text = text
+        old = self._bar
+        w, h = self.size
+        if old is None or self._bar_key != (w, h) or not self.is_attached or not w or not h:
+            self._bar = None
+            self.refresh()
+            return
+        new = self._bar = self._build_bar(w, h)
+        for y in range(h):
+            if old[y] != new[y]:
+                self.refresh(Region(0, y, w, 1))
+
+    def _build_bar(self, w: int, h: int) -> list[Strip]:
+        base = self._rich_base()
+        console = self.app.console
+        strips = []
+        for line in self._text.split("\n", allow_blank=True)[:h]:
+            line.truncate(w, overflow="ellipsis")
+            segs = list(line.render(console, end=""))
+            n = sum(seg.cell_length for seg in segs)
+            if n < w:
+                segs.append(Segment(" " * (w - n)))
+            strips.append(Strip(Segment.apply_style(segs, base), w))
+        while len(strips) < h:
+            strips.append(Strip.blank(w, base))
+        self._bar_key = (w, h)
+        return strips
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._bar = None  # colours baked into the strips are stale
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        w, h = self.size
+        if self._bar is None or self._bar_key != (w, h):
+            self._bar = self._build_bar(w, h)
+        return self._bar[y] if y < len(self._bar) else Strip.blank(w, self._rich_base())
+
+
+class HeaderBar(_TextBar):
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "header--title",
         "header--label",
@@ -516,7 +589,7 @@ class HeaderBar(_CachedStyles, Static):
         self.show_text(join_lines([line1, line2]))
 
 
-class DeviceStrip(_CachedStyles, Static):
+class DeviceStrip(_TextBar):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"strip--label", "strip--warn"}
 
     def show(self, counters: Counters, status: ProviderStatus) -> None:
@@ -653,6 +726,8 @@ class KernelTable(ScrollView, can_focus=True):
         self._columns: list[tuple[str, str, int, bool]] = []  # key, label, width, right-justified
         self._paint: dict[str, Style] = {}
         self._row_width = 0
+        # What each visible line showed at the last show(): (frame key, per-line signatures).
+        self._shown_lines: tuple[Any, list[Any]] | None = None
         self.sort_key = "total"
 
     # -- read side (tests, app) -----------------------------------------------------------
@@ -762,7 +837,40 @@ class KernelTable(ScrollView, can_focus=True):
                 self.cursor_row = idx
         elif self.cursor_row >= len(keys):
             self.cursor_row = max(0, len(keys) - 1)
-        self.refresh()
+        self._refresh_changed_lines()
+
+    def _refresh_changed_lines(self) -> None:
+        """Mark dirty only the visible lines whose content changed since the last show.
+
+        A refresh() without regions makes Textual re-render, composite and encode every visible line
+        of the table; between two snapshots most rows keep their formatted cells (numbers are shown to
+        3 significant digits), so comparing what each line would show is far cheaper than repainting.
+        """
+        region = self.scrollable_content_region
+        top = round(self.scroll_offset.y)
+        frame = (top, region.width, region.height, self._layout, self.has_focus, self.cursor_row)
+        sigs: list[Any] = []
+        order, rows = self._order, self._rows
+        for index in range(top, min(len(order), top + max(0, region.height - 1))):
+            key = order[index]
+            sigs.append((key, self.row_cells(key), rows[key].get("op_class")))
+        prev = self._shown_lines
+        self._shown_lines = (frame, sigs)
+        if prev is None or prev[0] != frame:
+            self.refresh()
+            return
+        old = prev[1]
+        width = max(self.virtual_size.width, region.width)
+        y0 = -1
+        n = max(len(old), len(sigs))
+        for i in range(n + 1):
+            same = i == n or (old[i] if i < len(old) else None) == (sigs[i] if i < len(sigs) else None)
+            if not same and y0 < 0:
+                y0 = i
+            elif same and y0 >= 0:
+                # +1: line 0 of the widget is the pinned header.
+                self.refresh(Region(0, y0 + 1, width, i - y0))
+                y0 = -1
 
     def row_cells(self, key: str) -> tuple[str, ...]:
         """The formatted cells of a row (name first, then the shown columns), as painted."""
@@ -881,9 +989,13 @@ class KernelTable(ScrollView, can_focus=True):
                 segs.append(Segment(cell, op_style_))
             else:
                 run.append(cell)
+        if self._row_width < width:
+            run.append(" " * (width - self._row_width))
         if run:
             segs.append(Segment("".join(run), style))
-        return Strip(segs, self._row_width).adjust_cell_length(width, style)
+        if self._row_width <= width:
+            return Strip(segs, width)  # one Strip, already the line's width: no adjust copy
+        return Strip(segs, self._row_width).crop(0, width)
 
     def _header_strip(self, width: int) -> Strip:
         head, sort_style = self._paint["header"], self._paint["sorted"]

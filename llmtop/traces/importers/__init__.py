@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import EventBatch, NameTable, SourceInfo
+from llmtop.events import EventBatch, NameTable, SourceInfo, track_label
 from llmtop.traces.importers.detect import detect_format
 
 __all__ = ["ImportResult", "detect_format", "expand_trace_paths", "open_trace", "open_traces", "track_label"]
@@ -111,20 +111,6 @@ def expand_trace_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[st
             raise LlmtopError(f"{f}: the same file is given twice")
         seen.add(r)
     return files, warnings
-
-
-def track_label(t: dict[str, Any], *, rank_tag: str | None = None) -> str:
-    """'rank 0 · GPU 0 · stream 7' (GPU tracks) or 'rank 0 · pid 12 · tid 34' (CPU-only traces)."""
-    parts = [rank_tag if rank_tag is not None else f"rank {t.get('rank', 0)}"]
-    if "device" in t:
-        parts.append(f"GPU {t['device']}")
-        if "stream" in t:
-            parts.append(f"stream {t['stream']}")
-    elif "pid" in t:
-        parts.append(f"pid {t['pid']}")
-        if "tid" in t:
-            parts.append(f"tid {t['tid']}")
-    return " · ".join(parts)
 
 
 def _first_ns(b: EventBatch) -> int:
