@@ -6,22 +6,12 @@ themselves, so the path event -> Aggregator -> Snapshot -> pane has a single, te
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llmtop.report import num  # one definition of "a finite number or None" for report and panes
+
 DASH = "–"
-
-
-def num(x: Any) -> float | None:
-    """A finite float, or None for missing/NaN/inf/non-numeric values."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def fmt_ms(x: Any) -> str:
