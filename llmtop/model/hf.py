@@ -18,20 +18,10 @@ import numpy as np
 
 from llmtop.errors import LlmtopError
 from llmtop.model.config import ModelConfig
-from llmtop.model.tokenizer import chat_template_from_hf_dir
+from llmtop.model.tokenizer import chat_template_from_hf_dir, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 _ST_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LlmtopError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise LlmtopError(f"{path} is not a JSON object")
-    return data
 
 
 def _ids(v: Any) -> list[int]:
@@ -59,7 +49,7 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 
 def config_from_hf_dir(d: Path) -> ModelConfig:
-    cfg = _read_json(d / "config.json")
+    cfg = read_json_object(d / "config.json")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise LlmtopError(
@@ -75,7 +65,8 @@ def config_from_hf_dir(d: Path) -> ModelConfig:
         hidden = int(cfg["hidden_size"])
         n_heads = int(cfg["num_attention_heads"])
         theta, scaling = _rope(cfg)
-        gen = _read_json(d / "generation_config.json") if (d / "generation_config.json").is_file() else {}
+        gen_path = d / "generation_config.json"
+        gen = read_json_object(gen_path) if gen_path.is_file() else {}
         eos = tuple(dict.fromkeys(_ids(cfg.get("eos_token_id")) + _ids(gen.get("eos_token_id"))))
         bos = cfg.get("bos_token_id")
         extra: dict[str, Any] = {"architecture": model_type}
@@ -113,7 +104,7 @@ def config_from_hf_dir(d: Path) -> ModelConfig:
 def safetensors_files(d: Path) -> list[Path]:
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        wmap = _read_json(index).get("weight_map")
+        wmap = read_json_object(index).get("weight_map")
         if not isinstance(wmap, dict) or not wmap:
             raise LlmtopError(f"{index} has no weight_map")
         files = [d / f for f in dict.fromkeys(wmap.values())]

@@ -206,7 +206,8 @@ def _token_str(v: Any) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json, tokenizer_config.json, ...), or LlmtopError."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -224,7 +225,7 @@ def chat_template_from_hf_dir(d: Path) -> str | None:
     cfg_path = d / "tokenizer_config.json"
     if not cfg_path.is_file():
         return None
-    tpl = _read_json(cfg_path).get("chat_template")
+    tpl = read_json_object(cfg_path).get("chat_template")
     if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
         tpl = named.get("default") or next(iter(named.values()), None)
@@ -243,7 +244,7 @@ def tokenizer_from_hf_dir(
     except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LlmtopError(f"cannot load {path}: {first}") from None
-    tcfg = _read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
+    tcfg = read_json_object(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
     special = {k: s for k in ("bos_token", "eos_token", "unk_token", "pad_token")
                if (s := _token_str(tcfg.get(k))) is not None}
     eos = list(eos_token_ids)
