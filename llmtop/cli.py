@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from llmtop.events import SourceInfo
     from llmtop.tui.app import LlmtopApp
 
-from llmtop.kernels.factory import DTYPE_CHOICES, check_backend, make_ops
+from llmtop.kernels.factory import DTYPE_CHOICES, check_backend
 
 FORMATS = ("text", "json", "markdown")
 MODES = ("cumulative", "window")
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
                    help="keep generating with fresh prompts until quit (default: on in the TUI)")
     w.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
+    w.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating past end-of-sequence: every round is --max-new-tokens long")
+    w.add_argument("--in-process", action="store_true",
+                   help="TUI: run the engine in a thread of the UI process instead of a worker process "
+                        "(the UI then competes with the decode loop for the GIL)")
     s = p.add_argument_group("sampling")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     s.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -158,22 +163,27 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def build_engine(args: argparse.Namespace) -> Any:
-    """Ops + model + Engine for the top-level flags (the backend is checked before the model loads)."""
-    from llmtop.model.engine import Engine
-    from llmtop.model.loader import load_model
+def engine_spec(args: argparse.Namespace, prompts: list[str] | None = None, loop: bool = False) -> Any:
+    """The top-level flags as an EngineSpec (what the engine worker process is started with)."""
+    from llmtop.collectors.engine_worker import EngineSpec
 
-    ops = make_ops(args.backend, args.dtype, threads=args.threads, timing=not args.no_timing)
-    try:
-        loaded = load_model(args.model, seed=args.seed or 0)
-        if loaded.random_weights:
-            _eprint(f"llmtop: note: {loaded.source} has random weights; the generated text is meaningless")
-        engine = Engine(loaded, ops, max_batch=args.batch)
-    except BaseException:
-        ops.close()
-        raise
-    loaded.weights = {}  # the backend holds its own copies (or zero-copy views); drop our refs
-    return engine
+    return EngineSpec(
+        model=args.model, backend=args.backend, dtype=args.dtype, threads=args.threads,
+        timing=not args.no_timing, seed=args.seed, batch=args.batch, prompts=list(prompts or []),
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, chat=not args.no_chat, loop=loop, ignore_eos=args.ignore_eos,
+    )
+
+
+def _note(text: str) -> None:
+    _eprint(f"llmtop: note: {text}")
+
+
+def build_engine(args: argparse.Namespace) -> Any:
+    """Ops + model + Engine in this process for the top-level flags (--once, --in-process)."""
+    from llmtop.collectors.engine_worker import build_engine as build
+
+    return build(engine_spec(args), note=_note)
 
 
 def _sampling(args: argparse.Namespace) -> Any:
@@ -332,9 +342,13 @@ def _title(src: SourceInfo | None, what: str) -> str:
 
 
 def build_live_session(args: argparse.Namespace) -> TuiSession:
-    """`llmtop [flags]`: engine + process + GPU collectors into the TUI (not started)."""
+    """`llmtop [flags]`: engine + process + GPU collectors into the TUI (not started).
+
+    The engine runs in a worker process (blocks here until its model is loaded), or with --in-process
+    in a thread of this one.
+    """
     from llmtop.collectors.engine import BUILTIN_PROMPTS
-    from llmtop.collectors.pipeline import live_pipeline
+    from llmtop.collectors.pipeline import child_pipeline, live_pipeline
     from llmtop.stats.aggregator import Aggregator
     from llmtop.tui.provider import PipelineProvider
 
@@ -342,17 +356,29 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     if args.max_new_tokens < 1:
         raise UsageError("the live profiler needs --max-new-tokens >= 1")
     prompts = _prompts(args) or list(BUILTIN_PROMPTS)
-    engine = build_engine(args)
+    loop = True if args.loop is None else args.loop
+    agg = Aggregator(window_s=args.window)
+    cleanups: list[Callable[[], None]] = []
+    if args.in_process:
+        engine = build_engine(args)
+        try:
+            p = live_pipeline(engine, agg, prompts=prompts, batch=args.batch,
+                              max_new_tokens=args.max_new_tokens, sampling=_sampling(args),
+                              chat=not args.no_chat, loop=loop, record=args.record)
+        except BaseException:
+            engine.ops.close()
+            raise
+        cleanups.append(engine.ops.close)
+    else:
+        p = child_pipeline(engine_spec(args, prompts, loop), agg, record=args.record, on_note=_note)
     try:
-        agg = Aggregator(window_s=args.window)
-        loop = True if args.loop is None else args.loop
-        p = live_pipeline(engine, agg, prompts=prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
-                          sampling=_sampling(args), chat=not args.no_chat, loop=loop, record=args.record)
         app = _app(PipelineProvider(p, kind="live"), args.refresh, _title(p.source, "live"))
     except BaseException:
-        engine.ops.close()
+        p.stop()
+        for fn in cleanups:
+            fn()
         raise
-    session = TuiSession(app, p, cleanups=[engine.ops.close])
+    session = TuiSession(app, p, cleanups=cleanups)
     if args.record:
         session.after.append(lambda: _eprint(
             f"llmtop: recorded {p.status().recorded_records} records to {args.record}"))

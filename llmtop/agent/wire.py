@@ -10,6 +10,12 @@ Then the agent sends frames, each `u32 payload length, u8 type, payload`:
           then the raw KERNEL_DTYPE and STEP_DTYPE bytes (little-endian, packed)
   STATUS  JSON {"dropped": events dropped for this viewer so far, "t_ns": agent clock}
   COUNTER JSON {"source", "t_ns", "values"}
+The same frames carry the engine worker's stream to the live TUI (llmtop.collectors.engine_worker, over
+the child's stdout, no handshake), which adds:
+  MARKER  JSON {"t_ns", "text", "round", "prompt"}  a prompt round starts
+  OUTPUT  JSON {"round", "generations": [{"text", "token_ids", "prompt_tokens", "finish_reason"}]}
+  NOTE    JSON {"text"}  a one-line notice for the user (e.g. random weights)
+  END     JSON {"error": one line or null, "rounds"}  the worker's last frame
 Payloads above MAX_FRAME are refused on both sides, so a corrupt length can never make a reader
 allocate gigabytes.
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -31,7 +37,8 @@ MAX_FRAME = 64 * 1024 * 1024
 MAX_TOKEN = 1024
 
 SOURCE, BATCH, STATUS, COUNTER = 1, 2, 3, 4
-FRAME_TYPES = (SOURCE, BATCH, STATUS, COUNTER)
+MARKER, OUTPUT, NOTE, END = 5, 6, 7, 8
+FRAME_TYPES = (SOURCE, BATCH, STATUS, COUNTER, MARKER, OUTPUT, NOTE, END)
 
 OK, BAD_TOKEN, BAD_VERSION = 0, 1, 2
 
@@ -168,6 +175,27 @@ def read_frame(sock: socket.socket, max_frame: int = MAX_FRAME) -> tuple[int, by
     if ftype not in FRAME_TYPES:
         raise WireError(f"unknown frame type {ftype}")
     return ftype, recv_exact(sock, length)
+
+
+def read_stream_frame(f: BinaryIO, max_frame: int = MAX_FRAME) -> tuple[int, bytes] | None:
+    """The next frame from a blocking byte stream (a pipe); None at a clean end between frames.
+
+    A stream that ends inside a frame, or a bad header, raises WireError.
+    """
+    head = f.read(_FRAME.size)
+    if not head:
+        return None
+    if len(head) < _FRAME.size:
+        raise WireError("stream ended inside a frame header")
+    length, ftype = _FRAME.unpack(head)
+    if length > max_frame:
+        raise WireError(f"frame of {length} bytes exceeds the {max_frame} byte limit")
+    if ftype not in FRAME_TYPES:
+        raise WireError(f"unknown frame type {ftype}")
+    payload = f.read(length)
+    if len(payload) < length:
+        raise WireError(f"stream ended inside a frame ({len(payload)} of {length} bytes)")
+    return ftype, payload
 
 
 class FrameReader:

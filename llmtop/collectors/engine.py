@@ -1,8 +1,9 @@
 """The decode-loop collector: runs the engine in its own thread and drains its recorder.
 
 Two threads: the engine thread calls `engine.generate` round after round (with `loop`, forever, on
-fresh prompts), and the drain thread moves finished steps out of the recorder every ~50 ms. Only the
-drain thread counts as collector cost; the engine thread is the workload being profiled.
+fresh prompts), and the drain thread moves finished steps out of the recorder every 0.25 s. Only the
+drain thread counts as collector cost; the engine thread is the workload being profiled. The live TUI
+runs this collector inside the engine worker process (engine_worker.py); `--in-process` runs it here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,7 @@ class EngineCollector(Collector):
         # 4 Hz: each wake-up takes the GIL from the decode loop between its ops; at 20 Hz the pipeline
         # cost 13 % of decode tok/s, at 4 Hz about 4 % (benchmarks/bench_tui_decode.py)
         drain_interval: float = 0.25,
+        on_round: Callable[[int, list[Any]], None] | None = None,
     ) -> None:
         super().__init__()
         if batch < 1:
@@ -125,6 +128,7 @@ class EngineCollector(Collector):
         # Without --loop one round covers the prompts once (in batches); with it, run until stopped.
         self.rounds = rounds if rounds is not None else (None if loop else -(-len(self.prompts) // batch))
         self.drain_interval = drain_interval
+        self.on_round = on_round  # (round index, its Generations), on the engine thread after each round
         self.rounds_done = 0
         self.current_prompt = ""
         self.last_outputs: list[Any] = []
@@ -162,6 +166,8 @@ class EngineCollector(Collector):
                     chosen, self.max_new_tokens, sampling=self.sampling, chat=self.chat,
                     stop_event=self._stop,
                 )
+                if self.on_round is not None:
+                    self.on_round(i, self.last_outputs)
                 i += 1
                 self.rounds_done = i
         except Exception as e:

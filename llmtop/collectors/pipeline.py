@@ -263,6 +263,37 @@ def live_pipeline(engine: Any, aggregator: Any, *, prompts: list[str] | None = N
     return p
 
 
+def child_pipeline(spec: Any, aggregator: Any, *, record: str | None = None, process: bool = True,
+                   gpu: bool = True, on_note: Any = None) -> Pipeline:
+    """The live setup with the engine in a worker process (EngineSpec); blocks until the model is loaded.
+
+    The process gauges follow the worker, since that is where the decode loop's CPU and memory go.
+    """
+    from llmtop.collectors.engine_process import EngineProcessCollector
+    from llmtop.collectors.gpu import GpuCollector
+    from llmtop.collectors.process import ProcessCollector
+
+    producer = EngineProcessCollector(spec, on_note=on_note)
+    source = producer.launch()
+    try:
+        writer = None
+        if record:
+            from llmtop.traces.recording import RecordingWriter
+
+            writer = RecordingWriter(record, source)
+        p = Pipeline(aggregator, writer=writer)
+        p.set_source(source)
+        p.add(producer)
+        if process:
+            p.add(ProcessCollector(pid=producer.pid))
+        if gpu:
+            p.add(GpuCollector())
+    except BaseException:
+        producer.close()
+        raise
+    return p
+
+
 def replay_pipeline(path: str, aggregator: Any, *, speed: float = 1.0) -> tuple[Pipeline, Any]:
     """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource)."""
     from llmtop.collectors.replay import ReplaySource

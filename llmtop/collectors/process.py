@@ -1,4 +1,4 @@
-"""Process gauges of this process (the one running the engine) via psutil, about once a second."""
+"""Process gauges of the process running the engine (this one, or the engine worker) via psutil, ~1/s."""
 
 from __future__ import annotations
 
@@ -36,5 +36,9 @@ class ProcessCollector(Collector):
         self.proc.cpu_percent(None)  # the first call only primes the counters
         psutil.cpu_percent(None)
         while not self.wait(self.interval):
-            self.emit(self.sample())
+            try:
+                sample = self.sample()
+            except psutil.NoSuchProcess:  # the engine worker finished: nothing left to sample
+                return
+            self.emit(sample)
             self.account_cpu(t0)

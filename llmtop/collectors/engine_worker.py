@@ -1,0 +1,198 @@
+"""The engine worker: the decode loop in its own process, streaming its events to the live TUI.
+
+`python -m llmtop.collectors.engine_worker` reads one JSON `EngineSpec` line on stdin, builds the engine
+and runs an `EngineCollector` whose "queue" writes each item as a wire frame (llmtop.agent.wire) on the
+original stdout. The parent (`EngineProcessCollector`) reads those frames into the pipeline.
+
+Why a process: in one process every UI frame and every collector wake-up takes the GIL from the decode
+loop between its ops, which cost 11 % of decode tok/s with the TUI running. Here the only extra thread
+next to the engine is the drain, four times a second (the py-spy split of sampler and display).
+
+Lifetime: stdin stays open; when it closes (the parent stopped us, or died, even by SIGKILL) the loop
+stops after the current step, the last events are drained and an END frame is written. SIGINT is
+ignored: a ctrl-c in the terminal reaches the whole process group, and the parent decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from llmtop.errors import LlmtopError
+
+
+@dataclass(slots=True)
+class EngineSpec:
+    """Everything needed to build and drive the engine, as JSON for the worker's stdin."""
+
+    model: str = "default"
+    backend: str = "auto"
+    dtype: str = "float32"
+    threads: int | None = None
+    timing: bool = True
+    seed: int | None = None
+    batch: int = 1
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    chat: bool = True
+    loop: bool = False
+    ignore_eos: bool = False  # keep generating past EOS: fixed-length rounds for benchmarks
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> EngineSpec:
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            raise LlmtopError(f"engine spec is not JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise LlmtopError("engine spec is not a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise LlmtopError(f"engine spec has unknown keys: {', '.join(unknown)}")
+        return cls(**obj)
+
+    def sampling(self) -> Any:
+        from llmtop.kernels.base import SamplingParams
+
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
+
+
+def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) -> Any:
+    """Ops + model + Engine for a spec (the backend is checked before the slow model load)."""
+    from llmtop.kernels.factory import make_ops
+    from llmtop.model.engine import Engine
+    from llmtop.model.loader import load_model
+
+    ops = make_ops(spec.backend, spec.dtype, threads=spec.threads, timing=spec.timing)
+    try:
+        loaded = load_model(spec.model, seed=spec.seed or 0)
+        if loaded.random_weights and note is not None:
+            note(f"{loaded.source} has random weights; the generated text is meaningless")
+        engine = Engine(loaded, ops, max_batch=spec.batch)
+    except BaseException:
+        ops.close()
+        raise
+    loaded.weights = {}  # the backend holds its own copies (or zero-copy views); drop our refs
+    if spec.ignore_eos:
+        engine.eos_ids = frozenset()
+    return engine
+
+
+class FrameSink:
+    """Stands in for the pipeline queue inside the worker: every item becomes a frame on `fd`.
+
+    Writes block when the parent reads slowly (only the drain thread waits, never a kernel); the parent's
+    bounded queue is where events are dropped and counted.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.collector: Any = None
+        self.broken = False
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self.broken:
+                return
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError:  # the parent is gone: nobody is left to show the events
+                self.broken = True
+                if self.collector is not None:
+                    self.collector.stop()
+
+    def json(self, ftype: int, obj: Any) -> None:
+        from llmtop.agent import wire
+
+        self.write(wire.json_frame(ftype, obj))
+
+    def put(self, item: Any) -> bool:
+        from llmtop.agent import wire
+        from llmtop.collectors.counters import Marker
+        from llmtop.events import EventBatch
+
+        c = self.collector
+        if isinstance(item, EventBatch):
+            self.write(wire.encode_batch(item))
+            # the drain thread's own CPU, so the parent's header shows the whole collector cost
+            self.json(wire.STATUS, {"t_ns": time.perf_counter_ns(), "cpu_s": c.cpu_s if c else 0.0,
+                                    "dropped": 0})
+        elif isinstance(item, Marker):
+            self.json(wire.MARKER, {"t_ns": item.t_ns, "text": item.text,
+                                    "round": c.rounds_done if c else 0,
+                                    "prompt": c.current_prompt if c else ""})
+        return True
+
+    put_force = put
+
+    def round_done(self, index: int, generations: list[Any]) -> None:
+        from llmtop.agent import wire
+
+        self.json(wire.OUTPUT, {"round": index, "generations": [
+            {"text": g.text, "token_ids": [int(t) for t in g.token_ids], "prompt_tokens": g.prompt_tokens,
+             "finish_reason": g.finish_reason} for g in generations]})
+
+
+def _watch_stdin(stop: Callable[[], None]) -> None:
+    # os.read on the raw fd: a daemon thread blocked inside sys.stdin's buffered reader holds its lock,
+    # and interpreter shutdown then aborts the process trying to take it.
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):
+            pass
+    stop()
+
+
+def main() -> int:
+    from llmtop.agent import wire
+    from llmtop.collectors.engine import EngineCollector
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Frames go to a private copy of stdout; fd 1 becomes stderr so a stray print can't corrupt them.
+    sink = FrameSink(os.dup(1))
+    os.dup2(2, 1)
+    try:
+        spec = EngineSpec.from_json(sys.stdin.buffer.readline())
+        engine = build_engine(spec, note=lambda text: sink.json(wire.NOTE, {"text": text}))
+        collector = EngineCollector(
+            engine, prompts=spec.prompts or None, batch=spec.batch, max_new_tokens=spec.max_new_tokens,
+            sampling=spec.sampling(), chat=spec.chat, loop=spec.loop, on_round=sink.round_done,
+        )
+    except LlmtopError as e:
+        sink.json(wire.END, {"error": str(e), "rounds": 0})
+        return 2
+    except Exception as e:  # anything else still reaches the parent as one line
+        sink.json(wire.END, {"error": f"{type(e).__name__}: {e}".replace("\n", " "), "rounds": 0})
+        return 1
+    sink.collector = collector
+    sink.json(wire.SOURCE, engine.source_info().to_dict())
+    threading.Thread(target=_watch_stdin, args=(collector.stop,), name="llmtop-stdin", daemon=True).start()
+    collector.start(sink)  # type: ignore[arg-type]  # a queue is anything with put/put_force
+    collector.join()
+    error = collector.error
+    with contextlib.suppress(Exception):
+        engine.ops.close()
+    sink.json(wire.END, {"error": error, "rounds": collector.rounds_done})
+    os.close(sink.fd)
+    return 0 if error is None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
