@@ -158,6 +158,38 @@ async def test_group_by_cycles(provider: AggregatorProvider) -> None:
         assert app.group == "kernel" and "matmul:q_proj" in table(app).order
 
 
+async def test_ticks_build_snapshots_in_a_worker(generation: tuple[EventBatch, SourceInfo, int]) -> None:
+    import threading
+
+    batch, _, _ = generation
+    provider = make_provider(generation, upto=3)
+    threads: list[str] = []
+    inner = provider.snapshot
+
+    def snapshot(*a: object) -> object:
+        threads.append(threading.current_thread().name)
+        return inner(*a)
+
+    provider.snapshot = snapshot  # type: ignore[method-assign]
+    app = LlmtopApp(provider, refresh_hz=0.01)  # ticks driven below
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        before = report(app)["tokens"]["generated"]
+        ui_thread = threading.current_thread().name
+        provider.aggregator.ingest(split(batch, 3)[1])
+        app._tick()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert threads[-1] != ui_thread  # built in the worker ...
+        assert report(app)["tokens"]["generated"] > before  # ... and swapped into the panes
+        # a key press in between makes the worker's snapshot stale: it is dropped, never shown
+        app._tick()
+        await pilot.press("s")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.sort_key != "total" and report(app)["sort"] == app.sort_key
+
+
 async def test_pause_freezes_panes(generation: tuple[EventBatch, SourceInfo, int]) -> None:
     batch, _, _ = generation
     provider = make_provider(generation, upto=3)
@@ -345,7 +377,8 @@ async def test_failures_are_shown_not_raised(generation: tuple[EventBatch, Sourc
         assert "⚠ falling behind: 120 events dropped" in header
         assert "GPU ✖ NVMLError: GPU is lost" in app.query_one(DeviceStrip).content.plain
         provider.fail = True
-        app._tick()
+        app._tick()  # the snapshot is built in a worker thread and swapped in on the UI thread
+        await app.workers.wait_for_complete()
         await pilot.pause()
         errors = app.query_one(ErrorBar)
         assert errors.display and "source went away" in errors.content.plain

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import events, on
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -58,6 +58,26 @@ class FrameTiming:
         return self.snapshot_ms + self.update_ms
 
 
+def _guarded(fn: Any, default: Any) -> tuple[Any, str | None]:
+    """(fn(), None), or (default, one line) if it raises: counters/status are decoration, shown not raised."""
+    try:
+        return fn(), None
+    except Exception as e:
+        return default, f"{getattr(fn, '__name__', 'provider')} failed: {type(e).__name__}: {e}"
+
+
+@dataclass(slots=True, frozen=True)
+class _Taken:
+    """Everything one refresh shows, gathered off the UI thread."""
+
+    snapshot: Any  # None when the provider failed (snapshot_error says why)
+    snapshot_error: str | None
+    counters: Counters
+    status: ProviderStatus
+    error: str | None  # counters or status failed: shown, the frame still goes up
+    snapshot_ms: float
+
+
 class LlmtopApp(App[None]):
     CSS_PATH: ClassVar[list[str | Path]] = [Path(__file__).with_name("llmtop.tcss")]
     TITLE = "llmtop"
@@ -94,6 +114,7 @@ class LlmtopApp(App[None]):
         self.status: ProviderStatus = {}
         self.frames: deque[FrameTiming] = deque(maxlen=256)  # recent refresh costs, for benchmarks
         self._error: str | None = None
+        self._taking = False  # a snapshot worker is running
         self._gc_frozen = False
         self._gc_threshold: tuple[int, ...] = gc.get_threshold()
 
@@ -175,26 +196,57 @@ class LlmtopApp(App[None]):
             self.status = self._safe(self.provider.status, {})
             self._show_header()
             return
-        self.refresh_now()
+        if self._taking:
+            return  # the previous snapshot is still being built: skip a tick rather than queue frames
+        self._taking = True
+        self._snapshot_worker(self._view())
+
+    def _view(self) -> tuple[str, str, str, str]:
+        return (self.mode, self.group, self.sort_key, self.filter_text)
+
+    @work(thread=True, group="snapshot", exit_on_error=False)
+    def _snapshot_worker(self, view: tuple[str, str, str, str]) -> None:
+        """Build the snapshot off the UI thread (statistics, counters, status); the UI only swaps it in."""
+        taken = self._take(view)
+        try:
+            self.call_from_thread(self._apply_taken, view, taken)
+        except RuntimeError:  # the app stopped while the snapshot was being built
+            self._taking = False
+
+    def _apply_taken(self, view: tuple[str, str, str, str], taken: _Taken) -> None:
+        self._taking = False
+        # A key press (sort, group, filter, window) refreshes at once with the new view; a snapshot
+        # started before it is stale, and so is one that lands after a pause.
+        if view == self._view() and not self.paused:
+            self._apply(taken)
 
     def refresh_now(self) -> FrameTiming | None:
-        """Take one snapshot from the provider and show it. Returns where the time went."""
-        if not self.table.is_attached:
-            return None  # shutting down: the widgets are being torn down
+        """Take one snapshot on this thread and show it (key presses, tests). Returns where the time went."""
+        return self._apply(self._take(self._view()))
+
+    def _take(self, view: tuple[str, str, str, str]) -> _Taken:
         t0 = time.perf_counter()
         try:
-            snap = self.provider.snapshot(self.mode, self.group, self.sort_key, self.filter_text)
+            snap, snap_error = self.provider.snapshot(*view), None
         except Exception as e:  # a failing source must not kill the UI; say why and keep the last frame
-            self._error = f"snapshot failed: {type(e).__name__}: {e}"
+            snap, snap_error = None, f"snapshot failed: {type(e).__name__}: {e}"
+        counters, e1 = _guarded(self.provider.counters, {})
+        status, e2 = _guarded(self.provider.status, {})
+        return _Taken(snap, snap_error, counters, status, e1 or e2, (time.perf_counter() - t0) * 1e3)
+
+    def _apply(self, taken: _Taken) -> FrameTiming | None:
+        if not self.table.is_attached:
+            return None  # shutting down: the widgets are being torn down
+        t1 = time.perf_counter()
+        self.counters, self.status = taken.counters, taken.status
+        if taken.snapshot_error is not None:
+            self._error = taken.snapshot_error
             self._show_header()
             return None
-        self._error = None
-        t1 = time.perf_counter()
-        self.snapshot = snap
-        self.counters = self._safe(self.provider.counters, {})
-        self.status = self._safe(self.provider.status, {})
+        self._error = taken.error
+        self.snapshot = taken.snapshot
         self._show_all()
-        timing = FrameTiming((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+        timing = FrameTiming(taken.snapshot_ms, (time.perf_counter() - t1) * 1e3)
         self.frames.append(timing)
         if self._gc_frozen:
             # Collect this frame's cyclic garbage (Textual's Strips cache themselves: every painted line
@@ -210,11 +262,10 @@ class LlmtopApp(App[None]):
         gc.collect(2 if gc.get_count()[2] >= gc.get_threshold()[2] else 1)
 
     def _safe(self, fn: Any, default: Any) -> Any:
-        try:
-            return fn()
-        except Exception as e:  # counters/status are decoration; a failure there is shown, not raised
-            self._error = f"{getattr(fn, '__name__', 'provider')} failed: {type(e).__name__}: {e}"
-            return default
+        value, error = _guarded(fn, default)
+        if error is not None:
+            self._error = error
+        return value
 
     def _show_all(self) -> None:
         snap = self.snapshot
