@@ -7,6 +7,7 @@ tok/s = decode tokens / summed decode-step wall time (prefill excluded); GPU ms/
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -40,7 +41,8 @@ def main() -> int:
     rows = [run("cpu (torch)", TorchOps(KernelRecorder(), device="cpu", dtype=a.dtype), loaded, a.tokens)]
     wops = create_wgpu_ops(KernelRecorder(), a.dtype)
     rows.append(run(f"wgpu ({wops.device_name})", wops, loaded, a.tokens))
-    print(f"SmolLM2-135M {a.dtype}, batch 1, {a.tokens} new tokens\n")
+    threads = os.environ.get("LP_NUM_THREADS", "unset")  # the wgpu backend may have set it (lavapipe)
+    print(f"SmolLM2-135M {a.dtype}, batch 1, {a.tokens} new tokens; LP_NUM_THREADS={threads}\n")
     print("| backend | decode tok/s | kernel ms / token | timing |")
     print("|---|---:|---:|---|")
     for name, tps, kern, timing in rows:

@@ -139,3 +139,30 @@ def test_decimate_keeps_each_columns_extremes_in_order() -> None:
         assert (cols == c).sum() <= 2
     short = decimate([0.0, 1.0, 2.0], [1.0, float("nan"), 3.0], 40)  # few points: unchanged, gaps kept
     assert short[0] == [0.0, 1.0, 2.0] and math.isnan(short[1][1])
+
+
+def test_wgpu_adapter_fills_the_gpu_half_of_the_strip() -> None:
+    """Without NVML, a WebGPU source's adapter (name, backend, features, limits, weight path) is shown."""
+    from llmtop.events import SourceInfo
+
+    adapter = {"name": "llvmpipe (LLVM 15.0.6, 256 bits)", "backend": "Vulkan", "type": "CPU",
+               "features": ["timestamp-query", "timestamp-query-inside-passes"],
+               "limits": {"max-buffer-size": 2**31, "max-texture-dimension-2d": 16384},
+               "timing": "inside-pass", "weight_read": "storage"}
+    line = view.adapter_line(adapter)
+    assert line.startswith("llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, CPU)")
+    assert "features ts,ts-in-pass" in line and "tex ≤ 16384" in line and "weights storage" in line
+    pipe = Pipeline(Aggregator())
+    pipe.set_source(SourceInfo(kind="live", backend="wgpu", extra={"adapter": adapter}))
+    pipe.add(GpuCollector())
+    counters = PipelineProvider(pipe).counters()
+    assert counters["adapter"] == adapter
+
+    async def run() -> str:
+        app = LlmtopApp(PipelineProvider(pipe), refresh_hz=0.01)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.pause()
+            return app.query_one(DeviceStrip).content.plain
+
+    strip = asyncio.run(run())
+    assert "GPU llvmpipe" in strip and "absent" not in strip

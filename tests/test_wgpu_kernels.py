@@ -118,6 +118,33 @@ def test_weight_chunking_over_binding_limit(ops) -> None:
     np.testing.assert_array_equal(ops.to_host(h), w)
 
 
+@pytest.mark.parametrize(("n", "k", "max_tex", "group", "n_chunks"), [
+    (203, 576, None, 8, 1),  # a zero-padded last row group
+    (203, 64, 32, 2, 4),  # rows wider than max_tex / 8 texels interleave fewer rows; 64-row chunks
+])
+def test_row_interleaved_weights(ops, n: int, k: int, max_tex: int | None, group: int, n_chunks: int) -> None:
+    """Weights are stored `group` rows per texture row (linear.wgsl); GEMV, prefill, the embedding gather
+    and the read-back all undo the interleaving, including partial last groups."""
+    rng = np.random.default_rng(n + k)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    saved = ops.max_tex
+    ops.max_tex = max_tex or saved
+    try:
+        h = _load(ops, SMOL, {"w": w, "b": b})
+    finally:
+        ops.max_tex = saved
+    assert (h["w"].group, len(h["w"].chunks)) == (group, n_chunks)
+    np.testing.assert_array_equal(ops.to_host(h["w"]), w)
+    for m in (1, 11):
+        x = rng.standard_normal((1, m, k), dtype=np.float32)
+        y = ops.to_host(ops.linear(ops.upload(x), h["w"], h["b"], name="matmul:v_proj", layer=0))
+        ref = torch.from_numpy(x).double() @ torch.from_numpy(w).double().T + torch.from_numpy(b).double()
+        _close(y, ref)
+    ids = np.array([[0, 7, 8, 63, 64, 202, 130]], dtype=np.int32)
+    np.testing.assert_array_equal(ops.to_host(ops.embedding(ids, h["w"])), w[ids])
+
+
 @pytest.mark.parametrize("d", [576, 2048])
 def test_rmsnorm_silu_add_embedding(ops, d: int) -> None:
     rng = np.random.default_rng(d)
@@ -399,3 +426,34 @@ def test_untimed_mode_and_adapter_info() -> None:
 
     with pytest.raises(LlmtopError, match="dtype"):
         WgpuOps(KernelRecorder(), dtype="bfloat16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_sampled_weight_read_fallback_matches_torch(dtype: str) -> None:
+    """Adapters that refuse read-only storage textures get the same layout through texture_2d."""
+    probe = _make_ops()
+    auto = probe.weight_read
+    summary = probe.adapter_summary()
+    has_f16 = "shader-f16" in probe.adapter.features
+    probe.close()
+    assert auto in ("storage", "sampled")  # "auto" is settled when the backend starts
+    assert summary["weight_read"].startswith(auto) and summary["timing"] in ("inside-pass", "per-pass", "off")
+    if dtype == "float16" and not has_f16:
+        pytest.skip("adapter lacks shader-f16")
+    ops = _make_ops(dtype=dtype, weight_read="sampled")
+    try:
+        assert ops.weight_read == "sampled" and ops.adapter_summary()["weight_read"] == "sampled"
+        rng = np.random.default_rng(11)
+        w = rng.standard_normal((200, 576), dtype=np.float32)
+        b = rng.standard_normal(200, dtype=np.float32)
+        h = _load(ops, SMOL, {"w": w, "b": b})
+        rel = 1e-4 if dtype == "float32" else 2e-2
+        for m in (1, 11):  # GEMV and the prefill tile
+            x = rng.standard_normal((1, m, 576), dtype=np.float32)
+            y = ops.to_host(ops.linear(ops.upload(x), h["w"], h["b"], name="matmul:q_proj", layer=0))
+            ref = torch.from_numpy(x).double() @ torch.from_numpy(w).double().T + torch.from_numpy(b).double()
+            _close(y, ref, rel)
+    finally:
+        ops.close()
+    with pytest.raises(LlmtopError, match="weight_read"):
+        _make_ops(weight_read="texture")

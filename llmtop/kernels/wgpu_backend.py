@@ -2,9 +2,13 @@
 
 Design:
 - Weights are uploaded once; the KV cache lives on the GPU. 2-D weights and the KV cache are textures
-  (one texel = 4 values; see linear.wgsl for why); weights are split into row chunks within the
+  (one texel = 4 values; see linear.wgsl for why). The linear kernel reads weights as read-only storage
+  textures, which interleave G = 8 rows texel by texel (texel (i*G + l, g) = W[g*G + l, 4i..4i+3]) so the
+  8 SIMD lanes of a lavapipe gather read contiguous memory; weights are split into row chunks within the
   texture-dimension and storage-binding limits (one dispatch per chunk, still one event). The linear
   kernel reads its input activation as a uniform-buffer window of the activation's storage buffer.
+- On machines with <= 2 CPUs the backend runs lavapipe's dispatches inline (LP_NUM_THREADS=0) unless the
+  user set LP_NUM_THREADS: see `_lavapipe_threads` for the measured trade-off.
 - Every op records into one command encoder that is submitted only at sync points (sampling,
   `to_host`, `synchronize`, end of step). Activations come from a per-op-name pool of two buffers
   that grow to a power of two, uniform parameter buffers are cached by content and bind groups by
@@ -36,8 +40,11 @@ from llmtop.model.config import ModelConfig
 
 TOPK_MAX = 64  # largest top_k served by the GPU top-k kernel; larger (or 0) samples from GPU softmax
 LINEAR_MAX_MB = 8  # activation rows per linear dispatch (the register tile); also capped by 64 KiB of X
-LINEAR_PREFILL_RPT = 4  # weight rows per invocation when MB > 1 (the other side of the register tile)
-LINEAR_DECODE_RPT = 2  # weight rows per invocation for GEMV (MB = 1); 1.2-1.6x faster than 1, 4 mixed
+LINEAR_RPT = 8  # row groups of WEIGHT_GROUP rows per invocation (the other side of the register tile)
+LINEAR_WG = 8  # workgroup size: one llvmpipe SIMD vector, so small N still spreads over threads
+LINEAR_PREFILL_UNROLL = 1  # K-loop unroll when MB > 1 (GEMV unrolls by 2 when K/4 is even); see linear.wgsl
+WEIGHT_GROUP = 8  # weight rows interleaved per texture row: lavapipe's SIMD width with 256-bit vectors
+WEIGHT_READS = ("auto", "storage", "sampled")
 _UNIFORM_MAX = 65536  # WebGPU's guaranteed max-uniform-buffer-binding-size
 _QUERIES_PER_SET = 4096  # wgpu's per-query-set maximum
 
@@ -48,17 +55,22 @@ def _grid(n_wg: int) -> tuple[int, int]:
     return gx, (n_wg + gx - 1) // gx
 
 
-def _unroll_tile(src: str, mb: int, rpt: int) -> str:
-    """Expand linear.wgsl's register tile: repeat lines marked //@rows (r < mb), //@cols (j < rpt) and
-    //@tile (both), substituting {r} and {j}; naga/llvmpipe then keep every accumulator in registers."""
+def _unroll_tile(src: str, counts: dict[str, int]) -> str:
+    """Expand linear.wgsl's register tile: repeat each line ending in //@ for every combination of the
+    placeholders it contains ({r}, {j}, {u} -> counts["r"], ...); naga/llvmpipe then keep every accumulator
+    in registers."""
     out = []
     for ln in src.splitlines():
-        tag = ln.rstrip().rsplit("//@", 1)[-1] if "//@" in ln else ""
-        rs = range(mb) if tag in ("rows", "tile") else [None]
-        js = range(rpt) if tag in ("cols", "tile") else [None]
-        for r in rs:
-            for j in js:
-                out.append(ln.replace("{r}", str(r)).replace("{j}", str(j)))
+        combos: list[dict[str, int]] = [{}]
+        if ln.rstrip().endswith("//@"):
+            for name, n in counts.items():
+                if "{" + name + "}" in ln:
+                    combos = [{**c, name: i} for c in combos for i in range(n)]
+        for c in combos:
+            s = ln
+            for name, i in c.items():
+                s = s.replace("{" + name + "}", str(i))
+            out.append(s)
     return "\n".join(out)
 
 
@@ -95,6 +107,26 @@ def _quiet_mesa() -> None:
         os.environ["XDG_RUNTIME_DIR"] = d
 
 
+def _lavapipe_threads() -> None:
+    """Run lavapipe's compute dispatches inline on small machines (LP_NUM_THREADS=0) unless the user chose.
+
+    lavapipe hands every dispatch to LP_NUM_THREADS worker threads (default: one per CPU) and waits for
+    them. Measured on a loaded 2-CPU VM: that handoff costs 50-250 µs per dispatch (an empty dispatch)
+    against 4-20 µs inline, a SmolLM2 decode step is ~450 dispatches, and the second core is often busy:
+    SmolLM2 decode 7.0-7.9 tok/s inline vs 5.7-6.1 with 2 worker threads (benchmarks/bench_wgpu_decode.py),
+    60-token prefill 2.6-3.0 s vs 3.5 s. The cost: kernels with few workgroups and much work, such as
+    long-context decode attention, run on one core (21 vs 16 ms per 1k tokens of context per layer);
+    set LP_NUM_THREADS to choose. llvmpipe reads the variable when the Vulkan driver enumerates its device,
+    i.e. before the first adapter request in the process.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    if "LP_NUM_THREADS" not in os.environ and cpus <= 2:
+        os.environ["LP_NUM_THREADS"] = "0"
+
+
 @dataclass(slots=True)
 class WTensor:
     """Activation/vector handle: a GPU buffer holding a row-major array of `shape` (may be oversized)."""
@@ -109,28 +141,40 @@ class WTensor:
 
 @dataclass(slots=True)
 class WMatrix:
-    """(N, K) weight as row chunks of a K/4-texel-wide 2-D texture: [(view, first row, rows)].
+    """(N, K) weight as row chunks of 2-D textures: [(view, first row, rows)].
 
     Textures, not storage buffers: lavapipe gathers texels with SIMD loads but loads storage buffers
-    one lane at a time (see linear.wgsl). Chunks keep each texture within the adapter's dimension limit.
+    one lane at a time (see linear.wgsl). Each texture row holds `group` weight rows interleaved texel by
+    texel (K/4 * group texels wide); linear reads them as storage textures, the embedding gather as
+    sampled textures. Chunks keep each texture within the adapter's dimension limit.
     """
 
     chunks: list[tuple[Any, int, int]]
     shape: tuple[int, int]
     textures: list[Any]
+    group: int = 1
 
 
 class WgpuOps(Ops):
     backend = "wgpu"
 
     def __init__(self, recorder: KernelRecorder, dtype: str = "float32", *, timing: str = "auto",
-                 power_preference: str = "high-performance") -> None:
+                 power_preference: str = "high-performance", weight_read: str = "auto") -> None:
         super().__init__(recorder)
+        if weight_read not in WEIGHT_READS:
+            raise LlmtopError(f"wgpu backend: weight_read must be one of {', '.join(WEIGHT_READS)}, "
+                              f"not {weight_read!r}")
+        # How linear.wgsl reads weights: "storage" (read-only storage texture, lavapipe's fast path) or
+        # "sampled" (texture_2d + textureLoad, for adapters that refuse read-only storage textures);
+        # "auto" tries storage on the first linear and falls back once.
+        self.weight_read = weight_read
+        self.weight_read_note: str | None = None  # why "auto" fell back to sampled textures
         if dtype not in ("float32", "float16"):
             raise LlmtopError(f"wgpu backend: dtype must be float32 or float16, not {dtype!r}")
         if timing not in ("auto", "inside-pass", "per-pass", "off"):
             raise LlmtopError(f"wgpu backend: timing must be auto/inside-pass/per-pass/off, not {timing!r}")
         _quiet_mesa()
+        _lavapipe_threads()
         try:
             import wgpu
             from wgpu.backends.wgpu_native import extras
@@ -229,6 +273,8 @@ class WgpuOps(Ops):
         self._readback = None
         self._readback_size = 0
         self._hook_end_step(recorder)
+        if self.weight_read == "auto":  # settle it now, so the header can say which path is measured
+            self._linear_pipeline(MB=1, RPT=1, G=1, WG=8, K4=1, U=1, **self._x_window())
 
     # -- device plumbing ------------------------------------------------------------------------
     def _timestamp_period(self) -> float:
@@ -239,8 +285,26 @@ class WgpuOps(Ops):
             return 1.0
         return period if period > 0 and math.isfinite(period) else 1.0
 
+    def adapter_summary(self) -> dict[str, Any]:
+        """What the header's device strip shows (and recordings keep): adapter, enabled features, the
+        limits that shape the kernels, the timing mode and the weight read path."""
+        info = self.adapter.info
+        lim = self.device.limits
+        return {
+            "name": info.get("device", ""),
+            "backend": info.get("backend_type", ""),
+            "type": info.get("adapter_type", ""),
+            "features": sorted(self.features),
+            "limits": {k: int(lim[k]) for k in ("max-buffer-size", "max-storage-buffer-binding-size",
+                                                "max-texture-dimension-2d",
+                                                "max-compute-invocations-per-workgroup") if k in lim},
+            "timing": self.mode,
+            "weight_read": self.weight_read + (f" ({self.weight_read_note})" if self.weight_read_note
+                                               else ""),
+        }
+
     def adapter_info(self) -> dict[str, Any]:
-        """Adapter name, backend, features and limits for the header."""
+        """Adapter name, backend, all features and limits (the full picture behind adapter_summary)."""
         info = self.adapter.info
         return {
             "name": info.get("device", ""),
@@ -253,6 +317,7 @@ class WgpuOps(Ops):
             "limits": dict(self.device.limits),
             "timing": self.timing,
             "timestamp_period_ns": self.tick_ns,
+            "weight_read": self.weight_read,
         }
 
     def _hook_end_step(self, recorder: KernelRecorder) -> None:
@@ -278,7 +343,8 @@ class WgpuOps(Ops):
         if pl is None:
             src = resources.files("llmtop.kernels").joinpath("wgsl", f"{name}.wgsl").read_text()
             if "MB" in consts:
-                src = _unroll_tile(src, int(consts["MB"]), int(consts["RPT"]))
+                counts = {"r": int(consts["MB"]), "j": int(consts["RPT"]), "u": int(consts["U"])}
+                src = _unroll_tile(src, counts)
             for k, v in consts.items():
                 src = src.replace("{{" + k + "}}", str(v))
             module = self.device.create_shader_module(label=name, code=self._prelude + src)
@@ -286,6 +352,31 @@ class WgpuOps(Ops):
                 label=name, layout="auto", compute={"module": module, "entry_point": "main"})
             self._pipelines[key] = pl
         return pl
+
+    def _x_window(self) -> dict[str, int | str]:
+        """linear.wgsl's uniform X window: vec4 words of f32, or of packed f16 pairs."""
+        if self._esize == 2:
+            return {"XN": _UNIFORM_MAX // 16, "XU": "vec4<u32>",
+                    "XLOAD": "let v = X[i >> 1u]; let h = select(v.xy, v.zw, (i & 1u) == 1u); "
+                             "return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));"}
+        return {"XN": _UNIFORM_MAX // 16, "XU": "vec4<f32>", "XLOAD": "return X[i];"}
+
+    def _linear_pipeline(self, **consts: int | str) -> Any:
+        """linear.wgsl with the weight read path in effect; "auto" settles it on first use."""
+        reads = {"storage": (f"texture_storage_2d<{self._tex_format}, read>", "textureLoad(W, c)"),
+                 "sampled": ("texture_2d<f32>", "textureLoad(W, c, 0)")}
+        if self.weight_read == "auto":
+            decl, load = reads["storage"]
+            try:
+                pl = self._pipeline("linear", WDECL=decl, WLOAD=load, **consts)
+            except Exception as e:  # wgpu raises its own error types for a refused shader
+                self.weight_read = "sampled"
+                self.weight_read_note = f"read-only storage textures refused ({type(e).__name__}: {e})"[:200]
+            else:
+                self.weight_read = "storage"
+                return pl
+        decl, load = reads[self.weight_read]
+        return self._pipeline("linear", WDECL=decl, WLOAD=load, **consts)
 
     def _bind(self, pl: Any, bufs: tuple[Any, ...]) -> Any:
         """Bind group of `bufs`: buffers (whole), (buffer, offset, size) ranges, or texture views."""
@@ -502,21 +593,32 @@ class WgpuOps(Ops):
                 if k // 4 > self.max_tex:
                     raise LlmtopError(f"wgpu backend: {name} has K={k}, wider than the adapter's texture "
                                       f"limit ({4 * self.max_tex})")
-                per = min(self.max_tex, max(1, self.max_binding // (k * self._esize)))
+                k4 = k // 4
+                TU = self._wgpu.TextureUsage
+                g = WEIGHT_GROUP
+                while g > 1 and k4 * g > self.max_tex:  # very wide rows: interleave fewer
+                    g //= 2
+                per = min(self.max_tex * g, max(1, self.max_binding // (k * self._esize)))
+                per = max(g, per // g * g)  # chunks start on group boundaries
                 texs, chunks = [], []
                 for r0 in range(0, n_rows, per):
-                    part = np.ascontiguousarray(arr[r0:r0 + per])
+                    nr = min(per, n_rows - r0)
+                    ng = -(-nr // g)
+                    part = np.zeros((ng * g, k), self._np_dtype)  # the last group is zero-padded
+                    part[:nr] = arr[r0:r0 + nr]
+                    part = np.ascontiguousarray(part.reshape(ng, g, k4, 4).transpose(0, 2, 1, 3))
+                    # STORAGE_BINDING: linear.wgsl reads it as a read-only storage texture, TEXTURE_BINDING:
+                    # the embedding gather samples it.
                     tex = self.device.create_texture(
-                        size=(k // 4, len(part), 1), format=self._tex_format,
-                        usage=self._wgpu.TextureUsage.TEXTURE_BINDING | self._wgpu.TextureUsage.COPY_SRC
-                        | self._wgpu.TextureUsage.COPY_DST)
+                        size=(k4 * g, ng, 1), format=self._tex_format,
+                        usage=TU.TEXTURE_BINDING | TU.STORAGE_BINDING | TU.COPY_SRC | TU.COPY_DST)
                     self.queue.write_texture({"texture": tex}, part,
-                                             {"bytes_per_row": k * self._esize, "rows_per_image": len(part)},
-                                             (k // 4, len(part), 1))
+                                             {"bytes_per_row": g * k * self._esize, "rows_per_image": ng},
+                                             (k4 * g, ng, 1))
                     self.n_buffers += 1
                     texs.append(tex)
-                    chunks.append((tex.create_view(), r0, len(part)))
-                handles[name] = WMatrix(chunks, (n_rows, k), texs)
+                    chunks.append((tex.create_view(), r0, nr))
+                handles[name] = WMatrix(chunks, (n_rows, k), texs, g)
             else:
                 flat = arr.reshape(-1)
                 handles[name] = WTensor(self._buffer(0, U.STORAGE | U.COPY_SRC, flat), flat.shape)
@@ -570,8 +672,13 @@ class WgpuOps(Ops):
 
     def to_host(self, x: Any) -> np.ndarray:
         if isinstance(x, WMatrix):
-            return np.concatenate([self._texture_to_host(t, r, x.shape[1])
-                                   for t, (_, _, r) in zip(x.textures, x.chunks, strict=True)])
+            k, g = x.shape[1], x.group
+            parts = []
+            for t, (_, _, r) in zip(x.textures, x.chunks, strict=True):
+                ng = -(-r // g)
+                raw = self._texture_to_host(t, ng, k * g)  # undo the row interleaving
+                parts.append(raw.reshape(ng, k // 4, g, 4).transpose(0, 2, 1, 3).reshape(ng * g, k)[:r])
+            return np.concatenate(parts)
         raw = self._flush(x, x.numel * self._esize)
         assert raw is not None
         return raw.view(self._np_dtype).astype(np.float32).reshape(x.shape)
@@ -625,7 +732,7 @@ class WgpuOps(Ops):
         ids_buf = self._write_dynamic("ids", "_ids_buf", ids.astype(np.uint32).reshape(-1))
         self._used_dynamic.add("ids")
         out = self._out("embedding", (b, t, d))
-        pl = self._pipeline("embedding")
+        pl = self._pipeline("embedding", G=table.group)
         gx, gy = _grid((b * t * d // 4 + 63) // 64)
         disp = [(pl, (buf, ids_buf, out.buf, self._param("4I", b * t, d // 4, r0, nr)), gx, gy)
                 for buf, r0, nr in table.chunks]
@@ -650,7 +757,6 @@ class WgpuOps(Ops):
         out = self._out(name, (*x.shape[:-1], n_out), (x.buf,))
         bias_buf = bias.buf if bias is not None else self._dummy
         row_bytes = k * self._esize
-        f16 = self._esize == 2
         disp = []
         m0 = 0
         while m0 < m:
@@ -662,17 +768,18 @@ class WgpuOps(Ops):
             if mb < 1:
                 raise LlmtopError(f"wgpu backend: {name} has K={k}; rows over {_UNIFORM_MAX} bytes do not "
                                   "fit the uniform input window")
-            rpt = LINEAR_DECODE_RPT if mb == 1 else LINEAR_PREFILL_RPT
-            pl = self._pipeline(
-                "linear", MB=mb, RPT=rpt, XN=_UNIFORM_MAX // 16, XU="vec4<u32>" if f16 else "vec4<f32>",
-                XLOAD=("let v = X[i >> 1u]; let h = select(v.xy, v.zw, (i & 1u) == 1u); "
-                       "return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));") if f16
-                else "return X[i];")
+            rpt, wg = LINEAR_RPT, LINEAR_WG
+            g, k4 = weight.group, k // 4
+            unroll = 2 if mb == 1 else LINEAR_PREFILL_UNROLL
+            unroll = unroll if k4 % unroll == 0 else 1
+            pl = self._linear_pipeline(MB=mb, RPT=rpt, G=g, WG=wg, K4=k4, U=unroll, **self._x_window())
             xr = (x.buf, off, _UNIFORM_MAX)
             for view, r0, nr in weight.chunks:
                 prm = self._param("8I", nr, k // 4, m0, r0, n_out, int(bias is not None),
                                   mis // (4 * self._esize), 0)
-                gx, gy = _grid((nr + 16 * rpt - 1) // (16 * rpt))
+                groups = (nr + g - 1) // g
+                invocations = (groups + rpt - 1) // rpt * g  # g lanes per rpt row groups
+                gx, gy = _grid(-(-invocations // wg))
                 disp.append((pl, (view, xr, out.buf, bias_buf, prm), gx, gy))
             m0 += mb
         self._run(disp, name, layer, m, n_out, k)

@@ -229,6 +229,7 @@ class Engine:
                 "model_name": self.cfg.name,
                 "random_weights": bool(getattr(self.loaded, "random_weights", False)),
                 "max_batch": self.max_batch,
+                **({"adapter": ops.adapter_summary()} if hasattr(ops, "adapter_summary") else {}),
             },
         )
 

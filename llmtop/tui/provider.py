@@ -35,6 +35,7 @@ class Counters(TypedDict, total=False):
     process_error: str
     gpu: dict[str, float]  # util_pct, mem_used_bytes, mem_total_bytes, power_w, sm_clock_mhz, temp_c
     gpu_absent: str  # why there is no GPU strip ("no NVIDIA driver", "backend is cpu", ...)
+    adapter: dict[str, Any]  # a WebGPU backend's adapter (SourceInfo.extra["adapter"]), shown without NVML
 
 
 @runtime_checkable
@@ -142,6 +143,10 @@ class PipelineProvider:
                 out["gpu_absent"] = str(gpu.error)
             else:
                 out["gpu_absent"] = "no sample yet"
+        src = self.pipeline.source
+        adapter = src.extra.get("adapter") if src is not None else None
+        if isinstance(adapter, dict):
+            out["adapter"] = adapter
         return out
 
     def status(self) -> ProviderStatus:

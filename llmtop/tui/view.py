@@ -229,3 +229,24 @@ def collector_cost(snapshot: Any) -> tuple[float | None, str]:
     total = sum(num(c.get("cpu_pct")) or 0.0 for c in cols.values() if isinstance(c, Mapping))
     behind = [str(n) for n, c in cols.items() if isinstance(c, Mapping) and c.get("behind")]
     return total, ", ".join(sorted(behind))
+
+
+# Short names for the WebGPU features the wgpu backend enables.
+_FEATURE_ABBREV = {"timestamp-query": "ts", "timestamp-query-inside-passes": "ts-in-pass",
+                   "timestamp-query-inside-encoders": "ts-in-encoder", "shader-f16": "f16"}
+
+
+def adapter_line(a: Mapping[str, Any]) -> str:
+    """One strip line for a WebGPU adapter: name, backend, features, limits and the weight read path."""
+    kind = ", ".join(str(v) for v in (a.get("backend"), a.get("type")) if v) or "?"
+    name = f"{a.get('name') or '?'} ({kind})"
+    feats = ",".join(_FEATURE_ABBREV.get(f, f) for f in a.get("features") or []) or "none"
+    lim = a.get("limits") or {}
+    parts = [name, f"features {feats}"]
+    if lim.get("max-buffer-size"):
+        parts.append(f"buf ≤ {fmt_bytes(lim['max-buffer-size'])}")
+    if lim.get("max-texture-dimension-2d"):
+        parts.append(f"tex ≤ {lim['max-texture-dimension-2d']}")
+    if a.get("weight_read"):
+        parts.append(f"weights {a['weight_read']}")
+    return "  ".join(parts)

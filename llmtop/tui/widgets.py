@@ -623,6 +623,8 @@ class DeviceStrip(_TextBar):
                 f"{view.fmt_rate(gpu.get('power_w'))} W  {view.fmt_count(gpu.get('sm_clock_mhz'))} MHz  "
             )
             t.append(f"{view.fmt_rate(gpu.get('temp_c'))}°C")
+        elif counters.get("adapter"):
+            t.append(view.adapter_line(counters["adapter"]))
         else:
             t.append(f"absent: {counters.get('gpu_absent') or 'no GPU collector'}", label)
         self.show_text(t)
