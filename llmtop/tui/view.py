@@ -242,11 +242,12 @@ def adapter_line(a: Mapping[str, Any]) -> str:
     name = f"{a.get('name') or '?'} ({kind})"
     feats = ",".join(_FEATURE_ABBREV.get(f, f) for f in a.get("features") or []) or "none"
     lim = a.get("limits") or {}
-    parts = [name, f"features {feats}"]
+    parts = [name]
+    if a.get("weight_read"):  # first after the name: it changes what the matmul times mean
+        parts.append(f"weights {a['weight_read']}")
+    parts.append(f"features {feats}")
     if lim.get("max-buffer-size"):
         parts.append(f"buf ≤ {fmt_bytes(lim['max-buffer-size'])}")
     if lim.get("max-texture-dimension-2d"):
         parts.append(f"tex ≤ {lim['max-texture-dimension-2d']}")
-    if a.get("weight_read"):
-        parts.append(f"weights {a['weight_read']}")
     return "  ".join(parts)
