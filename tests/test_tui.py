@@ -190,6 +190,32 @@ async def test_ticks_build_snapshots_in_a_worker(generation: tuple[EventBatch, S
         assert app.sort_key != "total" and report(app)["sort"] == app.sort_key
 
 
+async def test_snapshot_begun_before_reset_is_dropped(generation: tuple[EventBatch, SourceInfo, int]) -> None:
+    import threading
+    import time as _time
+
+    provider = make_provider(generation, upto=3)
+    inner = provider.snapshot
+    main = threading.main_thread()
+
+    def slow_in_workers(*a: object) -> object:
+        snap = inner(*a)  # taken now, with the pre-reset numbers ...
+        if threading.current_thread() is not main:
+            _time.sleep(0.3)  # ... and delivered after the reset below
+        return snap
+
+    provider.snapshot = slow_in_workers  # type: ignore[method-assign]
+    app = LlmtopApp(provider, refresh_hz=0.01)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert table(app).row_count > 0
+        app._tick()
+        await pilot.press("r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert table(app).row_count == 0  # the stale worker snapshot did not bring the old rows back
+
+
 async def test_pause_freezes_panes(generation: tuple[EventBatch, SourceInfo, int]) -> None:
     batch, _, _ = generation
     provider = make_provider(generation, upto=3)

@@ -115,6 +115,7 @@ class LlmtopApp(App[None]):
         self.frames: deque[FrameTiming] = deque(maxlen=256)  # recent refresh costs, for benchmarks
         self._error: str | None = None
         self._taking = False  # a snapshot worker is running
+        self._epoch = 0  # bumped by every synchronous refresh; older worker snapshots are dropped
         self._gc_frozen = False
         self._gc_threshold: tuple[int, ...] = gc.get_threshold()
 
@@ -199,29 +200,31 @@ class LlmtopApp(App[None]):
         if self._taking:
             return  # the previous snapshot is still being built: skip a tick rather than queue frames
         self._taking = True
-        self._snapshot_worker(self._view())
+        self._snapshot_worker(self._view(), self._epoch)
 
     def _view(self) -> tuple[str, str, str, str]:
         return (self.mode, self.group, self.sort_key, self.filter_text)
 
     @work(thread=True, group="snapshot", exit_on_error=False)
-    def _snapshot_worker(self, view: tuple[str, str, str, str]) -> None:
+    def _snapshot_worker(self, view: tuple[str, str, str, str], epoch: int) -> None:
         """Build the snapshot off the UI thread (statistics, counters, status); the UI only swaps it in."""
         taken = self._take(view)
         try:
-            self.call_from_thread(self._apply_taken, view, taken)
+            self.call_from_thread(self._apply_taken, view, epoch, taken)
         except RuntimeError:  # the app stopped while the snapshot was being built
             self._taking = False
 
-    def _apply_taken(self, view: tuple[str, str, str, str], taken: _Taken) -> None:
+    def _apply_taken(self, view: tuple[str, str, str, str], epoch: int, taken: _Taken) -> None:
         self._taking = False
-        # A key press (sort, group, filter, window) refreshes at once with the new view; a snapshot
-        # started before it is stale, and so is one that lands after a pause.
-        if view == self._view() and not self.paused:
+        # A key press (sort, group, filter, window, reset) refreshes at once on this thread and starts a
+        # new epoch; a snapshot started before it is stale (a reset's would bring the old numbers back),
+        # and so is one that lands after a pause.
+        if epoch == self._epoch and view == self._view() and not self.paused:
             self._apply(taken)
 
     def refresh_now(self) -> FrameTiming | None:
         """Take one snapshot on this thread and show it (key presses, tests). Returns where the time went."""
+        self._epoch += 1  # whatever a worker is building now predates this
         return self._apply(self._take(self._view()))
 
     def _take(self, view: tuple[str, str, str, str]) -> _Taken:
