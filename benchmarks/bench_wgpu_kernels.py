@@ -63,22 +63,11 @@ def _timed(ops: WgpuOps, fn, name: str, reps: int) -> float:
     return float(np.median(_kernel_ns(ops, name)))
 
 
-def encoder_timed(ops: WgpuOps, encode: Callable[[object], None], reps: int) -> float:
-    """Median ns of `encode(encoder)`, bracketed by encoder-level timestamps (one warm-up call first)."""
-    from wgpu.backends.wgpu_native import extras
-
-    if "timestamp-query-inside-encoders" not in ops.features:
-        raise SystemExit("adapter lacks timestamp-query-inside-encoders: cannot time buffer copies")
+def _median_span_ns(ops: WgpuOps, enc: object, qs: object, reps: int) -> float:
+    """Resolve `reps` (begin, end) timestamp pairs written into `qs`, submit `enc`: median span in ns."""
     U = ops._U
-    qs = ops.device.create_query_set(type="timestamp", count=2 * reps)
     res = ops.device.create_buffer(size=16 * reps, usage=U.QUERY_RESOLVE | U.COPY_SRC)
     rb = ops.device.create_buffer(size=16 * reps, usage=U.MAP_READ | U.COPY_DST)
-    enc = ops.device.create_command_encoder()
-    encode(enc)  # warm-up (first-touch page faults)
-    for r in range(reps):
-        extras.write_timestamp(enc, qs, 2 * r)
-        encode(enc)
-        extras.write_timestamp(enc, qs, 2 * r + 1)
     enc.resolve_query_set(qs, 0, 2 * reps, res, 0)
     enc.copy_buffer_to_buffer(res, 0, rb, 0, 16 * reps)
     ops.queue.submit([enc.finish()])
@@ -86,6 +75,22 @@ def encoder_timed(ops: WgpuOps, encode: Callable[[object], None], reps: int) -> 
     ts = np.frombuffer(rb.read_mapped(), np.uint64).astype(np.float64)
     rb.unmap()
     return float(np.median(ts[1::2] - ts[0::2]) * ops.tick_ns)
+
+
+def encoder_timed(ops: WgpuOps, encode: Callable[[object], None], reps: int) -> float:
+    """Median ns of `encode(encoder)`, bracketed by encoder-level timestamps (one warm-up call first)."""
+    from wgpu.backends.wgpu_native import extras
+
+    if "timestamp-query-inside-encoders" not in ops.features:
+        raise SystemExit("adapter lacks timestamp-query-inside-encoders: cannot time buffer copies")
+    qs = ops.device.create_query_set(type="timestamp", count=2 * reps)
+    enc = ops.device.create_command_encoder()
+    encode(enc)  # warm-up (first-touch page faults)
+    for r in range(reps):
+        extras.write_timestamp(enc, qs, 2 * r)
+        encode(enc)
+        extras.write_timestamp(enc, qs, 2 * r + 1)
+    return _median_span_ns(ops, enc, qs, reps)
 
 
 def copy_bandwidth(ops: WgpuOps, nbytes: int, reps: int) -> float:
@@ -236,10 +241,7 @@ def dispatch_timed(ops: WgpuOps, dispatch: Callable[[object], None], reps: int) 
 
     if "timestamp-query-inside-passes" not in ops.features:
         return encoder_timed(ops, lambda e: _in_pass(e, dispatch), reps)
-    U = ops._U
     qs = ops.device.create_query_set(type="timestamp", count=2 * reps)
-    res = ops.device.create_buffer(size=16 * reps, usage=U.QUERY_RESOLVE | U.COPY_SRC)
-    rb = ops.device.create_buffer(size=16 * reps, usage=U.MAP_READ | U.COPY_DST)
     enc = ops.device.create_command_encoder()
     cp = enc.begin_compute_pass()
     dispatch(cp)  # warm-up
@@ -248,13 +250,7 @@ def dispatch_timed(ops: WgpuOps, dispatch: Callable[[object], None], reps: int) 
         dispatch(cp)
         extras.write_timestamp(cp, qs, 2 * r + 1)
     cp.end()
-    enc.resolve_query_set(qs, 0, 2 * reps, res, 0)
-    enc.copy_buffer_to_buffer(res, 0, rb, 0, 16 * reps)
-    ops.queue.submit([enc.finish()])
-    rb.map_sync("read")
-    ts = np.frombuffer(rb.read_mapped(), np.uint64).astype(np.float64)
-    rb.unmap()
-    return float(np.median(ts[1::2] - ts[0::2]) * ops.tick_ns)
+    return _median_span_ns(ops, enc, qs, reps)
 
 
 def _in_pass(e: object, dispatch: Callable[[object], None]) -> None:

@@ -10,6 +10,7 @@ the in-process `EngineCollector`: same name, same batches, same markers, same `c
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import threading
@@ -211,8 +212,6 @@ class EngineProcessCollector(Collector):
         if rc is not None and rc < 0:
             how = f"was killed by signal {-rc}"
             with contextlib.suppress(ValueError):
-                import signal
-
                 how = f"was killed by {signal.Signals(-rc).name}"
         else:
             how = f"exited with code {rc}" if rc is not None else "stopped answering"

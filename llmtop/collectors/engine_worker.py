@@ -26,7 +26,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from llmtop.agent import wire
+from llmtop.collectors.counters import Marker
+from llmtop.collectors.engine import EngineCollector
 from llmtop.errors import LlmtopError
+from llmtop.events import EventBatch
 
 
 @dataclass(slots=True)
@@ -120,15 +124,9 @@ class FrameSink:
                     self.collector.stop()
 
     def json(self, ftype: int, obj: Any) -> None:
-        from llmtop.agent import wire
-
         self.write(wire.json_frame(ftype, obj))
 
     def put(self, item: Any) -> bool:
-        from llmtop.agent import wire
-        from llmtop.collectors.counters import Marker
-        from llmtop.events import EventBatch
-
         c = self.collector
         if isinstance(item, EventBatch):
             self.write(wire.encode_batch(item))
@@ -144,8 +142,6 @@ class FrameSink:
     put_force = put
 
     def round_done(self, index: int, generations: list[Any]) -> None:
-        from llmtop.agent import wire
-
         self.json(wire.OUTPUT, {"round": index, "generations": [
             {"text": g.text, "token_ids": [int(t) for t in g.token_ids], "prompt_tokens": g.prompt_tokens,
              "finish_reason": g.finish_reason} for g in generations]})
@@ -161,9 +157,6 @@ def _watch_stdin(stop: Callable[[], None]) -> None:
 
 
 def main() -> int:
-    from llmtop.agent import wire
-    from llmtop.collectors.engine import EngineCollector
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Frames go to a private copy of stdout; fd 1 becomes stderr so a stray print can't corrupt them.
     sink = FrameSink(os.dup(1))

@@ -235,18 +235,12 @@ class Pipeline:
             self._behind = None
 
 
-def live_pipeline(engine: Any, aggregator: Any, *, prompts: list[str] | None = None, batch: int = 1,
-                  max_new_tokens: int = 64, sampling: Any = None, chat: bool = True, loop: bool = True,
-                  record: str | None = None, process: bool = True, gpu: bool = True) -> Pipeline:
-    """The default live setup: engine + process + GPU collectors, optionally recording. Not started."""
-    from llmtop.collectors.engine import EngineCollector
+def _live_setup(producer: Collector, source: SourceInfo, aggregator: Any, *, record: str | None,
+                process: bool, pid: int | None, gpu: bool) -> Pipeline:
+    """Engine producer + process gauges (of `pid`, default this process) + GPU, optionally recording."""
     from llmtop.collectors.gpu import GpuCollector
     from llmtop.collectors.process import ProcessCollector
 
-    max_batch = getattr(engine, "max_batch", None)
-    if max_batch is not None and batch > max_batch:
-        raise LlmtopError(f"--batch {batch} exceeds the engine's max batch {max_batch}")
-    source = engine.source_info()
     writer = None
     if record:
         from llmtop.traces.recording import RecordingWriter
@@ -254,13 +248,27 @@ def live_pipeline(engine: Any, aggregator: Any, *, prompts: list[str] | None = N
         writer = RecordingWriter(record, source)
     p = Pipeline(aggregator, writer=writer)
     p.set_source(source)
-    p.add(EngineCollector(engine, prompts=prompts, batch=batch, max_new_tokens=max_new_tokens,
-                          sampling=sampling, chat=chat, loop=loop))
+    p.add(producer)
     if process:
-        p.add(ProcessCollector())
+        p.add(ProcessCollector(pid=pid))
     if gpu:
         p.add(GpuCollector())  # UNAVAILABLE (with its reason) when there is no NVIDIA GPU
     return p
+
+
+def live_pipeline(engine: Any, aggregator: Any, *, prompts: list[str] | None = None, batch: int = 1,
+                  max_new_tokens: int = 64, sampling: Any = None, chat: bool = True, loop: bool = True,
+                  record: str | None = None, process: bool = True, gpu: bool = True) -> Pipeline:
+    """The live setup with the engine in a thread of this process (--in-process). Not started."""
+    from llmtop.collectors.engine import EngineCollector
+
+    max_batch = getattr(engine, "max_batch", None)
+    if max_batch is not None and batch > max_batch:
+        raise LlmtopError(f"--batch {batch} exceeds the engine's max batch {max_batch}")
+    producer = EngineCollector(engine, prompts=prompts, batch=batch, max_new_tokens=max_new_tokens,
+                               sampling=sampling, chat=chat, loop=loop)
+    return _live_setup(producer, engine.source_info(), aggregator, record=record, process=process, pid=None,
+                       gpu=gpu)
 
 
 def child_pipeline(spec: Any, aggregator: Any, *, record: str | None = None, process: bool = True,
@@ -270,28 +278,15 @@ def child_pipeline(spec: Any, aggregator: Any, *, record: str | None = None, pro
     The process gauges follow the worker, since that is where the decode loop's CPU and memory go.
     """
     from llmtop.collectors.engine_process import EngineProcessCollector
-    from llmtop.collectors.gpu import GpuCollector
-    from llmtop.collectors.process import ProcessCollector
 
     producer = EngineProcessCollector(spec, on_note=on_note)
     source = producer.launch()
     try:
-        writer = None
-        if record:
-            from llmtop.traces.recording import RecordingWriter
-
-            writer = RecordingWriter(record, source)
-        p = Pipeline(aggregator, writer=writer)
-        p.set_source(source)
-        p.add(producer)
-        if process:
-            p.add(ProcessCollector(pid=producer.pid))
-        if gpu:
-            p.add(GpuCollector())
+        return _live_setup(producer, source, aggregator, record=record, process=process, pid=producer.pid,
+                           gpu=gpu)
     except BaseException:
         producer.close()
         raise
-    return p
 
 
 def replay_pipeline(path: str, aggregator: Any, *, speed: float = 1.0) -> tuple[Pipeline, Any]:

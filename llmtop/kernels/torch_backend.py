@@ -564,18 +564,7 @@ class TorchOps(Ops):
 
     def _kv_write_cpu(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
         t0 = _pc()
-        p = self._positions(positions)
-        B, T, _ = k.shape
-        kc, vc = self._k_cache[layer], self._v_cache[layer]
-        k4 = k.view(B, T, self._hkv, self._hd)
-        v4 = v.view(B, T, self._hkv, self._hd)
-        if p.kv_start is not None:
-            s = p.kv_start
-            kc[:B, :, s : s + T].copy_(k4.transpose(1, 2))
-            vc[:B, :, s : s + T].copy_(v4.transpose(1, 2))
-        else:
-            kc[p.kv_bidx, :, p.kv_pos] = k4
-            vc[p.kv_bidx, :, p.kv_pos] = v4
+        self._kv_write_raw(k, v, positions, layer=layer)
         t1 = _pc()
         nid, cid = self._ids["memcpy:kv_write"]
         self.recorder.rows.append((nid, cid, layer, t0, t1 - t0, 0, 0, 0))

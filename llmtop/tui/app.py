@@ -210,16 +210,16 @@ class LlmtopApp(App[None]):
         """Build the snapshot off the UI thread (statistics, counters, status); the UI only swaps it in."""
         taken = self._take(view)
         try:
-            self.call_from_thread(self._apply_taken, view, epoch, taken)
+            self.call_from_thread(self._apply_taken, epoch, taken)
         except RuntimeError:  # the app stopped while the snapshot was being built
             self._taking = False
 
-    def _apply_taken(self, view: tuple[str, str, str, str], epoch: int, taken: _Taken) -> None:
+    def _apply_taken(self, epoch: int, taken: _Taken) -> None:
         self._taking = False
-        # A key press (sort, group, filter, window, reset) refreshes at once on this thread and starts a
-        # new epoch; a snapshot started before it is stale (a reset's would bring the old numbers back),
-        # and so is one that lands after a pause.
-        if epoch == self._epoch and view == self._view() and not self.paused:
+        # Every view change (sort, group, filter, window) and reset refreshes at once on this thread and
+        # starts a new epoch: a snapshot begun before it is stale (after a reset it would bring the old
+        # numbers back), and so is one that lands after a pause.
+        if epoch == self._epoch and not self.paused:
             self._apply(taken)
 
     def refresh_now(self) -> FrameTiming | None:
