@@ -1,12 +1,15 @@
 """Import throughput and peak memory: llmtop's importers vs Holistic Trace Analysis on the same files.
 
-    python benchmarks/bench_import.py [--size-mb 500] [--no-hta] [--hta-timeout 1200] [--json out.json]
+    python benchmarks/bench_import.py [FILE ...] [--size-mb 500] [--no-hta] [--hta-timeout 1200]
+                                      [--json out.json]
 
 Each load runs in its own subprocess so that peak RSS (ru_maxrss of that child) belongs to one loader.
-Files: the shared fixtures plus a generated Kineto trace of --size-mb MB (written to /tmp, never
-committed) shaped like a decode run: ProfilerStep# annotations, nn.Module DecoderLayer ranges, cpu_op ->
-cudaLaunchKernel -> kernel with correlation ids and ac2g flows. HTA (`holistictraceanalysis` from PyPI)
-loads the same Kineto files with `TraceAnalysis(trace_dir=...)`, its documented entry point.
+Files: the repository's real fixtures (tests/fixtures/, see its SOURCES.md), any FILE given (e.g. the
+large MI300X and MTIA Kineto traces kept outside the repository), plus a generated Kineto trace of
+--size-mb MB (written to /tmp, never committed) shaped like a decode run: ProfilerStep# annotations,
+nn.Module DecoderLayer ranges, cpu_op -> cudaLaunchKernel -> kernel with correlation ids and ac2g flows.
+HTA (`holistictraceanalysis` from PyPI) loads the same Kineto files with `TraceAnalysis(trace_dir=...)`,
+its documented entry point.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 FIXTURES = [
-    SHARED / "fixtures/kineto/hta_a100_simple_add.json.gz",
-    SHARED / "fixtures/kineto/tracelens_mi300x_sglang_qwen3_8b_decode.json.gz",
-    SHARED / "fixtures/kineto/vllm_cpu_0.32_worker_rank0.pt.trace.json.gz",
-    SHARED / "fixtures/nsys/pipit_a100_saxpy_mpi.sqlite",
+    REPO_FIXTURES / "kineto/hta_a100_simple_add.json.gz",
+    REPO_FIXTURES / "kineto/tracelens_mi300x_sglang_qwen3_8b_decode.json.gz",
+    REPO_FIXTURES / "kineto/vllm_cpu_0.32_worker_rank0.pt.trace.json.gz",
+    REPO_FIXTURES / "nsys/pipit_a100_saxpy_mpi.sqlite",
 ]
 KERNELS = [
     ("void at::native::rms_norm_kernel<c10::BFloat16>", "aten::rms_norm"),
@@ -168,12 +171,17 @@ def uncompressed_size(path: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="*", type=Path,
+                    help="more trace files to load (Kineto JSON or nsys SQLite)")
     ap.add_argument("--size-mb", type=int, default=500, help="size of the generated Kineto trace (0 = skip)")
     ap.add_argument("--no-hta", action="store_true")
     ap.add_argument("--hta-timeout", type=float, default=1200)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    files = [f for f in FIXTURES if f.exists()]
+    missing = [str(f) for f in args.files if not f.exists()]
+    if missing:
+        sys.exit(f"bench_import: no such file: {', '.join(missing)}")
+    files = FIXTURES + list(args.files)
     work = Path(tempfile.mkdtemp(prefix="llmtop_bench_"))
     if args.size_mb:
         gen = work / "generated_rank0.json"

@@ -44,7 +44,15 @@ SUBCOMMAND_HELP = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
+    """argparse that raises UsageError (one line) instead of printing usage and exiting; every llmtop
+    parser, top level and subcommands, answers --version."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from llmtop import __version__
+
+        self.add_argument("--version", action="version", version=f"llmtop {__version__}",
+                          help="print llmtop's version and exit")
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -104,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", help=f"compute dtype ({', '.join(DTYPE_CHOICES)})")
     g.add_argument("--threads", type=_positive(int, "--threads"), default=None,
                    help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--adapter", default=None, metavar="NAME",
+                   help="--backend wgpu: the WebGPU adapter whose 'device (backend)' contains NAME, e.g. "
+                        "Vulkan or OpenGL (default: wgpu's choice)")
     g.add_argument("--no-timing", action="store_true",
                    help="switch per-kernel timing off (step times stay) to measure its cost")
     w = p.add_argument_group("workload")
@@ -144,6 +155,8 @@ def _check_workload(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     check_backend(args.backend, args.dtype)
+    if args.adapter is not None and args.backend != "wgpu":
+        raise UsageError("--adapter chooses a WebGPU adapter: it needs --backend wgpu")
     if args.top_k < 0 or not 0.0 < args.top_p <= 1.0 or args.temperature < 0:
         raise UsageError("sampling needs --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
     if args.record:
@@ -168,7 +181,7 @@ def engine_spec(args: argparse.Namespace, prompts: list[str] | None = None, loop
     from llmtop.collectors.engine_worker import EngineSpec
 
     return EngineSpec(
-        model=args.model, backend=args.backend, dtype=args.dtype, threads=args.threads,
+        model=args.model, backend=args.backend, dtype=args.dtype, threads=args.threads, adapter=args.adapter,
         timing=not args.no_timing, seed=args.seed, batch=args.batch, prompts=list(prompts or []),
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, chat=not args.no_chat, loop=loop, ignore_eos=args.ignore_eos,

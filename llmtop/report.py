@@ -78,8 +78,51 @@ def fint(x: Any) -> str:
     return DASH if v is None else f"{round(v):,}"
 
 
+def fmt_bytes(x: Any) -> str:
+    v = num(x)
+    if v is None:
+        return DASH
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(v) < 1024 or unit == "GiB":
+            return f"{v:.0f} {unit}" if unit in ("B", "KiB") else f"{v:.1f} {unit}"
+        v /= 1024
+    return DASH  # unreachable
+
+
+# Short names for the WebGPU features the wgpu backend enables.
+_FEATURE_ABBREV = {"timestamp-query": "ts", "timestamp-query-inside-passes": "ts-in-pass",
+                   "timestamp-query-inside-encoders": "ts-in-encoder", "shader-f16": "f16"}
+
+
+def adapter_line(a: Mapping[str, Any]) -> str:
+    """One strip line for a WebGPU adapter: name, backend, features, limits and the weight read path."""
+    kind = ", ".join(str(v) for v in (a.get("backend"), a.get("type")) if v) or "?"
+    name = f"{a.get('name') or '?'} ({kind})"
+    feats = ",".join(_FEATURE_ABBREV.get(f, f) for f in a.get("features") or []) or "none"
+    lim = a.get("limits") or {}
+    parts = [name]
+    if a.get("weight_read"):  # first after the name: it changes what the matmul times mean
+        parts.append(f"weights {a['weight_read']}")
+    chk = a.get("self_check")
+    if isinstance(chk, Mapping) and isinstance(chk.get("seconds"), (int, float)):
+        parts.append(f"self-check ok {chk['seconds']:.2f} s")  # the start-up proof of correct results
+    parts.append(f"features {feats}")
+    if lim.get("max-buffer-size"):
+        parts.append(f"buf ≤ {fmt_bytes(lim['max-buffer-size'])}")
+    if lim.get("max-texture-dimension-2d"):
+        parts.append(f"tex ≤ {lim['max-texture-dimension-2d']}")
+    return "  ".join(parts)
+
+
 def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, Mapping) else None
+
+
+def _adapter_lines(adapter: Any) -> list[str]:
+    """A WebGPU source's adapter line: weight path, features, limits and the start-up self-check."""
+    if not isinstance(adapter, Mapping):
+        return []
+    return ["adapter: " + adapter_line(adapter)]
 
 
 def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[Section]]:
@@ -89,6 +132,7 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
             f"{k} {src.get(k)}" for k in ("kind", "backend", "device", "model", "dtype", "timing")
             if src.get(k)
         ),
+        *_adapter_lines(_get(_get(src, "extra"), "adapter")),
         f"view: {r.get('mode', DASH)}"
         + (f" (last {r.get('window_s')} s)" if r.get("mode") == "window" else "")
         + f", group by {r.get('group', DASH)}, sort by {r.get('sort', DASH)}"

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_paths import KINETO_DIR, NSYS_DIR
 
 from llmtop.cli import PARSERS, build_replay_session, main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-KINETO = sorted((SHARED / "fixtures" / "kineto").glob("*.json.gz"))
-NSYS = sorted((SHARED / "fixtures" / "nsys").glob("*.sqlite"))
+KINETO = sorted(KINETO_DIR.glob("*.json.gz"))
+NSYS = sorted(NSYS_DIR.glob("*.sqlite"))
 GPU_TRACES = {p.name for p in KINETO + NSYS if "cpu" not in p.name}  # the vLLM CPU trace has no GPU kernels
 NSYS_COLUMNS = ["Time (%)", "Total Time (ns)", "Instances", "Avg (ns)", "Med (ns)", "Min (ns)", "Max (ns)",
                 "StdDev (ns)", "p95 (ns)", "p99 (ns)", "Op Class", "Layer", "Name"]

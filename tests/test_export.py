@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fixture_paths import KINETO_DIR
 
 from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.collectors.synthetic import SyntheticEngine
@@ -15,8 +16,6 @@ from llmtop.errors import LlmtopError
 from llmtop.events import NO_LAYER, EventBatch
 from llmtop.traces.chrome_export import export_chrome, export_file
 from llmtop.traces.recording import RecordingWriter
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def make_items() -> tuple[SyntheticEngine, list]:
@@ -117,10 +116,8 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
 def test_export_imported_trace(tmp_path: Path) -> None:
     """A real foreign trace goes through the importers (when present) and exports the same way."""
-    pytest.importorskip("llmtop.traces.importers")
-    fixtures = sorted((SHARED / "fixtures" / "kineto").glob("*.json*"))
-    if not fixtures:
-        pytest.skip("no kineto fixtures")
+    fixtures = sorted(KINETO_DIR.glob("*.json*"))
+    assert fixtures, "tests/fixtures/kineto is empty"
     counts, _ = export_file(fixtures[0], tmp_path / "k.json")
     doc = load(tmp_path / "k.json")
     assert counts.get("X", 0) > 0 and len(doc["traceEvents"]) == sum(counts.values())

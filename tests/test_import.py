@@ -12,17 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_paths import DOPPLER_LOG as DOPPLER
+from fixture_paths import HTA_A100 as HTA
+from fixture_paths import MI300X_SGLANG as MI300X
+from fixture_paths import NSYS_A100 as NSYS
+from fixture_paths import VLLM_CPU
 
 from llmtop.events import DECODE, OP_CLASS_ID, PREFILL, NameTable
 from llmtop.traces.importers import ImportResult, detect_format, open_trace
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-KINETO = SHARED / "fixtures" / "kineto"
-HTA = KINETO / "hta_a100_simple_add.json.gz"
-MI300X = KINETO / "tracelens_mi300x_sglang_qwen3_8b_decode.json.gz"
-VLLM_CPU = KINETO / "vllm_cpu_0.32_worker_rank0.pt.trace.json.gz"
-NSYS = SHARED / "fixtures" / "nsys" / "pipit_a100_saxpy_mpi.sqlite"
-DOPPLER = next((SHARED / "seeds").glob("002_*.txt"), SHARED / "seeds" / "002_missing.txt")
 
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_paths import DOPPLER_LOG as DOPPLER
+from fixture_paths import HTA_A100 as HTA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -18,10 +20,7 @@ from llmtop.events import OP_CLASS_ID
 from llmtop.traces.importers import open_trace
 from llmtop.traces.importers.mapping import layer_of, op_class_of, parse_step, us_to_ns
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-HTA = SHARED / "fixtures" / "kineto" / "hta_a100_simple_add.json.gz"
 HTA_RAW = gzip.decompress(HTA.read_bytes())
-DOPPLER = next((SHARED / "seeds").glob("002_*.txt"), SHARED / "seeds" / "002_missing.txt")
 
 
 def outcome(path: Path) -> str:

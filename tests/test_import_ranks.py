@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixture_paths import HTA_A100 as HTA
+from fixture_paths import NSYS_A100 as NSYS
 
 from llmtop.cli import main
 from llmtop.collectors.replay import load_into, open_trace_file
@@ -25,13 +27,7 @@ from llmtop.events import NameTable
 from llmtop.stats.aggregator import Aggregator
 from llmtop.traces.importers import ImportResult, open_trace, open_traces
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-HTA = SHARED / "fixtures" / "kineto" / "hta_a100_simple_add.json.gz"
-NSYS = SHARED / "fixtures" / "nsys" / "pipit_a100_saxpy_mpi.sqlite"
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
-
-pytestmark = pytest.mark.skipif(not HTA.exists(), reason="shared fixtures not present")
-
 
 def _doc() -> dict[str, Any]:
     with gzip.open(HTA) as f:

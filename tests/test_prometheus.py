@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from fixture_paths import PROMETHEUS_DIR as FIX
 
 from llmtop.attach.metrics import MAX_METRICS_BYTES, derive, detect_flavor, parse_metrics, parse_slots
 from llmtop.attach.prometheus import PrometheusCollector
@@ -20,7 +21,6 @@ from llmtop.collectors.counters import CounterSample
 from llmtop.collectors.queue import BoundedQueue
 from llmtop.errors import LlmtopError
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "prometheus"
 LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from wgpu_adapters import require_adapter
 
 from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, PREFILL
@@ -29,12 +30,11 @@ LLAMA = ModelConfig(name="llama-shapes", vocab_size=128256, hidden_size=2048, in
 
 
 def _make_ops(**kw):
+    """Ops on the default adapter; skips only when the machine has no adapter at all."""
     from llmtop.kernels.wgpu_backend import WgpuOps
 
-    try:
-        return WgpuOps(KernelRecorder(), **kw)
-    except LlmtopError as e:
-        pytest.skip(f"no usable WebGPU adapter: {e}")
+    require_adapter()
+    return WgpuOps(KernelRecorder(), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -455,5 +455,7 @@ def test_sampled_weight_read_fallback_matches_torch(dtype: str) -> None:
             _close(y, ref, rel)
     finally:
         ops.close()
+    from llmtop.kernels.wgpu_backend import WgpuOps
+
     with pytest.raises(LlmtopError, match="weight_read"):
-        _make_ops(weight_read="texture")
+        WgpuOps(KernelRecorder(), weight_read="texture")

@@ -41,6 +41,7 @@ class EngineSpec:
     backend: str = "auto"
     dtype: str = "float32"
     threads: int | None = None
+    adapter: str | None = None  # --backend wgpu: substring of the adapter's "device (backend)"
     timing: bool = True
     seed: int | None = None
     batch: int = 1
@@ -82,7 +83,7 @@ def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) ->
     from llmtop.model.engine import Engine
     from llmtop.model.loader import load_model
 
-    ops = make_ops(spec.backend, spec.dtype, threads=spec.threads, timing=spec.timing)
+    ops = make_ops(spec.backend, spec.dtype, threads=spec.threads, timing=spec.timing, adapter=spec.adapter)
     try:
         loaded = load_model(spec.model, seed=spec.seed or 0)
         if loaded.random_weights and note is not None:

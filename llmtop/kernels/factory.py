@@ -23,17 +23,23 @@ def check_backend(backend: str, dtype: str) -> None:
         raise UsageError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
 
 
-def make_ops(backend: str, dtype: str = "float32", *, threads: int | None = None, timing: bool = True) -> Ops:
-    """The Ops for a backend name; unknown names and missing hardware raise LlmtopError."""
+def make_ops(backend: str, dtype: str = "float32", *, threads: int | None = None, timing: bool = True,
+             adapter: str | None = None) -> Ops:
+    """The Ops for a backend name; unknown names and missing hardware raise LlmtopError.
+
+    `adapter` (wgpu only) picks a WebGPU adapter by a substring of its "device (backend)" label. A wgpu
+    backend runs its start-up self-check here and refuses an adapter that computes wrong results.
+    """
     check_backend(backend, dtype)
     if backend == "auto":
         backend = pick_backend()
     if backend == "wgpu":
-        from llmtop.kernels.wgpu_backend import WgpuOps, create_wgpu_ops
+        from llmtop.kernels.wgpu_backend import WgpuOps
 
-        if not timing:
-            return WgpuOps(KernelRecorder(enabled=False), dtype, timing="off")
-        return create_wgpu_ops(KernelRecorder(enabled=True), dtype)
+        return WgpuOps(KernelRecorder(enabled=timing), dtype, timing="auto" if timing else "off",
+                       adapter=adapter)
+    if adapter is not None:
+        raise UsageError("adapter selection applies to the wgpu backend only")
     from llmtop.kernels.torch_backend import TorchOps
 
     return TorchOps(KernelRecorder(enabled=timing), device=backend, dtype=dtype, threads=threads)

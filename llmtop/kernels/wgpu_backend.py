@@ -22,11 +22,13 @@ Design:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -36,6 +38,7 @@ import numpy as np
 from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, NO_LAYER
 from llmtop.kernels.base import KernelRecorder, Ops, SamplingParams
+from llmtop.kernels.selfcheck import SelfCheck, run_self_check
 from llmtop.model.config import ModelConfig
 
 TOPK_MAX = 64  # largest top_k served by the GPU top-k kernel; larger (or 0) samples from GPU softmax
@@ -47,6 +50,10 @@ WEIGHT_GROUP = 8  # weight rows interleaved per texture row: lavapipe's SIMD wid
 WEIGHT_READS = ("auto", "storage", "sampled")
 _UNIFORM_MAX = 65536  # WebGPU's guaranteed max-uniform-buffer-binding-size
 _QUERIES_PER_SET = 4096  # wgpu's per-query-set maximum
+
+# Test hook: (kernel name, WGSL source) -> source, applied before every shader is compiled. Tests set it
+# to break one kernel on purpose and check that the start-up self-check refuses the adapter.
+SHADER_HOOK: Callable[[str, str], str] | None = None
 
 
 def _grid(n_wg: int) -> tuple[int, int]:
@@ -99,6 +106,64 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     raise LlmtopError(f"wgpu backend: unsupported rope_scaling type {kind!r}")
 
 
+def enumerate_adapters(wgpu: Any) -> list[Any]:
+    """Every adapter wgpu finds, restricted to WGPU_BACKEND_TYPE when the user forced a backend (wgpu-py
+    applies that variable to request_adapter only)."""
+    found = list(wgpu.gpu.enumerate_adapters_sync())
+    forced = os.environ.get("WGPU_BACKEND_TYPE", "").strip()
+    return [a for a in found if not forced or a.info.get("backend_type", "").lower() == forced.lower()]
+
+
+def list_adapters() -> list[str]:
+    """Labels of the adapters present (tests parametrize over them); [] without wgpu or an adapter."""
+    _quiet_mesa()
+    _lavapipe_threads()
+    try:
+        import wgpu
+        return [adapter_label(a) for a in enumerate_adapters(wgpu)]
+    except Exception:  # no wgpu, no driver: nothing to list
+        return []
+
+
+def pick_adapter(wgpu: Any, name: str | None, power_preference: str) -> Any:
+    """The adapter to run on: the first whose "device (backend)" contains `name` (case-insensitive), or
+    wgpu's choice for `power_preference`. wgpu-py also honours WGPU_BACKEND_TYPE (Vulkan, OpenGL, Metal,
+    D3D12) and WGPUPY_WGPU_ADAPTER_NAME."""
+    if name:
+        found = enumerate_adapters(wgpu)
+        labels = [adapter_label(a) for a in found]
+        for a, label in zip(found, labels, strict=True):
+            if name.lower() in label.lower():
+                return a
+        raise LlmtopError(f"--backend wgpu: no WebGPU adapter matches {name!r} (present: "
+                          f"{'; '.join(labels) or 'none'})")
+    # wgpu-py logs "Forcing backend: X" as a warning when WGPU_BACKEND_TYPE is set: the user asked for it,
+    # and a second stderr line would break both the TUI and the one-line error below.
+    log = logging.getLogger("wgpu")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+    except Exception as e:
+        adapter = None
+        err = str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        err = "request_adapter returned nothing"
+    finally:
+        log.setLevel(level)
+    if adapter is None:
+        raise LlmtopError(f"--backend wgpu: no WebGPU adapter ({err}); install a Vulkan/Metal driver, "
+                          "e.g. mesa-vulkan-drivers")
+    return adapter
+
+
+def adapter_label(adapter: Any) -> str:
+    """The adapter as errors and --adapter name it: "device (backend)", e.g.
+    "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)"."""
+    info = adapter.info
+    return f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
+
+
 def _quiet_mesa() -> None:
     # Mesa's WSI layer prints an XDG_RUNTIME_DIR error on headless machines, which would tear the TUI.
     if not os.environ.get("XDG_RUNTIME_DIR"):
@@ -125,6 +190,26 @@ def _lavapipe_threads() -> None:
         cpus = os.cpu_count() or 1
     if "LP_NUM_THREADS" not in os.environ and cpus <= 2:
         os.environ["LP_NUM_THREADS"] = "0"
+
+
+def kv_cache_layout(max_ctx: int, batch: int, max_tex: int, opengl: bool) -> tuple[int, int, int]:
+    """(positions per layer, layers per sequence, array layers to allocate) of a KV cache texture.
+
+    The cache is bound as a `texture_2d_array`. WebGPU on OpenGL cannot say so when the texture is made:
+    wgpu-hal's GL backend guesses the view dimension from the layer count (1 -> 2-D, 6 -> cube, a
+    multiple of 6 above that -> cube array) and a 2d-array view of such a texture reads and writes the
+    wrong texels: llvmpipe-over-GL decoded garbage this way with exit 0. So a sequence always spans at
+    least two layers (the same memory, split in two), and on OpenGL a count that would read as a cube
+    gets one spare layer.
+    """
+    seg = min(max_ctx, max_tex)
+    nseg = -(-max_ctx // seg)
+    if batch * nseg == 1:
+        seg, nseg = -(-max_ctx // 2), 2
+    n_layers = batch * nseg
+    if opengl and n_layers % 6 == 0:
+        n_layers += 1
+    return seg, nseg, n_layers
 
 
 @dataclass(slots=True)
@@ -159,7 +244,8 @@ class WgpuOps(Ops):
     backend = "wgpu"
 
     def __init__(self, recorder: KernelRecorder, dtype: str = "float32", *, timing: str = "auto",
-                 power_preference: str = "high-performance", weight_read: str = "auto") -> None:
+                 power_preference: str = "high-performance", weight_read: str = "auto",
+                 adapter: str | None = None, self_check: bool = True) -> None:
         super().__init__(recorder)
         if weight_read not in WEIGHT_READS:
             raise LlmtopError(f"wgpu backend: weight_read must be one of {', '.join(WEIGHT_READS)}, "
@@ -181,17 +267,7 @@ class WgpuOps(Ops):
         except ImportError as e:  # optional dependency
             raise LlmtopError(f"--backend wgpu needs the wgpu package (pip install wgpu): {e}") from None
         self._wgpu, self._extras = wgpu, extras
-        try:
-            adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
-        except Exception as e:
-            adapter = None
-            err = str(e).splitlines()[0] if str(e) else type(e).__name__
-        else:
-            err = "request_adapter returned nothing"
-        if adapter is None:
-            raise LlmtopError(f"--backend wgpu: no WebGPU adapter ({err}); install a Vulkan/Metal driver, "
-                              "e.g. mesa-vulkan-drivers")
-        self.adapter = adapter
+        self.adapter = adapter = pick_adapter(wgpu, adapter, power_preference)
         feats = set(adapter.features)
         want: list[str] = []
         self.dtype_name = dtype
@@ -225,8 +301,7 @@ class WgpuOps(Ops):
         self.max_binding = int(self.device.limits["max-storage-buffer-binding-size"])
         self.max_tex = int(self.device.limits["max-texture-dimension-2d"])
         self._ubo_align = int(self.device.limits.get("min-uniform-buffer-offset-alignment", 256))
-        info = adapter.info
-        self.device_name = f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
+        self.device_name = adapter_label(adapter)
         self.timing = {
             "inside-pass": "gpu timestamps inside one pass, per dispatch",
             "per-pass": "gpu timestamps, one pass per dispatch",
@@ -275,6 +350,14 @@ class WgpuOps(Ops):
         self._hook_end_step(recorder)
         if self.weight_read == "auto":  # settle it now, so the header can say which path is measured
             self._linear_pipeline(MB=1, RPT=1, G=1, WG=8, K4=1, U=1, **self._x_window())
+        # Prove the adapter computes right before anything is profiled (see kernels/selfcheck.py).
+        self.self_check: SelfCheck | None = None
+        if self_check:
+            try:
+                self.self_check = run_self_check(self, dtype, self.device_name)
+            except Exception:
+                self.close()
+                raise
 
     # -- device plumbing ------------------------------------------------------------------------
     def _timestamp_period(self) -> float:
@@ -301,6 +384,7 @@ class WgpuOps(Ops):
             "timing": self.mode,
             "weight_read": self.weight_read + (f" ({self.weight_read_note})" if self.weight_read_note
                                                else ""),
+            "self_check": self.self_check.summary() if self.self_check is not None else None,
         }
 
     def adapter_info(self) -> dict[str, Any]:
@@ -347,6 +431,8 @@ class WgpuOps(Ops):
                 src = _unroll_tile(src, counts)
             for k, v in consts.items():
                 src = src.replace("{{" + k + "}}", str(v))
+            if SHADER_HOOK is not None:
+                src = SHADER_HOOK(name, src)
             module = self.device.create_shader_module(label=name, code=self._prelude + src)
             pl = self.device.create_compute_pipeline(
                 label=name, layout="auto", compute={"module": module, "entry_point": "main"})
@@ -631,9 +717,9 @@ class WgpuOps(Ops):
         # position p of sequence b, so contexts longer than the texture height span several layers.
         width = cfg.n_kv_heads * cfg.head_dim // 4
         layers = int(self.device.limits.get("max-texture-array-layers", 256))
-        seg = min(max_ctx, self.max_tex)
-        nseg = -(-max_ctx // seg)
-        if width > self.max_tex or batch * nseg > layers:
+        seg, nseg, n_layers = kv_cache_layout(max_ctx, batch, self.max_tex,
+                                              self.adapter.info.get("backend_type", "") == "OpenGL")
+        if width > self.max_tex or n_layers > layers:
             raise LlmtopError(f"wgpu backend: a KV cache of {max_ctx} positions x batch {batch} exceeds the "
                               f"adapter's texture limits ({layers} layers of {self.max_tex} positions); "
                               "lower --max-context or batch")
@@ -643,7 +729,7 @@ class WgpuOps(Ops):
 
         def cache() -> Any:
             self.n_buffers += 1
-            return self.device.create_texture(size=(width, seg, batch * nseg), format=self._tex_format,
+            return self.device.create_texture(size=(width, seg, n_layers), format=self._tex_format,
                                               usage=usage)
 
         self._kv_tex = [(cache(), cache()) for _ in range(cfg.n_layers)]
@@ -899,9 +985,10 @@ def _draw(probs_desc: np.ndarray, top_p: float, rng: Any) -> int:
     return int(min(np.searchsorted(np.cumsum(probs_desc), u, side="right"), len(probs_desc) - 1))
 
 
-def create_wgpu_ops(recorder: KernelRecorder, dtype: str = "float32") -> WgpuOps:
-    """CLI entry point for `--backend wgpu`."""
-    return WgpuOps(recorder, dtype)
+def create_wgpu_ops(recorder: KernelRecorder, dtype: str = "float32", adapter: str | None = None) -> WgpuOps:
+    """`--backend wgpu` with default options (tests, benchmarks)."""
+    return WgpuOps(recorder, dtype, adapter=adapter)
 
 
-__all__ = ["LINEAR_MAX_MB", "TOPK_MAX", "WMatrix", "WTensor", "WgpuOps", "create_wgpu_ops", "rope_inv_freq"]
+__all__ = ["LINEAR_MAX_MB", "TOPK_MAX", "WMatrix", "WTensor", "WgpuOps", "adapter_label", "create_wgpu_ops",
+           "kv_cache_layout", "list_adapters", "rope_inv_freq"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmtop.report import num  # one definition of "a finite number or None" for report and panes
+# One definition each of "a finite number or None", byte sizes and the adapter line, for report and panes.
+from llmtop.report import adapter_line as adapter_line  # re-exported for the panes
+from llmtop.report import fmt_bytes as fmt_bytes
+from llmtop.report import num
 
 DASH = "–"
 
@@ -66,17 +69,6 @@ def fmt_rate(x: Any) -> str:
     if v is None:
         return DASH
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
-
-
-def fmt_bytes(x: Any) -> str:
-    v = num(x)
-    if v is None:
-        return DASH
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(v) < 1024 or unit == "GiB":
-            return f"{v:.0f} {unit}" if unit in ("B", "KiB") else f"{v:.1f} {unit}"
-        v /= 1024
-    return DASH  # unreachable
 
 
 def shorten(s: str, width: int) -> str:
@@ -229,25 +221,3 @@ def collector_cost(snapshot: Any) -> tuple[float | None, str]:
     total = sum(num(c.get("cpu_pct")) or 0.0 for c in cols.values() if isinstance(c, Mapping))
     behind = [str(n) for n, c in cols.items() if isinstance(c, Mapping) and c.get("behind")]
     return total, ", ".join(sorted(behind))
-
-
-# Short names for the WebGPU features the wgpu backend enables.
-_FEATURE_ABBREV = {"timestamp-query": "ts", "timestamp-query-inside-passes": "ts-in-pass",
-                   "timestamp-query-inside-encoders": "ts-in-encoder", "shader-f16": "f16"}
-
-
-def adapter_line(a: Mapping[str, Any]) -> str:
-    """One strip line for a WebGPU adapter: name, backend, features, limits and the weight read path."""
-    kind = ", ".join(str(v) for v in (a.get("backend"), a.get("type")) if v) or "?"
-    name = f"{a.get('name') or '?'} ({kind})"
-    feats = ",".join(_FEATURE_ABBREV.get(f, f) for f in a.get("features") or []) or "none"
-    lim = a.get("limits") or {}
-    parts = [name]
-    if a.get("weight_read"):  # first after the name: it changes what the matmul times mean
-        parts.append(f"weights {a['weight_read']}")
-    parts.append(f"features {feats}")
-    if lim.get("max-buffer-size"):
-        parts.append(f"buf ≤ {fmt_bytes(lim['max-buffer-size'])}")
-    if lim.get("max-texture-dimension-2d"):
-        parts.append(f"tex ≤ {lim['max-texture-dimension-2d']}")
-    return "  ".join(parts)
