@@ -140,6 +140,38 @@ class EventBatch:
 
 
 @dataclass(slots=True)
+class CounterSample:
+    """One sample of a source's gauges, e.g. source="process", values={"cpu_pct": 97.0, ...}.
+
+    Kernel events travel as columnar `EventBatch`es; counters are few (about one sample per second per
+    source), so a small dataclass with a name -> value dict is enough and stays self-describing when
+    recorded. t_ns is on the same clock as the kernel events (time.perf_counter_ns for live runs).
+    """
+
+    source: str
+    t_ns: int
+    values: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:  # counted as one "event" for drop accounting
+        return 1
+
+
+@dataclass(slots=True)
+class Marker:
+    """A point in time with a label (a new prompt round, a pause, a collector error)."""
+
+    t_ns: int
+    text: str
+
+    def __len__(self) -> int:
+        return 1
+
+
+# What travels on a collector queue, in a recording and over the wire: the one event schema.
+Item = EventBatch | CounterSample | Marker
+
+
+@dataclass(slots=True)
 class SourceInfo:
     """What produced the events: shown in the header, written in recording headers."""
 

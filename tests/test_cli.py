@@ -193,7 +193,8 @@ def test_process_exit_has_no_traceback() -> None:
 def test_help_lists_everything() -> None:
     rc, out, _ = run_cli("--help")
     assert rc == 0
-    for flag in ("--backend", "--model", "--dtype", "--threads", "--batch", "--prompt", "--prompt-file",
+    for flag in ("--backend", "--model", "--dtype", "--threads", "--adapter", "--version", "--batch",
+                 "--prompt", "--prompt-file",
                  "--max-new-tokens", "--loop", "--no-loop", "--temperature", "--top-k", "--top-p", "--seed",
                  "--no-timing", "--record", "--window", "--refresh", "--once", "--format",
                  "replay", "report", "export", "attach", "serve"):
@@ -205,6 +206,21 @@ def test_help_lists_everything() -> None:
                        "serve": ["--port", "--backend", "--model"]}.items():
         rc, out, _ = run_cli(sub, "--help")
         assert rc == 0 and all(f in out for f in flags), sub
+
+
+def test_version_everywhere_from_package_metadata() -> None:
+    from importlib.metadata import version
+
+    want = f"llmtop {version('llmtop-live')}"
+    for sub in ("", *[name for name in PARSERS if name != "llmtop"]):
+        argv = [sub] if sub else []
+        rc, out, _ = run_cli(*argv, "--version")
+        assert rc == 0 and out.strip() == want, sub
+        rc, out, _ = run_cli(*argv, "--help")
+        assert rc == 0 and "--version" in out, sub
+    r = subprocess.run([sys.executable, "-m", "llmtop", "--version"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == want
 
 
 def _replay_args(path: Path) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmtop.collectors.base import DONE, ERROR, RUNNING, UNAVAILABLE, Collector
-from llmtop.collectors.counters import CounterSample, CounterStore, Marker
+from llmtop.collectors.counters import CounterStore
 from llmtop.collectors.engine import BUILTIN_PROMPTS, EngineCollector, load_prompts
 from llmtop.collectors.gpu import GpuCollector
 from llmtop.collectors.pipeline import AGGREGATOR, Pipeline
@@ -19,7 +19,7 @@ from llmtop.collectors.queue import BoundedQueue
 from llmtop.collectors.replay import ReplaySource, load_into
 from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.errors import LlmtopError
-from llmtop.events import EventBatch, NameTable
+from llmtop.events import CounterSample, EventBatch, Marker, NameTable
 from llmtop.traces.recording import RecordingReader, RecordingWriter
 
 

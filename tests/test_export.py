@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from fixture_paths import KINETO_DIR
 
-from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, EventBatch
+from llmtop.events import NO_LAYER, CounterSample, EventBatch, Marker
 from llmtop.traces.chrome_export import export_chrome, export_file
 from llmtop.traces.recording import RecordingWriter
 

@@ -24,8 +24,8 @@ SHARED_REF = re.compile(r"""\.\./shared|parents\[2\]\s*/\s*["']shared["']""")
 
 def _working_tree_files() -> list[str]:
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, check=True, timeout=60).stdout
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=REPO, capture_output=True, check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"not a git checkout ({e})")
     return [f for f in out.decode().split("\0") if f and (REPO / f).is_file()]
@@ -49,8 +49,8 @@ def test_fixture_tests_pass_in_a_bare_copy(tmp_path: Path) -> None:
         shutil.copy2(REPO / f, dst)
     assert [p.name for p in tmp_path.iterdir()] == [clone.name]
     env = {**os.environ, "PYTHONPATH": str(clone)}
-    where = subprocess.run([sys.executable, "-c", "import llmtop; print(llmtop.__file__)"], cwd=clone, env=env,
-                           capture_output=True, text=True, timeout=60)
+    where = subprocess.run([sys.executable, "-c", "import llmtop; print(llmtop.__file__)"], cwd=clone,
+                           env=env, capture_output=True, text=True, timeout=60)
     assert where.stdout.strip().startswith(str(clone)), where
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
                         *[f"tests/{t}" for t in FIXTURE_TESTS]],

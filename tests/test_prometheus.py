@@ -17,9 +17,9 @@ from fixture_paths import PROMETHEUS_DIR as FIX
 
 from llmtop.attach.metrics import MAX_METRICS_BYTES, derive, detect_flavor, parse_metrics, parse_slots
 from llmtop.attach.prometheus import PrometheusCollector
-from llmtop.collectors.counters import CounterSample
 from llmtop.collectors.queue import BoundedQueue
 from llmtop.errors import LlmtopError
+from llmtop.events import CounterSample
 
 LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$")
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.errors import LlmtopError
-from llmtop.events import EventBatch, NameTable
+from llmtop.events import CounterSample, EventBatch, Marker, NameTable
 from llmtop.traces.recording import FORMAT_VERSION, MAGIC, RecordingReader, RecordingWriter, is_recording
 
 REPO = Path(__file__).resolve().parents[1]

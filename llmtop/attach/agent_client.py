@@ -21,8 +21,7 @@ import numpy as np
 from llmtop.agent import wire
 from llmtop.agent.core import parse_addr
 from llmtop.collectors.base import Collector
-from llmtop.collectors.counters import CounterSample, Marker
-from llmtop.events import DECODE, EventBatch, NameTable, SourceInfo
+from llmtop.events import DECODE, CounterSample, EventBatch, Marker, NameTable, SourceInfo
 
 CONNECTING, CONNECTED, DISCONNECTED, REFUSED = "connecting", "connected", "disconnected", "refused"
 

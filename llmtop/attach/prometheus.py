@@ -17,9 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 from llmtop.attach.agent_client import CONNECTED, CONNECTING, DISCONNECTED
 from llmtop.attach.metrics import MAX_METRICS_BYTES, Scrape, capabilities, derive, parse_metrics, parse_slots
 from llmtop.collectors.base import Collector
-from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.errors import LlmtopError
-from llmtop.events import SourceInfo
+from llmtop.events import CounterSample, Marker, SourceInfo
 
 
 def metrics_url(url: str) -> str:

@@ -1,41 +1,15 @@
-"""Sampled counters (process and device gauges) and run markers, plus the bounded store the strip reads.
+"""The bounded store of sampled counters (process and device gauges) that the header strip reads.
 
-Kernel events travel as columnar `EventBatch`es; counters are few (about one sample per second per
-source), so a small dataclass with a name -> value dict is enough and stays self-describing when
-recorded.
+The record types themselves (`CounterSample`, `Marker`) live in `llmtop/events.py` with the rest of the
+event schema.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 
-
-@dataclass(slots=True)
-class CounterSample:
-    """One sample of a source's gauges, e.g. source="process", values={"cpu_pct": 97.0, ...}.
-
-    t_ns is on the same clock as the kernel events (time.perf_counter_ns for live runs).
-    """
-
-    source: str
-    t_ns: int
-    values: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:  # counted as one "event" for drop accounting
-        return 1
-
-
-@dataclass(slots=True)
-class Marker:
-    """A point in time with a label (a new prompt round, a pause, a collector error)."""
-
-    t_ns: int
-    text: str
-
-    def __len__(self) -> int:
-        return 1
+from llmtop.events import CounterSample
 
 
 class CounterStore:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtop.collectors.base import Collector
-from llmtop.collectors.counters import Marker
 from llmtop.errors import LlmtopError
+from llmtop.events import Marker
 from llmtop.kernels.base import SamplingParams
 
 # Varied on purpose: short and long answers, code, lists, reasoning, so context lengths and step

@@ -22,10 +22,9 @@ from typing import IO, Any
 
 from llmtop.agent import wire
 from llmtop.collectors.base import Collector
-from llmtop.collectors.counters import Marker
 from llmtop.collectors.engine_worker import EngineSpec
 from llmtop.errors import LlmtopError
-from llmtop.events import SourceInfo
+from llmtop.events import Marker, SourceInfo
 
 WORKER_MODULE = "llmtop.collectors.engine_worker"
 

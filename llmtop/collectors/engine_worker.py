@@ -27,10 +27,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from llmtop.agent import wire
-from llmtop.collectors.counters import Marker
 from llmtop.collectors.engine import EngineCollector
 from llmtop.errors import LlmtopError
-from llmtop.events import EventBatch
+from llmtop.events import EventBatch, Marker
 
 
 @dataclass(slots=True)

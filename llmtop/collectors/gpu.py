@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from llmtop.collectors.base import UNAVAILABLE, Collector
-from llmtop.collectors.counters import CounterSample
+from llmtop.events import CounterSample
 
 
 def _nvml() -> tuple[Any | None, str]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtop.collectors.base import ERROR, RUNNING, Collector, CollectorStatus
-from llmtop.collectors.counters import CounterSample, CounterStore, Marker
+from llmtop.collectors.counters import CounterStore
 from llmtop.collectors.queue import BoundedQueue
 from llmtop.errors import LlmtopError
-from llmtop.events import EventBatch, SourceInfo
+from llmtop.events import CounterSample, EventBatch, Marker, SourceInfo
 
 AGGREGATOR = "aggregator"  # the name the aggregator thread's own cost is reported under
 

@@ -7,7 +7,7 @@ import time
 import psutil
 
 from llmtop.collectors.base import Collector
-from llmtop.collectors.counters import CounterSample
+from llmtop.events import CounterSample
 
 
 class ProcessCollector(Collector):

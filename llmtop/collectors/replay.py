@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from llmtop.collectors.base import Collector
-from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.errors import LlmtopError
-from llmtop.events import EventBatch, NameTable, SourceInfo
-from llmtop.traces.recording import Item, RecordingReader, batch_time_ns, is_recording
+from llmtop.events import CounterSample, EventBatch, Item, Marker, NameTable, SourceInfo
+from llmtop.traces.recording import RecordingReader, batch_time_ns, is_recording
 
 
 @dataclass

@@ -17,9 +17,17 @@ from typing import IO, Any
 
 import numpy as np
 
-from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, OP_CLASSES, PHASES, EventBatch, NameTable, SourceInfo
+from llmtop.events import (
+    NO_LAYER,
+    OP_CLASSES,
+    PHASES,
+    CounterSample,
+    EventBatch,
+    Marker,
+    NameTable,
+    SourceInfo,
+)
 from llmtop.traces.recording import LLMTOP_VERSION
 
 TRACK_BY = ("layer", "phase")

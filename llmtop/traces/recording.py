@@ -31,9 +31,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from llmtop.collectors.counters import CounterSample, Marker
 from llmtop.errors import LlmtopError
-from llmtop.events import KERNEL_DTYPE, STEP_DTYPE, EventBatch, SourceInfo
+from llmtop.events import KERNEL_DTYPE, STEP_DTYPE, CounterSample, EventBatch, Item, Marker, SourceInfo
 
 
 def _llmtop_version() -> str:
@@ -62,7 +61,6 @@ _FLAG_ZLIB = 1
 _BATCH_HEAD = struct.Struct("<IIII")  # names_base, names_json_len, n_kernels, n_steps
 _MAX_PAYLOAD = 1 << 30  # a longer length field means a corrupt record, not a real one
 
-Item = EventBatch | CounterSample | Marker
 
 
 def batch_time_ns(batch: EventBatch) -> int | None:
