@@ -127,7 +127,7 @@ def generate(path: Path, size_mb: int, n_layers: int = 32) -> int:
 
 CHILD_LLMTOP = """
 import json, resource, sys, time
-from llmtop.traces.importers import open_trace
+from llmtop.traces.open import open_trace
 t = time.perf_counter()
 r = open_trace(sys.argv[1])
 n_k = n_s = 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from llmtop.errors import LlmtopError, UsageError
+from llmtop.stats.views import GROUPS, MODES, SORTS
 
 if TYPE_CHECKING:
     from llmtop.collectors.pipeline import Pipeline
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 from llmtop.kernels.factory import DTYPE_CHOICES, check_backend
 
 FORMATS = ("text", "json", "markdown")
-MODES = ("cumulative", "window")
-GROUPS = ("kernel", "op_class", "layer")
-SORTS = ("total", "count", "mean", "p95", "max", "name")
 DEFAULT_ONCE_PROMPT = "What is the capital of France?"
 NOT_A_TTY = ("the TUI needs an interactive terminal (stdin/stdout is not a TTY); use --once for a "
              "headless run, or `llmtop report FILE` for a recording")
@@ -215,49 +213,39 @@ class OnceResult:
 
 
 def once_report(args: argparse.Namespace) -> OnceResult:
-    """Run the prompts once (in --batch chunks) in this thread; every event goes through an Aggregator.
+    """Run the prompts once (in --batch chunks) through the live Pipeline, headless and without gauges.
 
-    The recording (--record) receives exactly the batches the aggregator ingests, so `llmtop report`
-    of it equals this report. On any exit, what was generated so far is drained, recorded and closed.
+    The same path as the TUI's `--in-process` run: engine thread -> bounded queue -> aggregator thread,
+    with the recording (--record) teed from exactly the items the aggregator folds, so `llmtop report`
+    of it equals this report. On any exit, ctrl-c included, the pipeline stops after the current step,
+    folds and records what was generated so far, and closes the recording.
     """
+    from llmtop.collectors.engine import EngineCollector
+    from llmtop.collectors.pipeline import live_pipeline
     from llmtop.stats.aggregator import Aggregator
 
     prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
     engine = build_engine(args)
-    ops = engine.ops
     agg = Aggregator(window_s=args.window)
-    src = engine.source_info()
-    agg.set_source(src)
-    writer = None
     gens: list[Any] = []
-
-    def drain() -> None:
-        while (b := ops.recorder.drain()) is not None:
-            agg.ingest(b)
-            if writer is not None:
-                writer.write(b)
-
     t0 = time.perf_counter()
     try:
-        if args.record:
-            from llmtop.traces.recording import RecordingWriter
-
-            writer = RecordingWriter(args.record, src)
-        rounds = -(-len(prompts) // args.batch)
-        for i in range(rounds):
-            # like the live loop, a short last round is filled up cyclically so every step has --batch rows
-            chosen = [prompts[(i * args.batch + j) % len(prompts)] for j in range(args.batch)]
-            gens += engine.generate(chosen, args.max_new_tokens, _sampling(args), chat=not args.no_chat)
-            ops.synchronize()  # every CUDA event has completed, so one drain resolves all steps
-            drain()
+        # like the live loop, a short last round is filled up cyclically so every step has --batch rows
+        pipeline = live_pipeline(engine, agg, prompts=prompts, batch=args.batch,
+                                 max_new_tokens=args.max_new_tokens, sampling=_sampling(args),
+                                 chat=not args.no_chat, loop=False, record=args.record, process=False,
+                                 gpu=False, on_round=lambda _i, out: gens.extend(out))
+        with pipeline:
+            pipeline.wait_done()
+        producer = pipeline.collectors[0]
+        assert isinstance(producer, EngineCollector)
+        failure = producer.engine_exception
+        if isinstance(failure, LlmtopError):
+            raise failure
+        if failure is not None or pipeline.status().errors:
+            raise LlmtopError("; ".join(pipeline.status().errors) or f"{type(failure).__name__}: {failure}")
     finally:
-        try:
-            ops.synchronize()
-            drain()
-        finally:
-            if writer is not None:
-                writer.close()
-            ops.close()
+        engine.ops.close()
     wall = time.perf_counter() - t0
     return OnceResult(dict(agg.snapshot(mode="cumulative").report), gens, prompts, wall)
 
@@ -429,38 +417,14 @@ def build_replay_app(args: argparse.Namespace) -> LlmtopApp:
     return build_replay_session(args).app
 
 
-class _AttachProvider:
-    """PipelineProvider plus the attach link state ("disconnected: ...") in the error bar."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        from llmtop.tui.provider import PipelineProvider
-
-        self._inner = PipelineProvider(pipeline, kind="attach")
-        self.pipeline = pipeline
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Any:
-        return self._inner.snapshot(mode, group, sort, filter)
-
-    def status(self) -> Any:
-        from llmtop.attach import link_summary
-
-        st = self._inner.status()
-        link = link_summary(self.pipeline)
-        if link:
-            st.setdefault("errors", {})["link"] = link
-        return st
-
-
 def build_attach_session(args: argparse.Namespace) -> TuiSession:
     from llmtop.attach import build_attach_pipeline
     from llmtop.stats.aggregator import Aggregator
+    from llmtop.tui.provider import PipelineProvider
 
     agg = Aggregator(window_s=args.window)
     p = build_attach_pipeline(args.urls, agg, token=args.token, interval=args.interval)
-    app = _app(_AttachProvider(p), args.refresh, f"llmtop · attach {' '.join(args.urls)}")
+    app = _app(PipelineProvider(p, kind="attach"), args.refresh, f"llmtop · attach {' '.join(args.urls)}")
     return TuiSession(app, p)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from llmtop.errors import LlmtopError
+from llmtop.numfmt import adapter_line, fmt_int, fmt_ms, fmt_pct, fmt_rate, num
+from llmtop.numfmt import fmt_bytes as fmt_bytes  # re-exported: llmtop.report.fmt_bytes as before
 
 FORMATS = ("text", "json", "markdown")
 DASH = "-"
@@ -36,82 +37,23 @@ class Section:
     lines: list[str] = field(default_factory=list)  # free text under the table
 
 
-def num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
+# The report's spellings of the shared formats (llmtop.numfmt): an ASCII "-" for a missing value, and
+# two decimals on percentages and rates (a document, not a cell on a refreshing screen).
 def fms(x: Any) -> str:
-    """ms with ~4 significant digits."""
-    v = num(x)
-    if v is None:
-        return DASH
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.1f}"
-    if a >= 10:
-        return f"{v:.2f}"
-    if a >= 0.01 or a == 0:
-        return f"{v:.3f}"
-    return f"{v:.2e}"
+    """Milliseconds (and other plain values: seconds, R2, t) to three significant digits."""
+    return fmt_ms(x, missing=DASH)
 
 
 def fpct(x: Any) -> str:
-    v = num(x)
-    return DASH if v is None else f"{v:.2f}%"
+    return fmt_pct(x, 2, missing=DASH)
 
 
 def frate(x: Any) -> str:
-    v = num(x)
-    return DASH if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
+    return fmt_rate(x, 2, missing=DASH)
 
 
 def fint(x: Any) -> str:
-    v = num(x)
-    return DASH if v is None else f"{round(v):,}"
-
-
-def fmt_bytes(x: Any) -> str:
-    v = num(x)
-    if v is None:
-        return DASH
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(v) < 1024 or unit == "GiB":
-            return f"{v:.0f} {unit}" if unit in ("B", "KiB") else f"{v:.1f} {unit}"
-        v /= 1024
-    return DASH  # unreachable
-
-
-# Short names for the WebGPU features the wgpu backend enables.
-_FEATURE_ABBREV = {"timestamp-query": "ts", "timestamp-query-inside-passes": "ts-in-pass",
-                   "timestamp-query-inside-encoders": "ts-in-encoder", "shader-f16": "f16"}
-
-
-def adapter_line(a: Mapping[str, Any]) -> str:
-    """One strip line for a WebGPU adapter: name, backend, features, limits and the weight read path."""
-    kind = ", ".join(str(v) for v in (a.get("backend"), a.get("type")) if v) or "?"
-    name = f"{a.get('name') or '?'} ({kind})"
-    feats = ",".join(_FEATURE_ABBREV.get(f, f) for f in a.get("features") or []) or "none"
-    lim = a.get("limits") or {}
-    parts = [name]
-    if a.get("weight_read"):  # first after the name: it changes what the matmul times mean
-        parts.append(f"weights {a['weight_read']}")
-    chk = a.get("self_check")
-    if isinstance(chk, Mapping) and isinstance(chk.get("seconds"), (int, float)):
-        parts.append(f"self-check ok {chk['seconds']:.2f} s")  # the start-up proof of correct results
-    parts.append(f"features {feats}")
-    if lim.get("max-buffer-size"):
-        parts.append(f"buf ≤ {fmt_bytes(lim['max-buffer-size'])}")
-    if lim.get("max-texture-dimension-2d"):
-        parts.append(f"tex ≤ {lim['max-texture-dimension-2d']}")
-    return "  ".join(parts)
+    return fmt_int(x, missing=DASH)
 
 
 def _get(d: Any, key: str) -> Any:

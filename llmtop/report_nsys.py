@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmtop.errors import LlmtopError
-from llmtop.report import KERNEL_SECTION, Section, num, render
+from llmtop.numfmt import num
+from llmtop.report import KERNEL_SECTION, Section, render
 
 COLUMN_SETS = ("auto", "nsys", "llmtop")
 NSYS_HEADERS = [

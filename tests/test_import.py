@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import redirect_stdout
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,8 +21,28 @@ from fixture_paths import MI300X_SGLANG as MI300X
 from fixture_paths import NSYS_A100 as NSYS
 from fixture_paths import VLLM_CPU
 
-from llmtop.events import DECODE, OP_CLASS_ID, PREFILL, NameTable
-from llmtop.traces.importers import ImportResult, detect_format, open_trace
+from llmtop.cli import main
+from llmtop.errors import LlmtopError
+from llmtop.events import (
+    DECODE,
+    KERNEL_DTYPE,
+    OP_CLASS_ID,
+    PREFILL,
+    STEP_DTYPE,
+    EventBatch,
+    NameTable,
+    SourceInfo,
+)
+from llmtop.traces.open import (
+    ImportResult,
+    detect_format,
+    formats,
+    open_trace,
+    open_trace_file,
+    open_traces,
+)
+from llmtop.traces.recording import MAGIC
+from llmtop.traces.registry import TraceFormat, register, unregister
 
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 
@@ -65,9 +88,8 @@ def test_detect_by_content_not_extension(tmp_path: Path) -> None:
     odd = tmp_path / "trace.sqlite"  # Kineto JSON under a misleading name
     odd.write_bytes(gzip.decompress(HTA.read_bytes()))
     assert detect_format(odd) == "kineto"
-    rec = pytest.importorskip("llmtop.traces.recording")
     fake = tmp_path / "run.json"
-    fake.write_bytes(rec.MAGIC + b"\x00" * 32)
+    fake.write_bytes(MAGIC + b"\x00" * 32)
     assert detect_format(fake) == "recording"
 
 
@@ -276,3 +298,90 @@ def test_exact_ns_timestamps_and_array_form(tmp_path: Path) -> None:
     assert ks["layer"].tolist() == [3, -1]
     assert [names[i] for i in ks["name"]] == ["gemm_L3", "flash_fwd"]
     assert len(np.unique(ks["track"])) == 2
+
+
+# -- the registry of formats ------------------------------------------------------------------
+def _fake_reader(path: Path, names: NameTable) -> ImportResult:
+    """`FAKETRACE` then one `name dur_ns` line per kernel, laid end to end in one decode step."""
+    rows = [line.split() for line in path.read_text().splitlines()[1:] if line.strip()]
+    k = np.zeros(len(rows), KERNEL_DTYPE)
+    k["name"] = [names.intern(n) for n, _ in rows]
+    k["dur_ns"] = [int(d) for _, d in rows]
+    k["start_ns"] = np.concatenate([[0], np.cumsum(k["dur_ns"])[:-1]]) + 1000
+    k["phase"], k["layer"] = DECODE, -1
+    s = np.zeros(1, STEP_DTYPE)
+    s["phase"], s["tokens"], s["batch"], s["start_ns"] = DECODE, 1, 1, 1000
+    s["dur_ns"] = s["kernel_ns"] = int(k["dur_ns"].sum())
+    source = SourceInfo(kind="import", backend="fakefmt", device="fake device", timing="fake")
+    return ImportResult(source, [EventBatch(k, s, 0, list(names.names))], 0, ["a fake warning"], names)
+
+
+FAKE = TraceFormat("fakefmt", "fake text trace", lambda head: head.startswith(b"FAKETRACE\n"), _fake_reader,
+                   priority=1)
+
+
+@pytest.fixture
+def fake_format() -> Iterator[TraceFormat]:
+    register(FAKE)
+    try:
+        yield FAKE
+    finally:
+        unregister(FAKE.name)
+
+
+def test_a_registered_format_is_detected_read_and_reported(tmp_path: Path, fake_format: TraceFormat) -> None:
+    p = tmp_path / "looks_like.json"  # the content decides, never the extension
+    p.write_text("FAKETRACE\nmatmul 700\nnorm 300\n")
+    assert fake_format in formats()
+    assert detect_format(p) == "fakefmt"
+    ks, st, names = collect(open_trace(p))
+    assert [names[i] for i in ks["name"]] == ["matmul", "norm"] and len(st) == 1
+    tf = open_trace_file(p)
+    assert tf.format == "fakefmt" and tf.warnings == ["a fake warning"]
+    assert [t for t, _ in tf.records] == [2000]  # the batch's last step end
+    # the CLI opens files through the same registry
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["report", str(p), "--format", "json"]) == 0
+    rep = json.loads(buf.getvalue())
+    assert {k["name"] for k in rep["kernels"]} == {"matmul", "norm"}
+    # a directory picks it up too, and several files of it merge like any foreign format
+    q = tmp_path / "second.txt"
+    q.write_text("FAKETRACE\nmatmul 100\n")
+    r = open_traces([tmp_path])
+    assert [x["format"] for x in r.source.extra["ranks"]] == ["fakefmt", "fakefmt"]
+    with pytest.raises(ValueError, match="already registered"):
+        register(TraceFormat("fakefmt", "other", lambda head: False, _fake_reader))
+
+
+def test_unknown_bytes_give_one_line_listing_the_formats(tmp_path: Path, fake_format: TraceFormat) -> None:
+    p = tmp_path / "mystery.json"
+    p.write_bytes(b"\x00\x01\x02 not a trace \xff" * 20)
+    with pytest.raises(LlmtopError, match="unrecognised trace format") as e:
+        detect_format(p)
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg
+    for label in ("llmtop recording", "Kineto JSON", "nsys SQLite", "metallic JSONL", "doppler log",
+                  "fake text trace"):
+        assert label in msg
+    unregister(fake_format.name)
+    with pytest.raises(LlmtopError) as e:
+        open_trace_file(p)
+    assert "fake text trace" not in str(e.value) and "Kineto JSON" in str(e.value)
+    assert {f.name for f in formats()} == {"recording", "kineto", "nsys", "metallic", "doppler"}
+
+
+def test_gzip_files_are_sniffed_inside_where_the_format_says_so(tmp_path: Path) -> None:
+    q = tmp_path / "k.gz"
+    q.write_bytes(gzip.compress(b'{"traceEvents": []}'))
+    assert detect_format(q) == "kineto"
+    p = tmp_path / "n.sqlite.gz"
+    p.write_bytes(gzip.compress(b"SQLite format 3\x00" + b"\x00" * 64))  # SQLite cannot be read compressed
+    with pytest.raises(LlmtopError, match="unrecognised"):
+        detect_format(p)
+    r = tmp_path / "rec.llmtop.gz"
+    r.write_bytes(gzip.compress(MAGIC + b"\x00" * 32))  # recognised; the reader refuses it in one line
+    assert detect_format(r) == "recording"
+    with pytest.raises(LlmtopError, match="not an llmtop recording") as e:
+        open_trace_file(r)
+    assert "\n" not in str(e.value)

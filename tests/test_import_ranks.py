@@ -21,11 +21,11 @@ from fixture_paths import HTA_A100 as HTA
 from fixture_paths import NSYS_A100 as NSYS
 
 from llmtop.cli import main
-from llmtop.collectors.replay import load_into, open_trace_file
+from llmtop.collectors.replay import load_into
 from llmtop.errors import LlmtopError
 from llmtop.events import NameTable
 from llmtop.stats.aggregator import Aggregator
-from llmtop.traces.importers import ImportResult, open_trace, open_traces
+from llmtop.traces.open import ImportResult, open_trace, open_trace_file, open_traces
 
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 

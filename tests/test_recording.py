@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,27 @@ import pytest
 
 from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.errors import LlmtopError
-from llmtop.events import CounterSample, EventBatch, Marker, NameTable
-from llmtop.traces.recording import FORMAT_VERSION, MAGIC, RecordingReader, RecordingWriter, is_recording
+from llmtop.events import (
+    DECODE,
+    KERNEL_DTYPE,
+    PREFILL,
+    STEP_DTYPE,
+    CounterSample,
+    EventBatch,
+    Item,
+    Marker,
+    NameTable,
+    SourceInfo,
+)
+from llmtop.traces.open import detect_format, open_trace_file
+from llmtop.traces.recording import (
+    FORMAT_VERSION,
+    MAGIC,
+    RecordingReader,
+    RecordingWriter,
+    batch_time_ns,
+    is_recording,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,3 +266,107 @@ def test_sigkill_recording_replays_up_to_last_flush(tmp_path: Path) -> None:
         assert int(b.kernels["name"].max()) < len(table)
         assert np.all(np.isin(b.kernels["step"], b.steps["step"]))
     assert truncated is None or "cut short" in truncated
+
+
+# -- old recordings still read: reference files written by the code before the shared codec ------
+REFERENCE_DIR = REPO / "tests" / "fixtures" / "llmtop"
+REFERENCE_CREATED_UNIX = 1700000000.0
+REFERENCE_VERSION = "0.0.0-fixture"
+
+
+def reference_source() -> SourceInfo:
+    return SourceInfo(kind="live", backend="cpu", device="fixture cpu", model="tiny", dtype="f32",
+                      timing="perf_counter_ns", max_context=128, n_layers=2, extra={"note": "reference"})
+
+
+def reference_items() -> list[tuple[Item, int | None]]:
+    """Fixed items (and explicit record times where the writer would otherwise read the clock)."""
+    k = np.zeros(6, KERNEL_DTYPE)
+    k["name"] = [0, 1, 2, 0, 1, 2]
+    k["op_class"] = [0, 1, 2, 0, 1, 2]
+    k["phase"] = [PREFILL] * 3 + [DECODE] * 3
+    k["layer"] = [0, 0, 1, 1, -1, -1]
+    k["step"] = [0, 0, 0, 1, 1, 1]
+    k["batch"], k["ctx"] = 2, [5, 5, 5, 6, 6, 6]
+    k["start_ns"] = np.arange(6) * 1000 + 10_000
+    k["dur_ns"] = np.arange(6) * 10 + 500
+    k["m"], k["n"], k["k"] = [2, 0, 0, 2, 0, 0], [64, 0, 0, 64, 0, 0], [32, 0, 0, 32, 0, 0]
+    s = np.zeros(2, STEP_DTYPE)
+    s["phase"], s["step"], s["tokens"], s["batch"], s["ctx"] = [PREFILL, DECODE], [0, 1], [10, 2], 2, [5, 6]
+    s["start_ns"], s["dur_ns"], s["kernel_ns"] = [10_000, 13_000], [3000, 3000], [1530, 1560]
+    big = np.zeros(40, KERNEL_DTYPE)  # > 256 bytes: compressed when the level allows it
+    big["name"] = np.arange(40) % 4
+    big["phase"], big["step"], big["track"] = DECODE, 2, np.arange(40) % 3
+    big["start_ns"] = 20_000 + np.arange(40) * 100
+    big["dur_ns"] = 90
+    s2 = np.zeros(1, STEP_DTYPE)
+    s2["phase"], s2["step"], s2["tokens"], s2["start_ns"], s2["dur_ns"] = DECODE, 2, 1, 20_000, 4100
+    s2["kernel_ns"] = -1
+    return [
+        (EventBatch(k, s, 0, ["matmul_q", "attn_é", "norm"]), None),
+        (CounterSample("process", 16_000, {"cpu_pct": 97.5, "rss_bytes": 1.5e8}), None),
+        (Marker(17_000, "round 1 ✓"), None),
+        (EventBatch(big, s2, 3, ["lm_head"]), None),
+        (EventBatch(names_base=4, new_names=["late_name"]), 25_000),
+    ]
+
+
+def write_reference(path: Path, compress_level: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmtop.traces.recording as recording
+
+    monkeypatch.setattr(recording, "LLMTOP_VERSION", REFERENCE_VERSION)
+    with monkeypatch.context() as m:
+        m.setattr(recording.time, "time", lambda: REFERENCE_CREATED_UNIX)
+        w = RecordingWriter(path, reference_source(), compress_level=compress_level)
+    for item, t in reference_items():
+        w.write(item, t)
+    w.close()
+
+
+def _records(data: bytes) -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
+    """(file header bytes, [(type, flags, t_ns, decompressed payload)]) of a whole recording."""
+    hlen = int.from_bytes(data[12:16], "little")
+    pos = 16 + hlen + 4
+    out = []
+    while pos < len(data):
+        rtype, flags = data[pos], data[pos + 1]
+        plen = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        t_ns = int.from_bytes(data[pos + 8 : pos + 16], "little", signed=True)
+        payload = data[pos + 20 : pos + 20 + plen]
+        out.append((rtype, flags, t_ns, zlib.decompress(payload) if flags & 1 else payload))
+        pos += 20 + plen
+    return data[: 16 + hlen + 4], out
+
+
+@pytest.mark.parametrize(("name", "level"), [("reference_v1_raw.llmtop", 0), ("reference_v1.llmtop", 1)])
+def test_old_recording_reads_and_is_written_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           name: str, level: int) -> None:
+    ref = REFERENCE_DIR / name
+    with RecordingReader(ref) as r:
+        assert r.format_version == 1 == FORMAT_VERSION  # the shared codec did not change the bytes
+        assert r.source == reference_source() and r.header["llmtop_version"] == REFERENCE_VERSION
+        got = list(r)
+        assert r.truncated is None
+    want = reference_items()
+    assert len(got) == len(want)
+    for (t, item), (w, wt) in zip(got, want, strict=True):
+        if isinstance(w, EventBatch):
+            assert isinstance(item, EventBatch)
+            assert np.array_equal(item.kernels, w.kernels) and np.array_equal(item.steps, w.steps)
+            assert (item.names_base, item.new_names) == (w.names_base, w.new_names)
+            assert t == (wt if wt is not None else batch_time_ns(w))
+        else:
+            assert item == w and t == w.t_ns
+    # what the current writer makes of the same items is what the code before the shared codec wrote
+    out = tmp_path / name
+    write_reference(out, level, monkeypatch)
+    if level == 0:
+        assert out.read_bytes() == ref.read_bytes()
+    else:  # another zlib build may compress differently: then the headers and decompressed records match
+        mine, theirs = out.read_bytes(), ref.read_bytes()
+        assert mine == theirs or _records(mine) == _records(theirs)
+    # and it opens through the format registry like any trace: every item, in order, with its time
+    tf = open_trace_file(ref)
+    assert tf.format == "llmtop" and tf.source == reference_source()
+    assert [(t, type(i)) for t, i in tf.records] == [(t, type(i)) for t, i in got]
+    assert detect_format(ref) == "recording"

@@ -112,3 +112,19 @@ def test_report_holds_plain_json_types(report: dict) -> None:
 
     walk(report)
     json.loads(render(Aggregator().snapshot().report, "json"))  # allow_nan=False: no NaN/inf anywhere
+
+
+def test_report_and_screen_print_one_ms_format(report: dict) -> None:
+    """llmtop.numfmt is the one ms formatter: the report's cells are the TUI's, bar the missing-value dash."""
+    from llmtop.numfmt import fmt_ms
+    from llmtop.report import fms
+    from llmtop.tui import view
+
+    cases = {0.0: "0.000", 0.000432: "0.00043", 0.001234: "0.00123", 0.01234: "0.0123", 0.1234: "0.123",
+             1.234: "1.23", 12.34: "12.3", 123.4: "123", 1234.5: "1,234"}
+    for value, want in cases.items():
+        assert fms(value) == view.fmt_ms(value) == fmt_ms(value) == want, value
+    assert fms(None) == "-" and view.fmt_ms(float("nan")) == "–"
+    top = report["kernels"][0]
+    out = render(report, "text")
+    assert fmt_ms(top["total_ms"]) in out and fmt_ms(top["p95_ms"]) in out

@@ -228,12 +228,12 @@ def test_window_eviction_and_bounded_memory() -> None:
         seen |= set(
             zip(k["name"].tolist(), k["layer"].tolist(), bucket_index(k["dur_ns"]).tolist(), strict=True)
         )
-        cells.append(agg._nc)
+        cells.append(agg._ix.nc)
         assert len(agg._live) <= N_SLICES
     # state = one cell per distinct (kernel, layer, phase, bucket) seen; it saturates, events do not matter
-    assert agg._nc == len(seen)
+    assert agg._ix.nc == len(seen)
     assert cells[-1] < 120 * 128  # 120 keys; +-4 sigma of ln-sigma 0.3 spans 120 buckets of 2 %
-    assert len(agg._archive.hist) <= 2 * agg._nc
+    assert len(agg._archive.hist) <= 2 * agg._ix.nc
     cum = agg.snapshot("cumulative").report
     win = agg.snapshot("window").report
     assert sum(r["count"] for r in cum["kernels"]) == 60 * 3000

@@ -15,7 +15,7 @@ import pytest
 from llmtop.events import KERNEL_DTYPE, OP_CLASSES, STEP_DTYPE, EventBatch, SourceInfo
 from llmtop.stats import Aggregator
 from llmtop.stats import aggregator as aggregator_mod
-from llmtop.stats.aggregator import GROUPS, MODES
+from llmtop.stats.views import GROUPS, MODES
 
 T0 = 7_000_000_000_000
 N_NAMES = 30

@@ -16,9 +16,7 @@ from llmtop.events import OP_CLASSES, EventBatch, SourceInfo
 from llmtop.stats.aggregator import Aggregator
 from llmtop.tui import view
 from llmtop.tui.app import MIN_HEIGHT, MIN_WIDTH, LlmtopApp
-from llmtop.tui.provider import AggregatorProvider, SnapshotProvider
-from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
-from llmtop.tui.widgets import (
+from llmtop.tui.panes import (
     AttentionPane,
     DeviceStrip,
     ErrorBar,
@@ -27,6 +25,8 @@ from llmtop.tui.widgets import (
     LayerPane,
     TokenPane,
 )
+from llmtop.tui.provider import AggregatorProvider, SnapshotProvider
+from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
 
 GEN_TOKENS = 10
 

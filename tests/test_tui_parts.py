@@ -17,9 +17,10 @@ from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.stats.aggregator import Aggregator
 from llmtop.tui import view
 from llmtop.tui.app import LlmtopApp
+from llmtop.tui.panes import DeviceStrip, HeaderBar, KernelTable
+from llmtop.tui.panes.layers import _stack_cells
 from llmtop.tui.plot import BrailleCanvas, Series, decimate, plot_rows
 from llmtop.tui.provider import PipelineProvider, SnapshotProvider
-from llmtop.tui.widgets import DeviceStrip, HeaderBar, KernelTable, _stack_cells
 
 
 def test_braille_dots_land_where_expected() -> None:
@@ -50,7 +51,9 @@ def test_plot_skips_non_finite_points_and_flat_series() -> None:
 @pytest.mark.parametrize(
     ("value", "ms", "dur", "pct"),
     [
-        (0.01234, "0.012", "12 µs", "0.0%"),
+        (0.001234, "0.00123", "1.2 µs", "0.0%"),
+        (0.01234, "0.0123", "12 µs", "0.0%"),
+        (0.1234, "0.123", "123 µs", "0.1%"),
         (1.5, "1.50", "1.50 ms", "1.5%"),
         (12.34, "12.3", "12.3 ms", "12.3%"),
         (1234.0, "1,234", "1.23 s", "1234%"),
@@ -166,3 +169,15 @@ def test_wgpu_adapter_fills_the_gpu_half_of_the_strip() -> None:
 
     strip = asyncio.run(run())
     assert "GPU llvmpipe" in strip and "absent" not in strip
+
+
+def test_row_selected_message_keeps_its_handler_name_and_coalesces() -> None:
+    """The table's message lives in llmtop.tui.messages; handlers written for the nested class still fire."""
+    from llmtop.tui.messages import RowSelected
+
+    assert KernelTable.RowSelected is RowSelected
+    assert RowSelected.handler_name == "on_kernel_table_row_selected"
+    a, b = KernelTable(id="a"), KernelTable(id="b")
+    first, later = RowSelected(a, "matmul:q_proj"), RowSelected(a, "attention:decode")
+    assert later.can_replace(first) and later.control is a
+    assert not RowSelected(b, "x").can_replace(first)  # another table's selection is its own

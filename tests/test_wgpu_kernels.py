@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from wgpu_adapters import require_adapter
+from wgpu_adapters import needs_adapter
 
 from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, PREFILL
 from llmtop.kernels.base import KERNEL_NAMES, KernelRecorder, SamplingParams
 from llmtop.model.config import ModelConfig
 
-pytestmark = pytest.mark.wgpu
+pytestmark = [pytest.mark.wgpu, needs_adapter]
 
 SMOL = ModelConfig(name="smol-shapes", vocab_size=49152, hidden_size=576, intermediate_size=1536, n_layers=1,
                    n_heads=9, n_kv_heads=3, head_dim=64, max_context=8192, rope_theta=100000.0)
@@ -33,7 +33,6 @@ def _make_ops(**kw):
     """Ops on the default adapter; skips only when the machine has no adapter at all."""
     from llmtop.kernels.wgpu_backend import WgpuOps
 
-    require_adapter()
     return WgpuOps(KernelRecorder(), **kw)
 
 
@@ -182,7 +181,7 @@ def test_rope_matches_transformers(ops, cfg: ModelConfig) -> None:
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from llmtop.kernels.wgpu_backend import rope_inv_freq
+    from llmtop.model.rope import rope_inv_freq
 
     rp = {"rope_type": "default", "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})}
     hf = LlamaConfig(hidden_size=cfg.hidden_size, num_attention_heads=cfg.n_heads, head_dim=cfg.head_dim,

@@ -1,7 +1,7 @@
 """The WebGPU adapters this machine has, found once per test session.
 
 wgpu tests run on every adapter present (`wgpu_adapter` fixture, parametrized in conftest.py) or on the
-default one (`require_adapter`); with none they skip once with the reason below, never with an exception
+default one (`needs_adapter`); with none they skip once with the reason below, never with an exception
 from inside a test body. WGPU_BACKEND_TYPE (e.g. OpenGL, to reproduce a machine without a Vulkan driver)
 restricts the list the same way it restricts the backend.
 """
@@ -20,6 +20,5 @@ NO_ADAPTER = ("wgpu (the optional dependency of extra [wgpu]) is not installed"
               else "no WebGPU adapter on this machine (wgpu found none; mesa-vulkan-drivers has lavapipe)")
 
 
-def require_adapter() -> None:
-    if not ADAPTERS:
-        pytest.skip(NO_ADAPTER)
+# Tests that need an adapter skip at collection, with the reason, when the machine has none.
+needs_adapter = pytest.mark.skipif(not ADAPTERS, reason=NO_ADAPTER)

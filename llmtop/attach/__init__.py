@@ -79,6 +79,7 @@ def build_attach_pipeline(
         labels.add(c.name)
         p.add(c)
     p.set_source(SourceInfo(kind="attach", extra={"urls": list(urls), "link": "connecting"}))
+    p.add_note("link", lambda: link_summary(p))  # the header's error bar says when a target is down
     return p
 
 

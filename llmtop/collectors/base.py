@@ -29,6 +29,7 @@ class CollectorStatus:
     cpu_s: float  # this collector's own thread CPU time so far
     dropped_events: int
     emitted_events: int
+    activity: str = ""  # what it is doing now, one line (the engine's current prompt); "" when nothing
 
 
 class Collector:
@@ -48,6 +49,8 @@ class Collector:
         self.dropped_events = 0
         self.emitted_events = 0
         self._pending_names: EventBatch | None = None
+        # emit runs on more than one thread (the engine thread's markers, the drain thread's batches)
+        self._emit_lock = threading.Lock()
 
     # -- lifecycle (pipeline thread) ------------------------------------------------------
     def start(self, queue: BoundedQueue[Any]) -> None:
@@ -72,7 +75,11 @@ class Collector:
 
     def status(self) -> CollectorStatus:
         return CollectorStatus(self.name, self.state, self.error, self.cpu_s, self.dropped_events,
-                               self.emitted_events)
+                               self.emitted_events, self.activity())
+
+    def activity(self) -> str:
+        """One line on what the collector is doing now, for the header; "" by default."""
+        return ""
 
     @property
     def cpu_s(self) -> float:
@@ -127,23 +134,25 @@ class Collector:
     def emit(self, item: Any) -> bool:
         """Non-blocking push; on overflow count the drop but keep the name table consistent."""
         assert self._queue is not None, "collector not started"
-        if isinstance(item, EventBatch) and self._pending_names is not None:
-            item = _merge_names(self._pending_names, item)
-            self._pending_names = None
-        if self._queue.put(item):
-            self.emitted_events += len(item)
-            return True
-        self.dropped_events += len(item)
-        if isinstance(item, EventBatch) and item.new_names:
-            # Dropping names would leave a gap every later batch trips on: carry them forward.
-            self._pending_names = EventBatch(names_base=item.names_base, new_names=list(item.new_names))
-        return False
+        with self._emit_lock:
+            if isinstance(item, EventBatch) and self._pending_names is not None:
+                item = _merge_names(self._pending_names, item)
+                self._pending_names = None
+            if self._queue.put(item):
+                self.emitted_events += len(item)
+                return True
+            self.dropped_events += len(item)
+            if isinstance(item, EventBatch) and item.new_names:
+                # Dropping names would leave a gap every later batch trips on: carry them forward.
+                self._pending_names = EventBatch(names_base=item.names_base, new_names=list(item.new_names))
+            return False
 
     def flush_pending(self) -> None:
         """Deliver carried-over names even when the queue is still full (they are tiny)."""
-        if self._pending_names is not None and self._queue is not None:
-            self._queue.put_force(self._pending_names)
-            self._pending_names = None
+        with self._emit_lock:
+            if self._pending_names is not None and self._queue is not None:
+                self._queue.put_force(self._pending_names)
+                self._pending_names = None
 
 
 def _merge_names(carried: EventBatch, batch: EventBatch) -> EventBatch:

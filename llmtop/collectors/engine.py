@@ -13,12 +13,30 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llmtop.collectors.base import Collector
 from llmtop.errors import LlmtopError
-from llmtop.events import Marker
-from llmtop.kernels.base import SamplingParams
+from llmtop.events import Marker, SourceInfo
+from llmtop.kernels.base import KernelRecorder, SamplingParams
+
+
+class EngineOps(Protocol):
+    recorder: KernelRecorder
+
+    def synchronize(self) -> None: ...
+
+
+class DecodeEngine(Protocol):
+    """What the collector drives: `llmtop.model.engine.Engine` (or the synthetic stand-in)."""
+
+    ops: EngineOps
+    max_batch: int
+
+    def generate(self, prompts: list[str], max_new_tokens: int, sampling: SamplingParams = ...,
+                 chat: bool = ..., stop_event: threading.Event | None = ...) -> list[Any]: ...
+
+    def source_info(self) -> SourceInfo: ...
 
 # Varied on purpose: short and long answers, code, lists, reasoning, so context lengths and step
 # counts differ from round to round.
@@ -91,15 +109,14 @@ def _prompt_from_json(obj: Any) -> str:
 class EngineCollector(Collector):
     """Runs `engine.generate` in a thread and feeds the recorder's batches into the queue.
 
-    engine: anything with `.generate(prompts, max_new_tokens, sampling=, chat=, stop_event=)`,
-    `.ops.recorder.drain()` and `.source_info()` (llmtop.model.engine.Engine).
+    engine: a `DecodeEngine` (llmtop.model.engine.Engine).
     """
 
     name = "engine"
 
     def __init__(
         self,
-        engine: Any,
+        engine: DecodeEngine,
         *,
         prompts: list[str] | tuple[str, ...] | None = None,
         batch: int = 1,
@@ -116,8 +133,8 @@ class EngineCollector(Collector):
         super().__init__()
         if batch < 1:
             raise LlmtopError(f"batch size must be >= 1, got {batch}")
-        if max_new_tokens < 1:
-            raise LlmtopError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_new_tokens < 0:  # 0: prefill only (--once --max-new-tokens 0 profiles prompt processing)
+            raise LlmtopError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.engine = engine
         self.prompts = list(prompts) if prompts else list(BUILTIN_PROMPTS)
         self.batch = batch
@@ -134,6 +151,7 @@ class EngineCollector(Collector):
         self.last_outputs: list[Any] = []
         self._engine_done = threading.Event()
         self._engine_error: str | None = None
+        self.engine_exception: Exception | None = None  # what ended the engine thread (--once re-raises it)
 
     def run(self) -> None:
         # The drain loop is this collector's measured thread; the engine gets its own, unmeasured one.
@@ -160,8 +178,7 @@ class EngineCollector(Collector):
                 n = len(self.prompts)
                 chosen = [self.prompts[(i * self.batch + j) % n] for j in range(self.batch)]
                 self.current_prompt = chosen[0]
-                if self._queue is not None:
-                    self._queue.put(Marker(time.perf_counter_ns(), f"round {i}: {chosen[0][:60]}"))
+                self.emit(Marker(time.perf_counter_ns(), f"round {i}: {chosen[0][:60]}"))
                 self.last_outputs = self.engine.generate(
                     chosen, self.max_new_tokens, sampling=self.sampling, chat=self.chat,
                     stop_event=self._stop,
@@ -170,7 +187,14 @@ class EngineCollector(Collector):
                     self.on_round(i, self.last_outputs)
                 i += 1
                 self.rounds_done = i
+            # Timings resolve asynchronously on some devices (CUDA events, GPU timestamps): wait for the
+            # device here, on the thread that owns it, so the drain thread's last pass finds every step.
+            self.engine.ops.synchronize()
         except Exception as e:
+            self.engine_exception = e
             self._engine_error = f"{type(e).__name__}: {e}".replace("\n", " ")
         finally:
             self._engine_done.set()
+
+    def activity(self) -> str:
+        return f"#{self.rounds_done + 1} {self.current_prompt}" if self.current_prompt else ""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from llmtop.agent import wire
+from llmtop import codec
 from llmtop.collectors.base import Collector
 from llmtop.collectors.engine_worker import EngineSpec
 from llmtop.errors import LlmtopError
@@ -70,6 +70,9 @@ class EngineProcessCollector(Collector):
     def cpu_s(self) -> float:
         return sum(self._cpu.values()) + self.worker_cpu_s
 
+    def activity(self) -> str:
+        return f"#{self.rounds_done + 1} {self.current_prompt}" if self.current_prompt else ""
+
     # -- start-up (caller's thread) --------------------------------------------------------
     def launch(self) -> SourceInfo:
         """Spawn the worker and block until its engine is built; LlmtopError (one line) if it fails."""
@@ -94,7 +97,7 @@ class EngineProcessCollector(Collector):
                     raise LlmtopError(self._exit_message())
         except BaseException as e:
             self.close()
-            if isinstance(e, BrokenPipeError | wire.WireError):
+            if isinstance(e, BrokenPipeError | codec.CodecError):
                 raise LlmtopError(self._exit_message()) from None
             raise
         return self.source
@@ -108,7 +111,7 @@ class EngineProcessCollector(Collector):
             while self._handle(self._next_frame()):
                 self.flush_pending()
                 self.account_cpu(t0)
-        except wire.WireError as e:
+        except codec.CodecError as e:
             self.fail(f"engine process stream: {e}")
             return
         finally:
@@ -121,39 +124,39 @@ class EngineProcessCollector(Collector):
 
     def _next_frame(self) -> tuple[int, bytes] | None:
         assert self.proc is not None and self.proc.stdout is not None
-        return wire.read_stream_frame(self.proc.stdout)
+        return codec.read_stream_frame(self.proc.stdout)
 
     def _handle(self, frame: tuple[int, bytes] | None) -> bool:
         """Apply one frame; False at the end of the stream (END or EOF)."""
         if frame is None:
             return False
         ftype, payload = frame
-        if ftype == wire.BATCH:
-            self.emit(wire.decode_batch(payload))
-        elif ftype == wire.MARKER:
-            m = wire.decode_json(payload)
+        if ftype == codec.BATCH:
+            self.emit(codec.decode_batch(payload))
+        elif ftype == codec.MARKER:
+            m = codec.decode_json(payload)
             self.current_prompt = str(m.get("prompt", ""))
             self.rounds_done = int(m.get("round", self.rounds_done))
             self.emit(Marker(int(m.get("t_ns", time.perf_counter_ns())), str(m.get("text", ""))))
-        elif ftype == wire.OUTPUT:
-            m = wire.decode_json(payload)
+        elif ftype == codec.OUTPUT:
+            m = codec.decode_json(payload)
             self.last_outputs = [
                 WorkerGeneration(str(g.get("text", "")), [int(t) for t in g.get("token_ids", [])],
                                  int(g.get("prompt_tokens", 0)), str(g.get("finish_reason", "")))
                 for g in m.get("generations", []) if isinstance(g, dict)
             ]
             self.rounds_done = int(m.get("round", self.rounds_done)) + 1
-        elif ftype == wire.STATUS:
-            self.worker_cpu_s = float(wire.decode_json(payload).get("cpu_s", self.worker_cpu_s))
-        elif ftype == wire.SOURCE:
-            self.source = SourceInfo.from_dict(wire.decode_json(payload))
-        elif ftype == wire.NOTE:
-            text = str(wire.decode_json(payload).get("text", ""))
+        elif ftype == codec.STATUS:
+            self.worker_cpu_s = float(codec.decode_json(payload).get("cpu_s", self.worker_cpu_s))
+        elif ftype == codec.SOURCE:
+            self.source = SourceInfo.from_dict(codec.decode_json(payload))
+        elif ftype == codec.NOTE:
+            text = str(codec.decode_json(payload).get("text", ""))
             self.notes.append(text)
             if self.on_note is not None:
                 self.on_note(text)
-        elif ftype == wire.END:
-            self._end = wire.decode_json(payload)  # before SOURCE: the build failed, launch() says why
+        elif ftype == codec.END:
+            self._end = codec.decode_json(payload)  # before SOURCE: the build failed, launch() says why
             return False
         return True
 

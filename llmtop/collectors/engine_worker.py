@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from llmtop.agent import wire
+from llmtop import codec
 from llmtop.collectors.engine import EngineCollector
 from llmtop.errors import LlmtopError
 from llmtop.events import EventBatch, Marker
@@ -124,17 +124,17 @@ class FrameSink:
                     self.collector.stop()
 
     def json(self, ftype: int, obj: Any) -> None:
-        self.write(wire.json_frame(ftype, obj))
+        self.write(codec.json_frame(ftype, obj))
 
     def put(self, item: Any) -> bool:
         c = self.collector
         if isinstance(item, EventBatch):
-            self.write(wire.encode_batch(item))
+            self.write(codec.encode_batch(item))
             # the drain thread's own CPU, so the parent's header shows the whole collector cost
-            self.json(wire.STATUS, {"t_ns": time.perf_counter_ns(), "cpu_s": c.cpu_s if c else 0.0,
+            self.json(codec.STATUS, {"t_ns": time.perf_counter_ns(), "cpu_s": c.cpu_s if c else 0.0,
                                     "dropped": 0})
         elif isinstance(item, Marker):
-            self.json(wire.MARKER, {"t_ns": item.t_ns, "text": item.text,
+            self.json(codec.MARKER, {"t_ns": item.t_ns, "text": item.text,
                                     "round": c.rounds_done if c else 0,
                                     "prompt": c.current_prompt if c else ""})
         return True
@@ -142,7 +142,7 @@ class FrameSink:
     put_force = put
 
     def round_done(self, index: int, generations: list[Any]) -> None:
-        self.json(wire.OUTPUT, {"round": index, "generations": [
+        self.json(codec.OUTPUT, {"round": index, "generations": [
             {"text": g.text, "token_ids": [int(t) for t in g.token_ids], "prompt_tokens": g.prompt_tokens,
              "finish_reason": g.finish_reason} for g in generations]})
 
@@ -163,26 +163,26 @@ def main() -> int:
     os.dup2(2, 1)
     try:
         spec = EngineSpec.from_json(sys.stdin.buffer.readline())
-        engine = build_engine(spec, note=lambda text: sink.json(wire.NOTE, {"text": text}))
+        engine = build_engine(spec, note=lambda text: sink.json(codec.NOTE, {"text": text}))
         collector = EngineCollector(
             engine, prompts=spec.prompts or None, batch=spec.batch, max_new_tokens=spec.max_new_tokens,
             sampling=spec.sampling(), chat=spec.chat, loop=spec.loop, on_round=sink.round_done,
         )
     except LlmtopError as e:
-        sink.json(wire.END, {"error": str(e), "rounds": 0})
+        sink.json(codec.END, {"error": str(e), "rounds": 0})
         return 2
     except Exception as e:  # anything else still reaches the parent as one line
-        sink.json(wire.END, {"error": f"{type(e).__name__}: {e}".replace("\n", " "), "rounds": 0})
+        sink.json(codec.END, {"error": f"{type(e).__name__}: {e}".replace("\n", " "), "rounds": 0})
         return 1
     sink.collector = collector
-    sink.json(wire.SOURCE, engine.source_info().to_dict())
+    sink.json(codec.SOURCE, engine.source_info().to_dict())
     threading.Thread(target=_watch_stdin, args=(collector.stop,), name="llmtop-stdin", daemon=True).start()
     collector.start(sink)  # type: ignore[arg-type]  # a queue is anything with put/put_force
     collector.join()
     error = collector.error
     with contextlib.suppress(Exception):
         engine.ops.close()
-    sink.json(wire.END, {"error": error, "rounds": collector.rounds_done})
+    sink.json(codec.END, {"error": error, "rounds": collector.rounds_done})
     os.close(sink.fd)
     return 0 if error is None else 1
 

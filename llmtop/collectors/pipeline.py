@@ -10,14 +10,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-from llmtop.collectors.base import ERROR, RUNNING, Collector, CollectorStatus
+from llmtop.collectors.base import ERROR, RUNNING, UNAVAILABLE, Collector, CollectorStatus
 from llmtop.collectors.counters import CounterStore
 from llmtop.collectors.queue import BoundedQueue
 from llmtop.errors import LlmtopError
-from llmtop.events import CounterSample, EventBatch, Marker, SourceInfo
+from llmtop.events import CounterSample, EventBatch, Item, Marker, SourceInfo
+
+if TYPE_CHECKING:
+    from llmtop.collectors.engine import DecodeEngine
+    from llmtop.collectors.engine_worker import EngineSpec
+    from llmtop.collectors.replay import ReplaySource
+    from llmtop.kernels.base import SamplingParams
+    from llmtop.model.engine import Generation
 
 AGGREGATOR = "aggregator"  # the name the aggregator thread's own cost is reported under
 
@@ -28,8 +36,36 @@ class CollectorCost:
     cpu_pct: float  # % of one core over the last report interval
 
 
+class Sink(Protocol):
+    """What the pipeline folds into: `llmtop.stats.Aggregator` (collectors do not import stats/)."""
+
+    def set_source(self, info: SourceInfo) -> None: ...
+
+    def ingest(self, batch: EventBatch) -> None: ...
+
+    def note_dropped(self, collector: str, n: int) -> None: ...
+
+    def note_cost(self, collector: str, seconds: float) -> None: ...
+
+    def snapshot(self, mode: str = ..., group: str = ..., sort: str = ..., filter: str = ...) -> Any: ...
+
+    def reset(self) -> None: ...
+
+
+class Recorder(Protocol):
+    """Where every folded item is teed: `llmtop.traces.recording.RecordingWriter`."""
+
+    records_written: int
+
+    def write(self, item: Item, t_ns: int | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True, frozen=True)
 class PipelineStatus:
+    """Everything the header and the device strip show about the pipeline, built in one place."""
+
     collectors: list[CollectorCost]
     aggregator_cpu_pct: float
     queue_fill: float  # 0..1
@@ -37,6 +73,9 @@ class PipelineStatus:
     recorded_records: int
     behind: str | None  # py-spy style warning line, None when keeping up
     errors: list[str]  # one line each: collectors that died, recording / ingest failures
+    activity: str = ""  # what the producer is doing (the engine's "#3 prompt"); "" when nothing
+    absent: dict[str, str] = field(default_factory=dict)  # collector -> why it delivers nothing
+    notes: dict[str, str] = field(default_factory=dict)  # source-specific warnings (an attach link down)
 
 
 class Pipeline:
@@ -48,11 +87,13 @@ class Pipeline:
     sees is teed to it, in order, and it is closed by stop().
     """
 
-    def __init__(self, aggregator: Any, *, writer: Any | None = None, queue: BoundedQueue[Any] | None = None,
-                 counter_history: int = 600, report_interval: float = 0.5, max_markers: int = 200) -> None:
+    def __init__(self, aggregator: Sink, *, writer: Recorder | None = None,
+                 queue: BoundedQueue[Item] | None = None, counter_history: int = 600,
+                 report_interval: float = 0.5, max_markers: int = 200) -> None:
         self.aggregator = aggregator
         self.writer = writer
-        self.queue: BoundedQueue[Any] = queue if queue is not None else BoundedQueue()
+        self._notes: dict[str, Callable[[], str | None]] = {}
+        self.queue: BoundedQueue[Item] = queue if queue is not None else BoundedQueue()
         self.collectors: list[Collector] = []
         self.counters = CounterStore(counter_history)
         self.markers: deque[Marker] = deque(maxlen=max_markers)
@@ -78,6 +119,10 @@ class Pipeline:
         if self._thread is not None:
             collector.start(self.queue)
         return collector
+
+    def add_note(self, name: str, fn: Callable[[], str | None]) -> None:
+        """A source-specific warning for the header: `fn()` is asked at every status(); None hides it."""
+        self._notes[name] = fn
 
     def set_source(self, source: SourceInfo) -> None:
         self.source = source
@@ -147,17 +192,25 @@ class Pipeline:
     def status(self) -> PipelineStatus:
         costs = [CollectorCost(c.status(), self._cpu_pct.get(c.name, 0.0)) for c in self.collectors]
         errors = list(self.errors)
-        for c in self.collectors:
+        absent: dict[str, str] = {}
+        for cc in costs:
+            c = cc.status
             if c.state == ERROR and c.error:
                 errors.append(f"{c.name}: {c.error}")
+            if c.state in (ERROR, UNAVAILABLE):
+                absent[c.name] = c.error or c.state
+        notes = {name: line for name, fn in self._notes.items() if (line := fn())}
         return PipelineStatus(
             collectors=costs,
             aggregator_cpu_pct=self._cpu_pct.get(AGGREGATOR, 0.0),
             queue_fill=self.queue.fill,
-            dropped_events=sum(c.dropped_events for c in self.collectors),
-            recorded_records=getattr(self.writer, "records_written", 0) if self.writer is not None else 0,
+            dropped_events=sum(c.status.dropped_events for c in costs),
+            recorded_records=self.writer.records_written if self.writer is not None else 0,
             behind=self._behind,
             errors=errors,
+            activity=next((c.status.activity for c in costs if c.status.activity), ""),
+            absent=absent,
+            notes=notes,
         )
 
     # -- aggregator thread -----------------------------------------------------------------
@@ -176,7 +229,7 @@ class Pipeline:
                 break
         self._report()
 
-    def _fold(self, items: list[Any]) -> None:
+    def _fold(self, items: list[Item]) -> None:
         with self.lock:
             for item in items:
                 try:
@@ -235,7 +288,7 @@ class Pipeline:
             self._behind = None
 
 
-def _live_setup(producer: Collector, source: SourceInfo, aggregator: Any, *, record: str | None,
+def _live_setup(producer: Collector, source: SourceInfo, aggregator: Sink, *, record: str | None,
                 process: bool, pid: int | None, gpu: bool) -> Pipeline:
     """Engine producer + process gauges (of `pid`, default this process) + GPU, optionally recording."""
     from llmtop.collectors.gpu import GpuCollector
@@ -256,23 +309,26 @@ def _live_setup(producer: Collector, source: SourceInfo, aggregator: Any, *, rec
     return p
 
 
-def live_pipeline(engine: Any, aggregator: Any, *, prompts: list[str] | None = None, batch: int = 1,
-                  max_new_tokens: int = 64, sampling: Any = None, chat: bool = True, loop: bool = True,
-                  record: str | None = None, process: bool = True, gpu: bool = True) -> Pipeline:
-    """The live setup with the engine in a thread of this process (--in-process). Not started."""
+def live_pipeline(engine: DecodeEngine, aggregator: Sink, *, prompts: list[str] | None = None, batch: int = 1,
+                  max_new_tokens: int = 64, sampling: SamplingParams | None = None, chat: bool = True,
+                  loop: bool = True, record: str | None = None, process: bool = True, gpu: bool = True,
+                  on_round: Callable[[int, list[Generation]], None] | None = None) -> Pipeline:
+    """The live setup with the engine in a thread of this process (--in-process, --once). Not started.
+
+    `on_round(i, generations)` runs on the engine thread after each round (--once keeps the texts).
+    """
     from llmtop.collectors.engine import EngineCollector
 
-    max_batch = getattr(engine, "max_batch", None)
-    if max_batch is not None and batch > max_batch:
-        raise LlmtopError(f"--batch {batch} exceeds the engine's max batch {max_batch}")
+    if batch > engine.max_batch:
+        raise LlmtopError(f"--batch {batch} exceeds the engine's max batch {engine.max_batch}")
     producer = EngineCollector(engine, prompts=prompts, batch=batch, max_new_tokens=max_new_tokens,
-                               sampling=sampling, chat=chat, loop=loop)
+                               sampling=sampling, chat=chat, loop=loop, on_round=on_round)
     return _live_setup(producer, engine.source_info(), aggregator, record=record, process=process, pid=None,
                        gpu=gpu)
 
 
-def child_pipeline(spec: Any, aggregator: Any, *, record: str | None = None, process: bool = True,
-                   gpu: bool = True, on_note: Any = None) -> Pipeline:
+def child_pipeline(spec: EngineSpec, aggregator: Sink, *, record: str | None = None, process: bool = True,
+                   gpu: bool = True, on_note: Callable[[str], None] | None = None) -> Pipeline:
     """The live setup with the engine in a worker process (EngineSpec); blocks until the model is loaded.
 
     The process gauges follow the worker, since that is where the decode loop's CPU and memory go.
@@ -289,7 +345,7 @@ def child_pipeline(spec: Any, aggregator: Any, *, record: str | None = None, pro
         raise
 
 
-def replay_pipeline(path: str, aggregator: Any, *, speed: float = 1.0) -> tuple[Pipeline, Any]:
+def replay_pipeline(path: str, aggregator: Sink, *, speed: float = 1.0) -> tuple[Pipeline, ReplaySource]:
     """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource)."""
     from llmtop.collectors.replay import ReplaySource
 

@@ -2,7 +2,8 @@
 
 `ReplaySource` is generic over any iterator of (t_ns, item) records, so importers' batches replay
 exactly like a recording. Pacing follows the records' own timestamps scaled by `speed`; speed 0 (or
-inf) means as fast as possible. Replay never drops: it waits for room in the queue instead.
+inf) means as fast as possible. Replay never drops: it waits for room in the queue instead. Files are
+opened by llmtop.traces.open; `load_into` folds a whole file into an aggregator without pacing.
 """
 
 from __future__ import annotations
@@ -11,97 +12,14 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 from llmtop.collectors.base import Collector
 from llmtop.errors import LlmtopError
-from llmtop.events import CounterSample, EventBatch, Item, Marker, NameTable, SourceInfo
-from llmtop.traces.recording import RecordingReader, batch_time_ns, is_recording
-
-
-@dataclass
-class TraceFile:
-    """An opened trace: where it came from, its records, and warnings (filled while iterating)."""
-
-    path: Path
-    source: SourceInfo
-    format: str  # "llmtop" or the importer's format name
-    records: Iterator[tuple[int, Item]]
-    warnings: list[str] = field(default_factory=list)
-    skipped: int = 0  # events an importer could not map
-    names: NameTable | None = None  # an importer's name table (its batches carry new_names as well)
-
-
-TracePaths = str | Path | Sequence[str | Path]
-
-
-def open_trace_file(path: TracePaths) -> TraceFile:
-    """Open a llmtop recording, or any trace the importers understand; LlmtopError otherwise.
-
-    Several paths, or a directory, are foreign traces merged by `open_traces` (one track per rank,
-    device and stream); `TraceFile.path` is then the directory or the first file.
-    """
-    if not isinstance(path, str | Path):
-        paths = list(path)
-        if len(paths) != 1:
-            return _open_many(paths)
-        path = paths[0]
-    p = Path(path)
-    if p.is_dir():
-        return _open_many([p])
-    if not p.exists():
-        raise LlmtopError(f"no such file: {p}")
-    if is_recording(p):
-        reader = RecordingReader(p)
-        tf = TraceFile(p, reader.source, "llmtop", iter(()))
-        tf.records = _recording_records(reader, tf)
-        return tf
-    try:
-        from llmtop.traces.importers import open_trace
-    except ImportError:
-        raise LlmtopError(f"{p} is not an llmtop recording (and no trace importers are installed)") from None
-    res = open_trace(p)
-    tf = TraceFile(p, res.source, getattr(res, "format", "") or res.source.backend or "import", iter(()),
-                   _live_list(getattr(res, "warnings", None)), int(getattr(res, "skipped", 0) or 0),
-                   getattr(res, "names", None))
-    tf.records = timed_batches(res.batches)
-    return tf
-
-
-def _open_many(paths: list[str | Path]) -> TraceFile:
-    from llmtop.traces.importers import open_traces
-
-    if not paths:
-        raise LlmtopError("no trace files given")
-    res = open_traces(paths)
-    tf = TraceFile(Path(paths[0]), res.source, res.source.backend or "import", iter(()),
-                   res.warnings, res.skipped, res.names)
-    tf.records = timed_batches(res.batches)
-    return tf
-
-
-def _live_list(x: Any) -> list[str]:
-    # keep the importer's own list: lazy importers append warnings while their batches iterate
-    return x if isinstance(x, list) else list(x or [])
-
-
-def _recording_records(reader: RecordingReader, tf: TraceFile) -> Iterator[tuple[int, Item]]:
-    with reader:
-        yield from reader
-        if reader.truncated:
-            tf.warnings.append(reader.truncated)
-
-
-def timed_batches(batches: Iterable[EventBatch]) -> Iterator[tuple[int, Item]]:
-    """Give untimed batches (importers) a record time: their last step/kernel end, else the previous."""
-    last = 0
-    for b in batches:
-        t = batch_time_ns(b)
-        last = t if t is not None else last
-        yield last, b
+from llmtop.events import CounterSample, EventBatch, Item, Marker, SourceInfo
+from llmtop.traces.open import TracePaths, open_trace_file
 
 
 class ReplaySource(Collector):
@@ -218,6 +136,20 @@ def _with_time(item: Item, t: int) -> Item:
     return item
 
 
+class FoldTarget(Protocol):
+    """What `load_into` folds a file into: `llmtop.stats.Aggregator` (collectors do not import stats/)."""
+
+    def set_source(self, info: SourceInfo) -> None: ...
+
+    def ingest(self, batch: EventBatch) -> None: ...
+
+
+class CounterTarget(Protocol):
+    """Where `load_into` puts process/GPU samples: `llmtop.collectors.counters.CounterStore`."""
+
+    def add(self, sample: CounterSample) -> None: ...
+
+
 @dataclass(slots=True)
 class LoadSummary:
     source: SourceInfo
@@ -228,7 +160,7 @@ class LoadSummary:
     skipped: int
 
 
-def load_into(path: TracePaths, aggregator: Any, counters: Any | None = None) -> LoadSummary:
+def load_into(path: TracePaths, aggregator: FoldTarget, counters: CounterTarget | None = None) -> LoadSummary:
     """Fold a whole file into an aggregator as fast as possible, no threads (`report`, `--once`).
 
     The aggregator gets the SourceInfo exactly as recorded, so a report of the file equals the

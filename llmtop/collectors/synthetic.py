@@ -25,13 +25,18 @@ class _Ops:
     def __init__(self, recorder: KernelRecorder) -> None:
         self.recorder = recorder
 
+    def synchronize(self) -> None:
+        """Nothing in flight: the synthetic steps are recorded synchronously."""
+
 
 class SyntheticEngine:
     """Same surface as llmtop.model.engine.Engine for collectors: generate, ops.recorder, source_info."""
 
     def __init__(self, *, n_layers: int = 4, step_time_s: float = 0.002, kernel_ns: int = 20_000,
-                 prompt_tokens: int = 16, max_context: int = 2048, seed: int = 0) -> None:
+                 prompt_tokens: int = 16, max_context: int = 2048, seed: int = 0,
+                 max_batch: int = 64) -> None:
         self.n_layers = n_layers
+        self.max_batch = max_batch
         self.step_time_s = step_time_s
         self.kernel_ns = kernel_ns
         self.prompt_tokens = prompt_tokens

@@ -1,6 +1,6 @@
 """The backend op interface the decode engine calls, and the recorder every op reports to.
 
-Contract (all backends: torch cpu/cuda, wgpu, npu):
+Contract (all backends: torch cpu/cuda, wgpu):
 - Each timed op call emits exactly one kernel event into `self.recorder` with the names and
   op classes listed in KERNEL_NAMES, so every pane is identical across backends.
 - Tensors are opaque handles owned by the backend; the engine never looks inside them except
@@ -218,10 +218,11 @@ class Ops(ABC):
 
     @abstractmethod
     def sample(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
-        """logits (B, 1, V) -> int64 host array (B,). Event sampling."""
+        """logits (B, 1, V) -> int64 host array (B,) by the shared spec in kernels/sampling.py, so every
+        backend draws the same tokens from the same logits and seed. Event sampling."""
 
-    def make_generator(self, seed: int | None) -> Any:
-        """Backend RNG for seeded sampling."""
+    def make_generator(self, seed: int | None) -> np.random.Generator:
+        """The RNG `sample` draws from: numpy's default_rng(seed) on every backend (kernels/sampling.py)."""
         return np.random.default_rng(seed)
 
     def synchronize(self) -> None:  # noqa: B027 - optional hook; synchronous backends need nothing

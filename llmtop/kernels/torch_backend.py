@@ -6,7 +6,10 @@ code at all and with timing on it pays one timer pair and one `recorder.add` per
 - CPU: ops are synchronous, so `time.perf_counter_ns` around the call is the kernel time.
 - CUDA: a pair of `torch.cuda.Event`s from a preallocated pool around the launch; `CudaEventRecorder`
   resolves them lazily on the collector thread (query(), never synchronize) and maps GPU times onto
-  the host `perf_counter_ns` clock through an anchor event recorded at `begin_step`.
+  the host `perf_counter_ns` clock through an anchor event recorded at `begin_step` (cuda_events.py).
+
+Sampling follows the shared spec (sampling.py, torch half in torch_sampling.py); RoPE inverse
+frequencies come from llmtop/model/rope.py, with torch's pow so the tables match transformers bit for bit.
 
 Per-step position state (RoPE cos/sin rows, KV slot indices, attention masks) is derived once from
 the `positions` array the engine passes to every layer, and reused by all layers of that step.
@@ -18,7 +21,6 @@ import contextlib
 import math
 import platform
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,10 @@ import torch.nn.functional as F
 from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, NO_LAYER
 from llmtop.kernels.base import KernelRecorder, Ops, SamplingParams
+from llmtop.kernels.cuda_events import CudaEventRecorder, CudaTimedOps
+from llmtop.kernels.torch_sampling import sample_logits
 from llmtop.model.config import ModelConfig
+from llmtop.model.rope import rope_inv_freq as _rope_inv_freq
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -68,44 +73,14 @@ def _interleave_rows(w: torch.Tensor, head_dim: int) -> torch.Tensor:
     return w.reshape(heads, 2, half, *rest).transpose(1, 2).reshape(n, *rest).contiguous()
 
 
-def _sample_host(logits: torch.Tensor, params: SamplingParams, generator: Any) -> np.ndarray:
-    """Host-side `sample` (CPU backend): greedy float32 rows use numpy's argmax, ~4x faster than
-    torch.argmax over a 49k vocabulary on CPU (same result: the first maximal index, NaN wins)."""
-    last = logits[:, -1, :]
-    if params.temperature <= 0.0 and last.dtype == torch.float32 and last.device.type == "cpu":
-        return np.argmax(last.numpy(), axis=-1)
-    return sample_logits(last, params, generator).cpu().numpy()
+def _torch_pow(base: float, exps: np.ndarray) -> np.ndarray:
+    """base ** exps by torch's CPU float32 pow: the call transformers makes for its RoPE tables."""
+    return (base ** torch.from_numpy(exps)).numpy()
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """RoPE inverse frequencies (head_dim/2,) as float32, computed exactly like transformers.
-
-    Supports the default rope, "linear" and "llama3" scaling (transformers'
-    `_compute_llama3_parameters`), in torch float32 so the tables match HF bit for bit.
-    """
-    dim = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    rs = cfg.rope_scaling or {}
-    kind = rs.get("rope_type", rs.get("type", "default")) or "default"
-    if kind == "default":
-        pass
-    elif kind == "linear":
-        inv = inv / float(rs["factor"])
-    elif kind == "llama3":
-        factor = float(rs["factor"])
-        low = float(rs.get("low_freq_factor", 1.0))
-        high = float(rs.get("high_freq_factor", 4.0))
-        old_ctx = float(rs.get("original_max_position_embeddings", cfg.max_context))
-        low_wl, high_wl = old_ctx / low, old_ctx / high
-        wavelen = 2 * math.pi / inv
-        inv_l = torch.where(wavelen > low_wl, inv / factor, inv)
-        smooth = (old_ctx / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
-        medium = ~(wavelen < high_wl) * ~(wavelen > low_wl)
-        inv = torch.where(medium, smoothed, inv_l)
-    else:
-        raise LlmtopError(f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3)")
-    return inv.numpy().astype(np.float32)
+    """llmtop.model.rope.rope_inv_freq with torch's pow, so the tables equal transformers' bit for bit."""
+    return _rope_inv_freq(cfg, power=_torch_pow)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -125,56 +100,6 @@ def _cpu_name(threads: int) -> str:
                 name = line.split(":", 1)[1].strip()
                 break
     return f"{name or platform.processor() or platform.machine()} ({threads} threads)"
-
-
-class CudaEventRecorder(KernelRecorder):
-    """KernelRecorder whose rows carry CUDA event pairs, resolved lazily in `drain`.
-
-    The engine thread records an anchor event at `begin_step` and the ops record one (start, end)
-    pair per kernel; `end_step` hands (host anchor time, events) to the base class as `pending`.
-    `_resolve` (collector thread) returns None until the step's last event has completed, then
-    converts event times into host-clock rows and returns the events to the pool.
-    """
-
-    def __init__(self, names: Any = None, enabled: bool = True, track: int = 0, *, pool_size: int = 8192):
-        super().__init__(names, enabled=enabled, track=track)
-        # deque append/pop are atomic: the engine pops, the collector thread pushes back.
-        self._pool: deque[Any] = deque(torch.cuda.Event(enable_timing=True) for _ in range(pool_size))
-        self._events: list[Any] = []
-
-    def event(self) -> Any:
-        try:
-            return self._pool.pop()
-        except IndexError:  # collector fell behind: grow rather than reuse a pending event
-            return torch.cuda.Event(enable_timing=True)
-
-    def begin_step(self, phase: int, step: int, tokens: int, batch: int, ctx: int) -> None:
-        super().begin_step(phase, step, tokens, batch, ctx)
-        if self.enabled:
-            anchor = self.event()
-            anchor.record()
-            self._events = [anchor]
-
-    def end_step(self, pending: Any = None) -> None:
-        if self.enabled and pending is None:
-            pending = (self._step_t0, self._events)
-            self._events = []
-        super().end_step(pending)
-
-    def _resolve(self, rows: list[tuple], pending: Any) -> list[tuple] | None:
-        if pending is None:
-            return rows
-        t0, events = pending
-        if not events[-1].query():
-            return None
-        anchor = events[0]
-        out = []
-        for i, r in enumerate(rows):
-            s, e = events[1 + 2 * i], events[2 + 2 * i]
-            start = t0 + int(anchor.elapsed_time(s) * 1e6)
-            out.append((r[0], r[1], r[2], start, int(s.elapsed_time(e) * 1e6), r[5], r[6], r[7]))
-        self._pool.extend(events)
-        return out
 
 
 class _StepPositions:
@@ -213,7 +138,7 @@ class _StepPositions:
             self.mask = (slots[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
 
 
-class TorchOps(Ops):
+class TorchOps(CudaTimedOps, Ops):
     """Ops on torch for "cpu" or "cuda". `recorder.enabled` at construction decides timing."""
 
     def __init__(
@@ -323,7 +248,7 @@ class TorchOps(Ops):
             if cpu_f32 and name.endswith(_QK):
                 t = _interleave_rows(t, cfg.head_dim)  # a copy: the complex RoPE layout
             out[name] = t.to(device=self.device, dtype=self.dtype).contiguous()
-        inv = torch.from_numpy(rope_inv_freq(cfg))
+        inv = torch.from_numpy(rope_inv_freq(cfg))  # torch's pow: bit-identical to transformers
         pos = torch.arange(cfg.max_context, dtype=torch.float32)
         freqs = pos[:, None] * inv[None, :]  # (max_ctx, hd/2); HF duplicates halves, so keep one
         self._cos = freqs.cos()[:, None].to(self.device, self.dtype)  # (max_ctx, 1, hd/2)
@@ -388,14 +313,6 @@ class TorchOps(Ops):
     def run_context(self) -> contextlib.AbstractContextManager[Any]:
         """Context the engine enters around generation (skips autograd bookkeeping)."""
         return torch.inference_mode()
-
-    def make_generator(self, seed: int | None) -> Any:
-        g = torch.Generator(device=self.device)
-        if seed is None:
-            g.seed()
-        else:
-            g.manual_seed(int(seed))
-        return g
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -509,7 +426,7 @@ class TorchOps(Ops):
         return x[torch.arange(B, device=self.device), idx].unsqueeze(1)
 
     def _sample_raw(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
-        return _sample_host(logits, params, generator)
+        return sample_logits(logits[:, -1, :], params, generator)
 
     # -- timed ops, CPU ---------------------------------------------------------------------
     # Each body is its `_x_raw` twin inlined, so the timed path differs from the untimed one only by
@@ -595,123 +512,11 @@ class TorchOps(Ops):
 
     def _sample_cpu(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
         t0 = _pc()
-        y = _sample_host(logits, params, generator)
+        y = sample_logits(logits[:, -1, :], params, generator)
         t1 = _pc()
         nid, cid = self._ids["sampling"]
         self.recorder.rows.append((nid, cid, NO_LAYER, t0, t1 - t0, 0, 0, 0))
         return y
-
-    # -- timed ops, CUDA: an event pair per op; rows get times in CudaEventRecorder._resolve --
-    def _pair(self) -> tuple[Any, Any]:
-        rec = self.recorder
-        s, e = rec.event(), rec.event()  # type: ignore[attr-defined]
-        rec._events.append(s)  # type: ignore[attr-defined]
-        rec._events.append(e)  # type: ignore[attr-defined]
-        return s, e
-
-    def _embedding_cuda(self, ids: np.ndarray, table: Any) -> Any:
-        s, e = self._pair()
-        s.record()
-        y = self._embedding_raw(ids, table)
-        e.record()
-        nid, cid = self._ids["embedding"]
-        self.recorder.add(nid, cid, NO_LAYER, 0, 0)
-        return y
-
-    def _rmsnorm_cuda(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
-        s, e = self._pair()
-        s.record()
-        y = self._rmsnorm_raw(x, weight, eps, name=name, layer=layer)
-        e.record()
-        nid, cid = self._ids[name]
-        self.recorder.add(nid, cid, layer, 0, 0)
-        return y
-
-    def _linear_cuda(self, x: Any, weight: Any, bias: Any | None, *, name: str, layer: int) -> Any:
-        s, e = self._pair()
-        s.record()
-        y = F.linear(x, weight, bias)
-        e.record()
-        nid, cid = self._ids[name]
-        xs, ws = x.shape, weight.shape
-        self.recorder.add(nid, cid, layer, 0, 0, xs[0] * xs[1], ws[0], ws[1])
-        return y
-
-    def _rope_cuda(self, q: Any, k: Any, positions: np.ndarray, *, layer: int) -> tuple[Any, Any]:
-        self._positions(positions)  # host-side prep (H2D of positions) stays outside the GPU pair
-        s, e = self._pair()
-        s.record()
-        y = self._rope_raw(q, k, positions, layer=layer)
-        e.record()
-        nid, cid = self._ids["rope"]
-        self.recorder.add(nid, cid, layer, 0, 0)
-        return y
-
-    def _kv_write_cuda(self, k: Any, v: Any, positions: np.ndarray, *, layer: int) -> None:
-        self._positions(positions)
-        s, e = self._pair()
-        s.record()
-        self._kv_write_raw(k, v, positions, layer=layer)
-        e.record()
-        nid, cid = self._ids["memcpy:kv_write"]
-        self.recorder.add(nid, cid, layer, 0, 0)
-
-    def _attention_cuda(self, q: Any, positions: np.ndarray, *, layer: int, phase: int) -> Any:
-        self._positions(positions)
-        s, e = self._pair()
-        s.record()
-        y = self._attention_raw(q, positions, layer=layer, phase=phase)
-        e.record()
-        nid, cid = self._ids["attention:decode" if phase == DECODE else "attention:prefill"]
-        self.recorder.add(nid, cid, layer, 0, 0)
-        return y
-
-    def _silu_mul_cuda(self, gate: Any, up: Any, *, layer: int) -> Any:
-        s, e = self._pair()
-        s.record()
-        y = F.silu(gate, inplace=True).mul_(up)
-        e.record()
-        nid, cid = self._ids["silu_mul"]
-        self.recorder.add(nid, cid, layer, 0, 0)
-        return y
-
-    def _add_cuda(self, a: Any, b: Any, *, name: str, layer: int) -> Any:
-        s, e = self._pair()
-        s.record()
-        y = torch.add(a, b)
-        e.record()
-        nid, cid = self._ids[name]
-        self.recorder.add(nid, cid, layer, 0, 0)
-        return y
-
-    def _sample_cuda(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
-        s, e = self._pair()
-        s.record()
-        y = sample_logits(logits[:, -1, :], params, generator)
-        e.record()
-        nid, cid = self._ids["sampling"]
-        self.recorder.add(nid, cid, NO_LAYER, 0, 0)
-        return y.cpu().numpy()  # the D2H copy waits for the step; it is the loop's only sync
-
-
-def sample_logits(logits: torch.Tensor, params: SamplingParams, generator: Any) -> torch.Tensor:
-    """(B, V) logits -> (B,) int64 token ids: greedy, or temperature -> top-k -> top-p (HF order)."""
-    if params.temperature <= 0.0:
-        return torch.argmax(logits, dim=-1)
-    x = logits.float() / params.temperature
-    V = x.shape[-1]
-    if 0 < params.top_k < V:
-        kth = torch.topk(x, params.top_k, dim=-1).values[:, -1:]
-        x = x.masked_fill(x < kth, -math.inf)
-    if params.top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True)
-        probs = sorted_x.softmax(-1)
-        # drop a token when the tokens ranked before it already cover top_p (the first always stays)
-        drop_sorted = (probs.cumsum(-1) - probs) > params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        x = x.masked_fill(drop, -math.inf)
-    probs = x.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 __all__ = [

@@ -4,8 +4,9 @@
 is the JSON of `llmtop report --format json` (keys: docs/REPORT.md) and whose `series` feeds plots.
 """
 
-from llmtop.stats.aggregator import GROUPS, MODES, SORTS, Aggregator
+from llmtop.stats.aggregator import Aggregator
 from llmtop.stats.buckets import ALPHA
 from llmtop.stats.snapshot import Filter, Series, Snapshot, parse_filter
+from llmtop.stats.views import GROUPS, MODES, SORTS
 
 __all__ = ["ALPHA", "GROUPS", "MODES", "SORTS", "Aggregator", "Filter", "Series", "Snapshot", "parse_filter"]

@@ -30,12 +30,23 @@ import numpy as np
 
 from llmtop.errors import LlmtopError
 from llmtop.events import OP_CLASS_ID, EventBatch, NameTable, SourceInfo
-from llmtop.stats.buckets import N_PAGES, PAGE, PAGE_BITS, bucket_index
+from llmtop.stats.buckets import bucket_index
+from llmtop.stats.frozen import (
+    N_TR_COLS,
+    TR_DECODE_STEPS,
+    TR_DECODE_TOKENS,
+    TR_DECODE_WALL_NS,
+    TR_KERNEL_NS,
+    TR_KERNELS,
+    TR_STEPS,
+    Frozen,
+    GenTrend,
+    copy_gen,
+)
+from llmtop.stats.interning import CellIndex
+from llmtop.stats.snapshot import Snapshot, build_snapshot, parse_filter
 from llmtop.stats.store import N_CTX_BUCKETS, Store
-
-MODES = ("window", "cumulative")
-GROUPS = ("kernel", "op_class", "layer")
-SORTS = ("total", "count", "mean", "p95", "max", "name")
+from llmtop.stats.views import check_view
 
 N_SLICES = 20
 COALESCE = 8192  # small batches are folded together once this many kernel events are pending
@@ -44,53 +55,14 @@ COALESCE_S = 0.05  # ... or once the oldest pending batch waited this long (wall
 # happens in the ingesting thread and a snapshot (the UI thread, 4 Hz) finds little left to fold
 SERIES_LEN = 3600  # tok/s points kept (one per second of event time: one hour)
 RATE_NS = 2_000_000_000  # "tok/s now" looks at the last 2 s of event time
-TREND_CAP = 8192  # per-token trend buffer; decimated by 2 beyond this
 SHAPES_PER_KERNEL = 32
 COST_WINDOW_S = 5.0  # collector cost / drops are judged over the last 5 s of wall time
 BEHIND_CPU_FRACTION = 0.8  # a collector using >= 80 % of a core is falling behind
 CTX_WIDTH0 = 16  # initial context-bucket width (tokens) for the attention fit
 
 _ATTN = OP_CLASS_ID["attention"]
-# per-track counter columns (cumulative since the start / last reset)
-TR_KERNELS, TR_KERNEL_NS, TR_STEPS, TR_DECODE_STEPS, TR_DECODE_TOKENS, TR_DECODE_WALL_NS = range(6)
-N_TR_COLS = 6
 _H1, _H2, _H3, _H4 = (np.uint64(v) for v in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F,
                                                  0x165667B19E3779F9, 0x27D4EB2F165667C5))
-
-
-class _Gen:
-    """Decode step walls of one generation (the steps after one prefill), bounded."""
-
-    __slots__ = ("buf", "first", "last", "mn", "mx", "n", "si", "sii", "siy", "stride", "sum")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.first = self.last = self.sum = self.si = self.sii = self.siy = 0.0
-        self.mn, self.mx = math.inf, -math.inf
-        self.buf: list[float] = []
-        self.stride = 1
-
-    def add(self, w: np.ndarray) -> None:
-        if not len(w):
-            return
-        i = np.arange(self.n, self.n + len(w), dtype=np.float64)
-        if self.n == 0:
-            self.first = float(w[0])
-        self.last = float(w[-1])
-        self.mn, self.mx = min(self.mn, float(w.min())), max(self.mx, float(w.max()))
-        self.sum += float(w.sum())
-        self.si += float(i.sum())
-        self.sii += float((i * i).sum())
-        self.siy += float((i * w).sum())
-        keep = (i.astype(np.int64) % self.stride) == 0
-        self.buf.extend(w[keep].tolist())
-        while len(self.buf) > TREND_CAP:
-            self.buf = self.buf[::2]
-            self.stride *= 2
-        self.n += len(w)
-
-    def middle(self) -> float:
-        return self.buf[min(len(self.buf) - 1, (self.n // 2) // self.stride)]
 
 
 @dataclass(slots=True)
@@ -99,49 +71,6 @@ class _Cost:
     recent: deque[tuple[float, float]] = field(default_factory=deque)
     first_t: float = 0.0
     first_cost: float = 0.0
-
-
-@dataclass(slots=True)
-class Frozen:
-    """Everything a Snapshot needs, copied out of the aggregator under its lock."""
-
-    store: Store
-    names: list[str]
-    key_name: np.ndarray
-    key_layer: np.ndarray
-    key_phase: np.ndarray
-    key_opc: np.ndarray
-    cell_key: np.ndarray
-    cell_bucket: np.ndarray
-    mode: str
-    group: str
-    sort: str
-    filter: str
-    window_s: float
-    source: dict[str, Any]
-    span_s: float
-    events: int
-    context: int
-    tok_s_now: float | None
-    tok_bins: np.ndarray  # (n, 2): second index relative to the first event second, tokens
-    gen: _Gen | None
-    gen_kind: str
-    shapes: tuple[list[tuple[int, int, int, int]], np.ndarray, np.ndarray]  # slot meta, counts, totals
-    dropped: dict[str, int]
-    collectors: dict[str, dict[str, Any]]
-    # Shared with the aggregator: derived per-cell orderings that only change when cells are added
-    # (see snapshot._cell_order). Safe to share: entries are replaced whole, never mutated.
-    cell_cache: dict[str, Any] = field(default_factory=dict)
-    # Cumulative per-track counters, one row per track (columns TR_*): the report's `tracks` section.
-    tracks: np.ndarray = field(default_factory=lambda: np.zeros((0, N_TR_COLS)))
-
-    def shape_rows(self) -> dict[int, list[tuple[int, int, int, int, float]]]:
-        """name id -> [(m, n, k, count, total ns)], built on demand (only the kernel detail needs it)."""
-        meta, cnt, tot = self.shapes
-        out: dict[int, list[tuple[int, int, int, int, float]]] = {}
-        for (nid, m, n, k), c, t in zip(meta, cnt.tolist(), tot.tolist(), strict=True):
-            out.setdefault(nid, []).append((m, n, k, c, t))
-        return out
 
 
 class Aggregator:
@@ -161,23 +90,7 @@ class Aggregator:
         self._lock = threading.RLock()
         self.names = NameTable()
         self._source = SourceInfo(kind="")
-        # Interning tables: (name, layer, phase) -> key id; (key, bucket) -> cell id. Kept by reset.
-        self._lslot = np.full(65536, -1, np.int64)
-        self._slot_layer: list[int] = []
-        self._keytab = np.full((0, 0, 2), -1, np.int64)
-        self._nk = 0
-        self._k_name = np.zeros(0, np.int64)
-        self._k_layer = np.zeros(0, np.int64)
-        self._k_phase = np.zeros(0, np.int64)
-        self._k_opc = np.zeros(0, np.int64)
-        self._pagetab = np.full((0, N_PAGES), -1, np.int64)
-        self._npages = 0
-        self._pool = np.zeros(0, np.int64)
-        self._page_key = np.zeros(0, np.int64)
-        self._page_base = np.zeros(0, np.int64)
-        self._nc = 0
-        self._c_key = np.zeros(0, np.int64)
-        self._c_bucket = np.zeros(0, np.int64)
+        self._ix = CellIndex()  # (name, layer, phase) -> key id; (key, bucket) -> cell id. Kept by reset.
         self._reset_state()
 
     # -- public API ---------------------------------------------------------------------------
@@ -247,15 +160,8 @@ class Aggregator:
             self._ingest_steps(st)
 
     def snapshot(self, mode: str = "window", group: str = "kernel", sort: str = "total",
-                 filter: str = "") -> Any:
-        from llmtop.stats.snapshot import build_snapshot, parse_filter
-
-        if mode not in MODES:
-            raise LlmtopError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
-        if group not in GROUPS:
-            raise LlmtopError(f"unknown group {group!r} (choose from {', '.join(GROUPS)})")
-        if sort not in SORTS:
-            raise LlmtopError(f"unknown sort key {sort!r} (choose from {', '.join(SORTS)})")
+                 filter: str = "") -> Snapshot:
+        check_view(mode, group, sort)
         parse_filter(filter)  # validate before taking the lock
         with self._lock:
             self._flush()
@@ -280,8 +186,8 @@ class Aggregator:
         self._tok_bins: deque[list[int]] = deque(maxlen=SERIES_LEN)
         self._recent_end = np.zeros(0, np.int64)
         self._recent_gen = np.zeros(0, np.float64)
-        self._gen_cur = _Gen()
-        self._gen_prev: _Gen | None = None
+        self._gen_cur = GenTrend()
+        self._gen_prev: GenTrend | None = None
         self._context = 0
         self._shape_h = np.zeros(0, np.uint64)  # sorted hashes of known (name, m, n, k)
         self._shape_slot = np.zeros(0, np.int64)  # their accumulator slots
@@ -310,91 +216,6 @@ class Aggregator:
         while c.recent and c.recent[0][0] < now - COST_WINDOW_S:
             c.recent.popleft()
 
-    # -- interning ----------------------------------------------------------------------------
-    def _key_ids(self, name: np.ndarray, layer: np.ndarray, phase: np.ndarray, opc: np.ndarray) -> np.ndarray:
-        li = layer + 32768
-        slot = self._lslot[li]
-        if np.count_nonzero(slot < 0):
-            for lv in np.unique(li[slot < 0]).tolist():
-                self._lslot[lv] = len(self._slot_layer)
-                self._slot_layer.append(lv - 32768)
-            slot = self._lslot[li]
-        kt = self._keytab
-        nn, ns = len(self.names), len(self._slot_layer)
-        if kt.shape[0] < nn or kt.shape[1] < ns:
-            shape = (max(nn, 2 * kt.shape[0]) if kt.shape[0] < nn else kt.shape[0],
-                     max(ns, 2 * kt.shape[1]) if kt.shape[1] < ns else kt.shape[1], 2)
-            new = np.full(shape, -1, np.int64)
-            new[: kt.shape[0], : kt.shape[1]] = kt
-            self._keytab = kt = new
-        flat = (name * kt.shape[1] + slot) * 2 + phase
-        kid = kt.reshape(-1)[flat]
-        miss = kid < 0
-        if np.count_nonzero(miss):
-            idx = np.flatnonzero(miss)
-            u, first = np.unique(flat[idx], return_index=True)
-            flat_tab = kt.reshape(-1)
-            for f, j in zip(u.tolist(), idx[first].tolist(), strict=True):
-                flat_tab[f] = self._new_key(int(name[j]), self._slot_layer[int(slot[j])], int(phase[j]),
-                                            int(opc[j]))
-            kid = flat_tab[flat]
-        return kid
-
-    def _new_key(self, name: int, layer: int, phase: int, opc: int) -> int:
-        k = self._nk
-        if k >= len(self._k_name):
-            cap = max(64, 2 * k)
-            for attr in ("_k_name", "_k_layer", "_k_phase", "_k_opc"):
-                a = np.zeros(cap, np.int64)
-                a[:k] = getattr(self, attr)[:k]
-                setattr(self, attr, a)
-            pt = np.full((cap, N_PAGES), -1, np.int64)
-            pt[: len(self._pagetab)] = self._pagetab
-            self._pagetab = pt
-        self._k_name[k], self._k_layer[k], self._k_phase[k], self._k_opc[k] = name, layer, phase, opc
-        self._nk = k + 1
-        return k
-
-    def _cell_ids(self, kid: np.ndarray, b: np.ndarray) -> np.ndarray:
-        pflat = kid * N_PAGES + (b >> PAGE_BITS)
-        pg = self._pagetab.reshape(-1)[pflat]
-        if np.count_nonzero(pg < 0):
-            u = np.unique(pflat[pg < 0])
-            p0, n = self._npages, len(u)
-            self._pagetab.reshape(-1)[u] = np.arange(p0, p0 + n)
-            self._npages = p0 + n
-            if self._npages > len(self._page_key):
-                cap = max(64, 2 * self._npages)
-                pool = np.full(cap * PAGE, -1, np.int64)
-                pool[: len(self._pool)] = self._pool
-                self._pool = pool
-                for attr in ("_page_key", "_page_base"):
-                    a = np.zeros(cap, np.int64)
-                    a[:p0] = getattr(self, attr)[:p0]
-                    setattr(self, attr, a)
-            self._page_key[p0 : p0 + n] = u // N_PAGES
-            self._page_base[p0 : p0 + n] = (u % N_PAGES) * PAGE
-            pg = self._pagetab.reshape(-1)[pflat]
-        slot = pg * PAGE + (b & (PAGE - 1))
-        cell = self._pool[slot]
-        if np.count_nonzero(cell < 0):
-            u = np.unique(slot[cell < 0])
-            c0, n = self._nc, len(u)
-            if c0 + n > len(self._c_key):
-                cap = max(1024, 2 * (c0 + n))
-                for attr in ("_c_key", "_c_bucket"):
-                    a = np.zeros(cap, np.int64)
-                    a[:c0] = getattr(self, attr)[:c0]
-                    setattr(self, attr, a)
-            ids = np.arange(c0, c0 + n)
-            self._pool[u] = ids
-            p = u >> PAGE_BITS
-            self._c_key[ids] = self._page_key[p]
-            self._c_bucket[ids] = self._page_base[p] + (u & (PAGE - 1))
-            self._nc = c0 + n
-            cell = self._pool[slot]
-        return cell
-
     # -- time slices --------------------------------------------------------------------------
     def _advance(self, s: int) -> None:
         if self._head is not None and s <= self._head:
@@ -403,7 +224,7 @@ class Aggregator:
         self._cold_gen += 1
         lo = s - self._n_slices + 1
         for k in [k for k in self._live if k < lo]:
-            self._archive.merge_from(self._live.pop(k), self._nk, self._nc)
+            self._archive.merge_from(self._live.pop(k), self._ix.nk, self._ix.nc)
         for k, st in self._live.items():
             if k != s:
                 st.freeze()
@@ -449,14 +270,14 @@ class Aggregator:
         start = k["start_ns"]
         dur = k["dur_ns"]
         d = dur.astype(np.float64)
-        kid = self._key_ids(name, k["layer"].astype(np.int64), phase, opc)
-        cell = self._cell_ids(kid, bucket_index(d))
+        kid = self._ix.key_ids(name, k["layer"].astype(np.int64), phase, opc, len(self.names))
+        cell = self._ix.cell_ids(kid, bucket_index(d))
         self._events += len(k)
         self._track_kernels(track, d)
         self._see_times(start, dur)
         sl = start // self._slice_ns
         self._advance(_max(sl))
-        nk, nc = self._nk, self._nc
+        nk, nc = self._ix.nk, self._ix.nc
         for s, ix in self._parts(sl):
             self._store_for(s).add_kernels(kid[ix], cell[ix], d[ix], nk, nc)
 
@@ -634,7 +455,7 @@ class Aggregator:
             if j > 0:  # this segment starts with a prefill: a new generation
                 if self._gen_cur.n:
                     self._gen_prev = self._gen_cur
-                self._gen_cur = _Gen()
+                self._gen_cur = GenTrend()
             seg = slice(a, b)
             dm = phase[seg] == 1
             self._gen_cur.add(wall[seg][dm])
@@ -660,7 +481,8 @@ class Aggregator:
 
     # -- snapshot -----------------------------------------------------------------------------
     def _freeze(self, mode: str, group: str, sort: str, filt: str) -> Frozen:
-        nk, nc, ns = self._nk, self._nc, len(self._shape_meta)
+        ix = self._ix
+        nk, nc, ns = ix.nk, ix.nc, len(self._shape_meta)
         lo = (self._head - self._n_slices + 1) if self._head is not None else 0
         merged = self._merged(mode, nk, nc)
         for _code, c, y, s in self._open.values():
@@ -705,12 +527,12 @@ class Aggregator:
         return Frozen(
             store=merged,
             names=list(self.names.names),
-            key_name=self._k_name[:nk].copy(),
-            key_layer=self._k_layer[:nk].copy(),
-            key_phase=self._k_phase[:nk].copy(),
-            key_opc=self._k_opc[:nk].copy(),
-            cell_key=self._c_key[:nc].copy(),
-            cell_bucket=self._c_bucket[:nc].copy(),
+            key_name=ix.k_name[:nk].copy(),
+            key_layer=ix.k_layer[:nk].copy(),
+            key_phase=ix.k_phase[:nk].copy(),
+            key_opc=ix.k_opc[:nk].copy(),
+            cell_key=ix.c_key[:nc].copy(),
+            cell_bucket=ix.c_bucket[:nc].copy(),
             mode=mode,
             group=group,
             sort=sort,
@@ -722,7 +544,7 @@ class Aggregator:
             context=self._context,
             tok_s_now=tok_now,
             tok_bins=bins,
-            gen=_copy_gen(gen) if gen.n else None,
+            gen=copy_gen(gen) if gen.n else None,
             gen_kind=kind,
             shapes=(list(self._shape_meta), self._shape_cnt[:ns].copy(), self._shape_tot[:ns].copy()),
             dropped=dict(self._dropped),
@@ -756,14 +578,6 @@ def _min(a: np.ndarray) -> int:
 
 def _max(a: np.ndarray) -> int:
     return int(np.maximum.reduce(a))
-
-
-def _copy_gen(g: _Gen) -> _Gen:
-    c = _Gen()
-    for s in _Gen.__slots__:
-        setattr(c, s, getattr(g, s))
-    c.buf = list(g.buf)
-    return c
 
 
 def _runs(code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

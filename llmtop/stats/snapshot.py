@@ -14,7 +14,9 @@ import numpy as np
 
 from llmtop.errors import LlmtopError
 from llmtop.events import NO_LAYER, OP_CLASSES, PHASES, track_label
-from llmtop.stats.aggregator import (
+from llmtop.stats.buckets import ALPHA, N_BUCKETS, REPRESENTATIVE, quantile_ranks
+from llmtop.stats.fit import linear_fit, quadratic_fit
+from llmtop.stats.frozen import (
     TR_DECODE_STEPS,
     TR_DECODE_TOKENS,
     TR_DECODE_WALL_NS,
@@ -23,8 +25,6 @@ from llmtop.stats.aggregator import (
     TR_STEPS,
     Frozen,
 )
-from llmtop.stats.buckets import ALPHA, N_BUCKETS, REPRESENTATIVE, quantile_ranks
-from llmtop.stats.fit import linear_fit, quadratic_fit
 from llmtop.stats.store import (
     A_N,
     A_X,

@@ -24,10 +24,12 @@ from llmtop.events import (
     PHASES,
     CounterSample,
     EventBatch,
+    Item,
     Marker,
     NameTable,
     SourceInfo,
 )
+from llmtop.traces.open import TracePaths, open_trace_file
 from llmtop.traces.recording import LLMTOP_VERSION
 
 TRACK_BY = ("layer", "phase")
@@ -61,8 +63,9 @@ class _Out:
         self.emit("M", f'{{"ph":"M","name":"{name}","pid":{pid}{tid_part},"args":{json.dumps(args)}}}')
 
 
-def export_chrome(items: Iterable[Any], source: SourceInfo, names: NameTable | list[str] | None,
-                  out_path: str | Path, *, track_by: str = "layer") -> dict[str, int]:
+def export_chrome(items: Iterable[Item | tuple[int, Item]], source: SourceInfo,
+                  names: NameTable | list[str] | None, out_path: str | Path, *,
+                  track_by: str = "layer") -> dict[str, int]:
     """Write `items` (EventBatch, CounterSample, Marker, or (t_ns, item) records) as Chrome JSON.
 
     names: the names known before the first batch (None when the batches carry all of them).
@@ -199,14 +202,12 @@ def _num(v: float) -> str:
     return repr(float(v))
 
 
-def export_file(in_path: str | Path, out_path: str | Path, *,
+def export_file(in_path: TracePaths, out_path: str | Path, *,
                 track_by: str = "layer") -> tuple[dict[str, int], list[str]]:
     """`llmtop export FILE -o OUT.json`: a llmtop recording or any importable trace -> Chrome JSON.
 
     Returns (events written per "ph", warnings such as a truncated recording tail).
     """
-    from llmtop.collectors.replay import open_trace_file  # lazy: collectors import this package
-
     tf = open_trace_file(in_path)
     counts = export_chrome(tf.records, tf.source, tf.names, out_path, track_by=track_by)
     return counts, tf.warnings

@@ -11,7 +11,8 @@ Layout (little-endian):
     hdr_crc    u32      crc32 of the header JSON
     records... each: type u8, flags u8, reserved u16, payload_len u32, t_ns i64, crc32 u32, payload
 
-Record types: BATCH (one EventBatch: its name-table additions, raw KERNEL_DTYPE rows, raw STEP_DTYPE
+Record types: BATCH (one EventBatch as the shared batch payload of llmtop.codec with its names as a
+JSON list: names_base, names_len, n_kernels, n_steps, the names, raw KERNEL_DTYPE rows, raw STEP_DTYPE
 rows), COUNTER (a CounterSample as JSON), MARKER (UTF-8 text). flags bit 0 = payload is zlib
 compressed. A whole batch is one record, so a file cut anywhere (kill -9) loses at most the batch
 being written: the reader stops at the first short or corrupt record and reports it in `truncated`.
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from llmtop.codec import NAMES_JSON, CodecError, decode_batch_payload, encode_batch_payload
 from llmtop.errors import LlmtopError
 from llmtop.events import KERNEL_DTYPE, STEP_DTYPE, CounterSample, EventBatch, Item, Marker, SourceInfo
 
@@ -58,9 +60,7 @@ _FILE_HEAD = struct.Struct("<8sHHI")
 _REC_HEAD = struct.Struct("<BBHIqI")
 REC_BATCH, REC_COUNTER, REC_MARKER = 1, 2, 3
 _FLAG_ZLIB = 1
-_BATCH_HEAD = struct.Struct("<IIII")  # names_base, names_json_len, n_kernels, n_steps
 _MAX_PAYLOAD = 1 << 30  # a longer length field means a corrupt record, not a real one
-
 
 
 def batch_time_ns(batch: EventBatch) -> int | None:
@@ -73,6 +73,11 @@ def batch_time_ns(batch: EventBatch) -> int | None:
 
 def item_time_ns(item: Item) -> int | None:
     return batch_time_ns(item) if isinstance(item, EventBatch) else item.t_ns
+
+
+def is_recording_head(head: bytes) -> bool:
+    """Whether a file's first bytes are a llmtop recording's (its format's sniff)."""
+    return head.startswith(MAGIC)
 
 
 def is_recording(path: str | Path) -> bool:
@@ -130,11 +135,7 @@ class RecordingWriter:
     def write(self, item: Item, t_ns: int | None = None) -> None:
         if isinstance(item, EventBatch):
             rtype = REC_BATCH
-            names = json.dumps(item.new_names, separators=(",", ":")).encode() if item.new_names else b""
-            k = np.ascontiguousarray(item.kernels, dtype=KERNEL_DTYPE)
-            s = np.ascontiguousarray(item.steps, dtype=STEP_DTYPE)
-            payload = b"".join((_BATCH_HEAD.pack(item.names_base, len(names), len(k), len(s)), names,
-                                k.tobytes(), s.tobytes()))
+            payload = encode_batch_payload(item, NAMES_JSON)
         elif isinstance(item, CounterSample):
             rtype = REC_COUNTER
             payload = json.dumps({"source": item.source, "values": item.values},
@@ -207,17 +208,6 @@ def _dtype_from_descr(descr: Any, what: str, path: Path) -> np.dtype:
         return np.dtype([tuple(f) for f in descr])
     except (TypeError, ValueError) as e:
         raise LlmtopError(f"{path}: bad {what} layout in header ({e})") from None
-
-
-def _convert(raw: np.ndarray, target: np.dtype) -> np.ndarray:
-    """Rows written with an older layout -> the current one (common fields copied, new ones zero)."""
-    if raw.dtype == target:
-        return raw
-    out = np.zeros(len(raw), dtype=target)
-    for name in target.names or ():
-        if raw.dtype.names and name in raw.dtype.names:
-            out[name] = raw[name]
-    return out
 
 
 class RecordingReader:
@@ -301,7 +291,7 @@ class RecordingReader:
                 if flags & _FLAG_ZLIB:
                     payload = zlib.decompress(payload)
                 item = self._decode(rtype, payload, t_ns)
-            except (zlib.error, ValueError, KeyError, TypeError, struct.error) as e:
+            except (zlib.error, CodecError, ValueError, KeyError, TypeError, struct.error) as e:
                 raise LlmtopError(f"{self.path}: corrupt record at byte {pos}: {e}") from None
             self.records_read += 1
             if item is not None:  # unknown record types from newer writers are skipped
@@ -314,16 +304,8 @@ class RecordingReader:
 
     def _decode(self, rtype: int, payload: bytes, t_ns: int) -> Item | None:
         if rtype == REC_BATCH:
-            base, nlen, nk, ns = _BATCH_HEAD.unpack_from(payload)
-            off = _BATCH_HEAD.size
-            names = json.loads(payload[off : off + nlen]) if nlen else []
-            off += nlen
-            kb, sb = nk * self._kdtype.itemsize, ns * self._sdtype.itemsize
-            if off + kb + sb != len(payload):
-                raise ValueError("batch size does not match its row counts")
-            kernels = np.frombuffer(payload, self._kdtype, nk, off).copy()
-            steps = np.frombuffer(payload, self._sdtype, ns, off + kb).copy()
-            return EventBatch(_convert(kernels, KERNEL_DTYPE), _convert(steps, STEP_DTYPE), base, names)
+            return decode_batch_payload(payload, NAMES_JSON, kernel_dtype=self._kdtype,
+                                        step_dtype=self._sdtype)
         if rtype == REC_COUNTER:
             d = json.loads(payload)
             return CounterSample(str(d["source"]), t_ns, {str(k): float(v) for k, v in d["values"].items()})
@@ -339,27 +321,3 @@ class RecordingReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_recording(path: str | Path) -> Any:
-    """A recording as an importers.ImportResult (for `open_trace`): batches only, counters left out.
-
-    The batches iterate lazily; `names` fills as they do, and `warnings` gets the truncation note
-    once the iterator is exhausted.
-    """
-    from llmtop.traces.importers import ImportResult  # lazy: importers depend on this module
-
-    reader = RecordingReader(path)
-    res = ImportResult(source=reader.source, batches=[], skipped=0, warnings=[])
-
-    def batches() -> Iterator[EventBatch]:
-        with reader:
-            for _, item in reader:
-                if isinstance(item, EventBatch):
-                    res.names.extend(item.names_base, item.new_names)
-                    yield item
-            if reader.truncated:
-                res.warnings.append(reader.truncated)
-
-    res.batches = batches()
-    return res

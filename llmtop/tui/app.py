@@ -22,10 +22,9 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Input, Static
 
 from llmtop.errors import LlmtopError, UsageError
+from llmtop.stats.views import GROUPS, MODES, SORTS
 from llmtop.tui import view
-from llmtop.tui.provider import GROUPS, MODES, SORTS, Counters, ProviderStatus, SnapshotProvider
-from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
-from llmtop.tui.widgets import (
+from llmtop.tui.panes import (
     AttentionPane,
     DeviceStrip,
     ErrorBar,
@@ -35,6 +34,8 @@ from llmtop.tui.widgets import (
     TokenPane,
     row_key,
 )
+from llmtop.tui.provider import Counters, ProviderStatus, SnapshotProvider
+from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
 
 # Below this the panes cannot show anything useful; the app says so instead of drawing garbage.
 MIN_WIDTH, MIN_HEIGHT = 60, 16

@@ -8,11 +8,12 @@ status, and swaps them into the panes. One interface means the same panes serve 
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
-MODES = ("window", "cumulative")
-GROUPS = ("kernel", "op_class", "layer")
-SORTS = ("total", "count", "mean", "p95", "max", "name")
+if TYPE_CHECKING:
+    from llmtop.collectors.pipeline import Pipeline
+    from llmtop.stats.aggregator import Aggregator
+    from llmtop.stats.snapshot import Snapshot
 
 
 class ProviderStatus(TypedDict, total=False):
@@ -40,7 +41,7 @@ class Counters(TypedDict, total=False):
 
 @runtime_checkable
 class SnapshotProvider(Protocol):
-    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Any:
+    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Snapshot:
         """A finished `llmtop.stats.Snapshot` (has `.report`, `.series`, `.kernel_detail(name)`)."""
         ...
 
@@ -70,7 +71,7 @@ class AggregatorProvider:
 
     def __init__(
         self,
-        aggregator: Any,
+        aggregator: Aggregator,
         *,
         kind: str = "live",
         counters: Counters | None = None,
@@ -83,7 +84,7 @@ class AggregatorProvider:
         # The aggregator is fed from another thread in live use; snapshot and ingest share a lock.
         self.lock = lock or threading.Lock()
 
-    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Any:
+    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Snapshot:
         with self.lock:
             return self.aggregator.snapshot(mode=mode, group=group, sort=sort, filter=filter)
 
@@ -110,6 +111,21 @@ class AggregatorProvider:
         return 1.0
 
 
+class Control(Protocol):
+    """The collector that honours pause and speed: `llmtop.collectors.replay.ReplaySource`."""
+
+    speed: float
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def set_speed(self, speed: float) -> None: ...
+
+
 class PipelineProvider:
     """Adapts `llmtop.collectors.pipeline.Pipeline` (live runs, replay, attach) to the protocol.
 
@@ -117,13 +133,14 @@ class PipelineProvider:
     freezes the display while the pipeline keeps collecting.
     """
 
-    def __init__(self, pipeline: Any, *, kind: str | None = None, control: Any | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, *, kind: str | None = None,
+                 control: Control | None = None) -> None:
         self.pipeline = pipeline
         self.control = control
         self._kind = kind
         self._paused = False
 
-    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Any:
+    def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Snapshot:
         return self.pipeline.snapshot(mode=mode, group=group, sort=sort, filter=filter)
 
     def counters(self) -> Counters:
@@ -136,13 +153,13 @@ class PipelineProvider:
         if gpus:
             out["gpu"] = dict(latest[gpus[0]].values)
         else:
-            gpu = next((c for c in self.pipeline.collectors if c.name == "gpu"), None)
-            if gpu is None:
-                out["gpu_absent"] = "no GPU collector for this source"
-            elif gpu.error:
-                out["gpu_absent"] = str(gpu.error)
-            else:
+            st = self.pipeline.status()
+            if "gpu" in st.absent:
+                out["gpu_absent"] = st.absent["gpu"]
+            elif any(c.status.name == "gpu" for c in st.collectors):
                 out["gpu_absent"] = "no sample yet"
+            else:
+                out["gpu_absent"] = "no GPU collector for this source"
         src = self.pipeline.source
         adapter = src.extra.get("adapter") if src is not None else None
         if isinstance(adapter, dict):
@@ -160,6 +177,7 @@ class PipelineProvider:
             name, sep, msg = line.partition(": ")
             if not (sep and name in errors):
                 errors[f"pipeline {i + 1}" if not sep else name] = msg if sep else line
+        errors.update(st.notes)  # e.g. "link": "disconnected: 127.0.0.1:7070 (retrying)"
         src = self.pipeline.source
         out: ProviderStatus = {
             "kind": self._kind or (src.kind if src is not None else "live"),
@@ -168,12 +186,11 @@ class PipelineProvider:
         }
         if st.behind:
             out["behind"] = st.behind
-        paused = self._paused or bool(getattr(self.control, "paused", False))
+        paused = self._paused or (self.control is not None and self.control.paused)
         out["state"] = "paused" if paused else ("finished" if self.pipeline.producers_done else "running")
-        engine = next((c for c in self.pipeline.collectors if c.name == "engine"), None)
-        if engine is not None and getattr(engine, "current_prompt", ""):
-            out["prompt"] = f"#{getattr(engine, 'rounds_done', 0) + 1} {engine.current_prompt}"
-        if self.control is not None and hasattr(self.control, "speed"):
+        if st.activity:
+            out["prompt"] = st.activity
+        if self.control is not None:
             out["speed"] = float(self.control.speed)
         return out
 
@@ -191,7 +208,7 @@ class PipelineProvider:
         self.pipeline.reset()
 
     def set_speed(self, speed: float) -> float:
-        if self.control is None or not hasattr(self.control, "set_speed"):
+        if self.control is None:
             return 1.0
         self.control.set_speed(speed)
         return float(self.control.speed)

@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from llmtop.tui import view
-from llmtop.tui.widgets import join_lines
+from llmtop.tui.panes import join_lines
 
 HELP_KEYS: tuple[tuple[str, str], ...] = (
     ("space", "pause / resume (the display freezes; nothing collected is lost)"),

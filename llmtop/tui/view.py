@@ -1,4 +1,4 @@
-"""Number formatting and the one place that knows where each pane's numbers live in a Snapshot.
+"""The one place that knows where each pane's numbers live in a Snapshot (and their formats).
 
 Panes call these accessors instead of digging into `Snapshot.report` / `Snapshot.series`
 themselves, so the path event -> Aggregator -> Snapshot -> pane has a single, testable seam.
@@ -9,66 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# One definition each of "a finite number or None", byte sizes and the adapter line, for report and panes.
-from llmtop.report import adapter_line as adapter_line  # re-exported for the panes
-from llmtop.report import fmt_bytes as fmt_bytes
-from llmtop.report import num
-
-DASH = "–"
-
-
-def fmt_ms(x: Any) -> str:
-    """Milliseconds with about three significant digits (table cells: fixed unit, varying decimals)."""
-    v = num(x)
-    if v is None:
-        return DASH
-    a = abs(v)
-    if a >= 100:
-        return f"{v:,.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
-def fmt_duration_ms(x: Any) -> str:
-    """A duration given in ms with its unit chosen for reading (µs / ms / s)."""
-    v = num(x)
-    if v is None:
-        return DASH
-    a = abs(v)
-    if a >= 1000:
-        return f"{v / 1000:.2f} s"
-    if a >= 1:
-        return f"{fmt_ms(v)} ms"
-    return f"{v * 1000:.0f} µs" if a >= 0.01 else f"{v * 1000:.1f} µs"
-
-
-def fmt_pct(x: Any) -> str:
-    v = num(x)
-    if v is None:
-        return DASH
-    return f"{v:.1f}%" if abs(v) < 99.95 else f"{v:.0f}%"
-
-
-def fmt_count(x: Any) -> str:
-    v = num(x)
-    if v is None:
-        return DASH
-    v = round(v)
-    if abs(v) >= 10_000_000:
-        return f"{v / 1e6:.0f}M"
-    if abs(v) >= 100_000:
-        return f"{v / 1e3:.0f}k"
-    return f"{v:,}"
-
-
-def fmt_rate(x: Any) -> str:
-    v = num(x)
-    if v is None:
-        return DASH
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+# The number formats are llmtop.numfmt's, shared with the report; re-exported here for the panes.
+from llmtop.numfmt import DASH as DASH
+from llmtop.numfmt import adapter_line as adapter_line
+from llmtop.numfmt import fmt_bytes as fmt_bytes
+from llmtop.numfmt import fmt_count as fmt_count
+from llmtop.numfmt import fmt_duration_ms as fmt_duration_ms
+from llmtop.numfmt import fmt_ms as fmt_ms
+from llmtop.numfmt import fmt_pct as fmt_pct
+from llmtop.numfmt import fmt_rate as fmt_rate
+from llmtop.numfmt import num as num
 
 
 def shorten(s: str, width: int) -> str:

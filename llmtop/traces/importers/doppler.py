@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import DECODE, PREFILL, NameTable, SourceInfo
+from llmtop.events import DECODE, PREFILL, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import StepFacts, layer_of
+from llmtop.traces.registry import ImportResult, TraceFormat, head_text, register
 
 _TS = re.compile(r"\[(\d+(?:\.\d+)?)ms\]")
 _HEAD = re.compile(r"\[Profile\]\s+(Prefill|Batch decode|Decode)\b[^:]*?(?:\(N=(\d+)\))?:")
@@ -31,7 +32,7 @@ def _ms_to_ns(s: str) -> int:
     return int(whole) * 1_000_000 + int((frac + "000000")[:6])
 
 
-def import_doppler(path: Path, names: NameTable) -> tuple[SourceInfo, list, int, list[str]]:
+def import_doppler(path: Path, names: NameTable) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
     warnings: list[str] = []
     local: list[str] = []
     lids: dict[str, int] = {}
@@ -170,3 +171,18 @@ def import_doppler(path: Path, names: NameTable) -> tuple[SourceInfo, list, int,
         },
     )
     return source, batches, skipped, warnings
+
+
+# -- registration ----------------------------------------------------------------------------
+def sniff(head: bytes) -> bool:
+    """doppler's profile and perf lines (a text log: JSON was claimed by the JSON formats before)."""
+    text = head_text(head)
+    return "GPU Profile Report" in text or "[Profile]" in text or "][Perf]" in text or "[browser:" in text
+
+
+def read(path: Path, names: NameTable) -> ImportResult:
+    source, batches, skipped, warnings = import_doppler(path, names)
+    return ImportResult(source, batches, skipped, warnings, names)
+
+
+FORMAT = register(TraceFormat("doppler", "doppler log", sniff, read, priority=30))

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, NameTable, SourceInfo
+from llmtop.events import NO_LAYER, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import (
     Intervals,
@@ -46,6 +46,7 @@ from llmtop.traces.importers.mapping import (
     parse_step,
     us_to_ns,
 )
+from llmtop.traces.registry import ImportResult, TraceFormat, head_text, register
 
 CHUNK_CHARS = 4 << 20
 
@@ -75,7 +76,7 @@ class _Reader:
         except OSError as e:
             self.read_error = f"{type(e).__name__}: {e}".split("\n")[0]
             chunk = ""
-        if getattr(self.f, "error", None):
+        if self.f.error:
             self.read_error = self.f.error
         if not chunk:
             self.eof = True
@@ -536,7 +537,7 @@ def _select_steps(col: _Collector, launch_hosts: set[int]) -> tuple[list[StepRan
     return [], "none"
 
 
-def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list, int, list[str]]:
+def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
     col = _Collector()
     warnings: list[str] = []
     for p in paths:
@@ -680,3 +681,18 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
         },
     )
     return source, batches, col.skipped, warnings
+
+
+# -- registration ----------------------------------------------------------------------------
+def sniff(head: bytes) -> bool:
+    """A JSON object or array of objects: any Chrome/Kineto trace (after metallic's narrower sniff)."""
+    text = head_text(head)
+    return text.startswith("{") or (text.startswith("[") and text[1:].lstrip()[:1] in ("{", "]"))
+
+
+def read(path: Path, names: NameTable) -> ImportResult:
+    source, batches, skipped, warnings = import_kineto([path], names)
+    return ImportResult(source, batches, skipped, warnings, names)
+
+
+FORMAT = register(TraceFormat("kineto", "Kineto JSON", sniff, read, priority=20))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -193,7 +194,7 @@ def us_to_ns(v: object) -> int:
         neg = v.startswith("-")
         body = v[1:] if neg else v
         if "e" in body or "E" in body:
-            r = round(float(body) * 1000)
+            r = _finite_ns(float(body))
         else:
             whole, _, frac = body.partition(".")
             r = int(whole or "0") * 1000 + (int((frac + "000")[:3]) if frac else 0)
@@ -201,5 +202,13 @@ def us_to_ns(v: object) -> int:
                 r += 1
         return -r if neg else r
     if type(v) is float:
-        return round(v * 1000)
+        return _finite_ns(v)
     raise TypeError(f"not a time: {v!r}")
+
+
+def _finite_ns(us: float) -> int:
+    # "1E6553" (a corrupt exponent) parses to inf, and json accepts Infinity/NaN: ValueError makes the
+    # importers skip and count the event instead of dying on round(inf)'s OverflowError.
+    if not math.isfinite(us):
+        raise ValueError(f"not a finite time: {us!r}")
+    return round(us * 1000)

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import DECODE, PREFILL, NameTable, SourceInfo
+from llmtop.events import DECODE, PREFILL, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import StepFacts, layer_of
+from llmtop.traces.registry import ImportResult, TraceFormat, head_text, register
 
 _BLOCK = re.compile(r"block_(\d+)")
 
@@ -39,7 +40,7 @@ def _ts_ns(s: str) -> int:
     return int(base.timestamp()) * 1_000_000_000 + int(((m.group(2) or "") + "000000000")[:9])
 
 
-def import_metallic(path: Path, names: NameTable) -> tuple[SourceInfo, list, int, list[str]]:
+def import_metallic(path: Path, names: NameTable) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
     local: list[str] = []
     lids: dict[str, int] = {}
     k_name: list[int] = []
@@ -140,3 +141,25 @@ def import_metallic(path: Path, names: NameTable) -> tuple[SourceInfo, list, int
         },
     )
     return source, batches, skipped, warnings
+
+
+# -- registration ----------------------------------------------------------------------------
+def sniff(head: bytes) -> bool:
+    """JSON lines whose objects carry an "event" (its "type" on the first line), not a Chrome trace."""
+    text = head_text(head)
+    if not text.startswith("{"):
+        return False
+    first_line = text.split("\n", 1)[0]
+    if '"event"' in first_line and '"type"' in first_line:
+        return True
+    if '"traceEvents"' in text or '"ph"' in text or '"schemaVersion"' in text:
+        return False  # Chrome / Kineto trace keys
+    return '"event"' in text[:4096]
+
+
+def read(path: Path, names: NameTable) -> ImportResult:
+    source, batches, skipped, warnings = import_metallic(path, names)
+    return ImportResult(source, batches, skipped, warnings, names)
+
+
+FORMAT = register(TraceFormat("metallic", "metallic JSONL", sniff, read, priority=10))

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, NameTable, SourceInfo
+from llmtop.events import NO_LAYER, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import Intervals, StepFacts, layer_of, merge_facts, parse_step
+from llmtop.traces.registry import ImportResult, TraceFormat, register
 
 NVTX_RANGE_TYPES = (59, 60, 70, 71)  # push/pop, start/end (and their payload variants)
 
@@ -27,7 +28,7 @@ def _cols(con: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
 
-def import_nsys(path: Path, names: NameTable) -> tuple[SourceInfo, list, int, list[str]]:
+def import_nsys(path: Path, names: NameTable) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
     uri = "file:" + str(path.resolve()).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
     try:
         con = sqlite3.connect(uri, uri=True)
@@ -42,7 +43,7 @@ def import_nsys(path: Path, names: NameTable) -> tuple[SourceInfo, list, int, li
 
 def _read(
     con: sqlite3.Connection, tables: set[str], path: Path, names: NameTable
-) -> tuple[SourceInfo, list, int, list[str]]:
+) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
     kernel_tables = [
         t
         for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET")
@@ -231,3 +232,20 @@ def _read(
         },
     )
     return source, batches, skipped, warnings
+
+
+# -- registration ----------------------------------------------------------------------------
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def sniff(head: bytes) -> bool:
+    return head.startswith(SQLITE_MAGIC)
+
+
+def read(path: Path, names: NameTable) -> ImportResult:
+    source, batches, skipped, warnings = import_nsys(path, names)
+    return ImportResult(source, batches, skipped, warnings, names)
+
+
+FORMAT = register(TraceFormat("nsys", "nsys SQLite", sniff, read, priority=5, gzip=False,
+                              errors=(sqlite3.DatabaseError,)))

@@ -1,0 +1,153 @@
+"""Number formatting for every view of the statistics: the headless report and the TUI panes.
+
+One definition per kind of number, so the same value reads the same in `llmtop report` and on screen:
+milliseconds (three significant digits, fixed point), durations with their unit, percentages, rates,
+counts (exact or compact), byte sizes, and the one-line WebGPU adapter summary. Where the two views
+legitimately differ (the plain-text report writes a missing value as "-" and keeps two decimals on
+percentages and rates) they pass `missing=` / `decimals=`; the rules themselves live only here.
+
+The bottom layer: nothing from llmtop is imported, so any module may use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+DASH = "–"  # a missing value (the report passes its ASCII "-")
+
+
+def num(x: Any) -> float | None:
+    """A finite float, or None (None, bools, non-numbers, NaN and infinities)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt_ms(x: Any, missing: str = DASH) -> str:
+    """Milliseconds to three significant digits, fixed point (table cells: the unit is in the header).
+
+    1,234 · 123 · 12.3 · 1.23 · 0.123 · 0.0123 · 0.00123; below 1 µs five decimals (10 ns), so a cell
+    never takes an exponent and never grows past seven characters under 1,000,000 ms.
+    """
+    v = num(x)
+    if v is None:
+        return missing
+    a = abs(v)
+    if a >= 100:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    if a >= 0.1 or a == 0:
+        return f"{v:.3f}"
+    if a >= 0.01:
+        return f"{v:.4f}"
+    return f"{v:.5f}"
+
+
+def fmt_duration_ms(x: Any, missing: str = DASH) -> str:
+    """A duration given in ms with its unit chosen for reading (µs / ms / s)."""
+    v = num(x)
+    if v is None:
+        return missing
+    a = abs(v)
+    if a >= 1000:
+        return f"{v / 1000:.2f} s"
+    if a >= 1:
+        return f"{fmt_ms(v)} ms"
+    return f"{v * 1000:.0f} µs" if a >= 0.01 else f"{v * 1000:.1f} µs"
+
+
+def fmt_pct(x: Any, decimals: int = 1, missing: str = DASH) -> str:
+    """A percentage with `decimals` decimals; from 100 % up whole numbers (100%, 1234%)."""
+    v = num(x)
+    if v is None:
+        return missing
+    if abs(v) >= 100 - 0.5 * 10.0**-decimals:  # would print as 100.0 or more
+        return f"{v:.0f}%"
+    return f"{v:.{decimals}f}%"
+
+
+def fmt_rate(x: Any, decimals: int = 1, missing: str = DASH) -> str:
+    """A rate (tok/s, W, °C, µs per 1k tokens): whole numbers from 100 up, else `decimals` decimals."""
+    v = num(x)
+    if v is None:
+        return missing
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.{decimals}f}"
+
+
+def fmt_int(x: Any, missing: str = DASH) -> str:
+    """An exact count with thousands separators (report tables)."""
+    v = num(x)
+    return missing if v is None else f"{round(v):,}"
+
+
+def fmt_count(x: Any, missing: str = DASH) -> str:
+    """A count in at most about six characters (panes): exact below 100,000, then k, then M."""
+    v = num(x)
+    if v is None:
+        return missing
+    n = round(v)
+    if abs(n) >= 10_000_000:
+        return f"{n / 1e6:.0f}M"
+    if abs(n) >= 100_000:
+        return f"{n / 1e3:.0f}k"
+    return f"{n:,}"
+
+
+def fmt_bytes(x: Any, missing: str = DASH) -> str:
+    """Binary units: 512 B, 12 KiB, 3.2 MiB, 7.5 GiB (GiB is the largest)."""
+    v = num(x)
+    if v is None:
+        return missing
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(v) < 1024 or unit == "GiB":
+            return f"{v:.0f} {unit}" if unit in ("B", "KiB") else f"{v:.1f} {unit}"
+        v /= 1024
+    return missing  # unreachable
+
+
+# Short names for the WebGPU features the wgpu backend enables.
+_FEATURE_ABBREV = {"timestamp-query": "ts", "timestamp-query-inside-passes": "ts-in-pass",
+                   "timestamp-query-inside-encoders": "ts-in-encoder", "shader-f16": "f16"}
+
+
+def adapter_line(a: Mapping[str, Any]) -> str:
+    """One strip line for a WebGPU adapter: name, backend, features, limits and the weight read path."""
+    kind = ", ".join(str(v) for v in (a.get("backend"), a.get("type")) if v) or "?"
+    name = f"{a.get('name') or '?'} ({kind})"
+    feats = ",".join(_FEATURE_ABBREV.get(f, f) for f in a.get("features") or []) or "none"
+    lim = a.get("limits") or {}
+    parts = [name]
+    if a.get("weight_read"):  # first after the name: it changes what the matmul times mean
+        parts.append(f"weights {a['weight_read']}")
+    chk = a.get("self_check")
+    if isinstance(chk, Mapping) and isinstance(chk.get("seconds"), (int, float)):
+        parts.append(f"self-check ok {chk['seconds']:.2f} s")  # the start-up proof of correct results
+    parts.append(f"features {feats}")
+    if lim.get("max-buffer-size"):
+        parts.append(f"buf ≤ {fmt_bytes(lim['max-buffer-size'])}")
+    if lim.get("max-texture-dimension-2d"):
+        parts.append(f"tex ≤ {lim['max-texture-dimension-2d']}")
+    return "  ".join(parts)
+
+
+__all__ = [
+    "DASH",
+    "adapter_line",
+    "fmt_bytes",
+    "fmt_count",
+    "fmt_duration_ms",
+    "fmt_int",
+    "fmt_ms",
+    "fmt_pct",
+    "fmt_rate",
+    "num",
+]

@@ -1,0 +1,302 @@
+"""Open any trace file: a llmtop recording or a foreign trace, one file or several (one per rank).
+
+The format comes from the file's content, through the one registry of formats (llmtop.traces.registry),
+never from its extension. `open_trace_file` is what `replay`, `report` and `export` open: every item
+with its record time. `open_trace` / `open_traces` give an ImportResult (batches and the one name table
+they refer to); `open_traces` merges several files, one track per rank, device and stream.
+
+The formats are the modules of llmtop.traces.importers: each registers itself when imported, and this
+module imports them all (`formats()`) the first time a file is opened.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import importlib
+import pkgutil
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmtop.errors import LlmtopError
+from llmtop.events import EventBatch, Item, NameTable, SourceInfo, track_label
+from llmtop.traces import importers
+from llmtop.traces.recording import batch_time_ns
+from llmtop.traces.registry import ImportResult, TraceFormat, read_head, registered
+
+__all__ = [
+    "ImportResult",
+    "TraceFile",
+    "TracePaths",
+    "detect_format",
+    "expand_trace_paths",
+    "format_of",
+    "formats",
+    "open_trace",
+    "open_trace_file",
+    "open_traces",
+    "timed_batches",
+]
+
+MAX_TRACKS = 65536  # KERNEL_DTYPE.track is uint16
+# what any reader may raise on bad input (a format adds its libraries' errors in TraceFormat.errors)
+_BAD_INPUT: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, UnicodeError, MemoryError)
+
+
+# -- formats -----------------------------------------------------------------------------------
+@functools.cache
+def _load_importers() -> None:
+    """Import every module of llmtop.traces.importers once; the format modules register on import."""
+    for mod in pkgutil.iter_modules(importers.__path__, importers.__name__ + "."):
+        importlib.import_module(mod.name)
+
+
+def formats() -> list[TraceFormat]:
+    """Every registered format, in sniffing order."""
+    _load_importers()
+    return registered()
+
+
+def _known(fmts: list[TraceFormat]) -> str:
+    return ", ".join(f.label for f in fmts)
+
+
+def format_of(path: str | Path) -> TraceFormat:
+    """The format whose sniff matches the file's first bytes; one-line LlmtopError otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise LlmtopError(f"{p} is a directory; give a trace file")
+    if not p.exists():
+        raise LlmtopError(f"no such file: {p}")
+    head, gzipped = read_head(p)
+    if not head.strip():
+        raise LlmtopError(f"{p} is empty")
+    fmts = formats()
+    for fmt in fmts:
+        if (fmt.gzip or not gzipped) and fmt.sniff(head):
+            return fmt
+    raise LlmtopError(f"{p}: unrecognised trace format (known formats: {_known(fmts)})")
+
+
+def detect_format(path: str | Path) -> str:
+    """The registered format name of a file ('kineto', 'nsys', 'recording', ...); LlmtopError otherwise."""
+    return format_of(path).name
+
+
+def _read(p: Path, fmt: TraceFormat, names: NameTable) -> ImportResult:
+    """One file read into `names`. Bad input -> LlmtopError with one line."""
+    try:
+        return fmt.read(p, names)
+    except LlmtopError:
+        raise
+    except (*_BAD_INPUT, *fmt.errors) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise LlmtopError(f"{p}: cannot import {fmt.name} trace: {type(e).__name__}: {first}") from None
+
+
+def open_trace(path: str | Path) -> ImportResult:
+    """Read a trace file (format chosen by its content). Bad input -> LlmtopError with one line."""
+    p = Path(path)
+    return _read(p, format_of(p), NameTable())
+
+
+# -- several files -----------------------------------------------------------------------------
+def expand_trace_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files named, with each directory replaced by its trace files (sorted; hidden files and files of
+    no known trace format are left out with a warning). Returns (files, warnings); LlmtopError if none."""
+    files: list[Path] = []
+    warnings: list[str] = []
+    for x in paths:
+        p = Path(x)
+        if not p.is_dir():
+            if not p.exists():
+                raise LlmtopError(f"no such file: {p}")
+            files.append(p)
+            continue
+        found = 0
+        for f in sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")):
+            try:
+                format_of(f)
+            except LlmtopError:
+                warnings.append(f"{f}: not a trace file, left out")
+                continue
+            files.append(f)
+            found += 1
+        if not found:
+            raise LlmtopError(f"{p}: directory holds no trace files")
+    if not files:
+        raise LlmtopError("no trace files given")
+    seen: set[Path] = set()
+    for f in files:
+        r = f.resolve()
+        if r in seen:
+            raise LlmtopError(f"{f}: the same file is given twice")
+        seen.add(r)
+    return files, warnings
+
+
+def _first_ns(b: EventBatch) -> int:
+    starts = [int(a["start_ns"].min()) for a in (b.kernels, b.steps) if len(a)]
+    return min(starts) if starts else -(1 << 62)  # a names-only batch goes first
+
+
+def open_traces(paths: Sequence[str | Path]) -> ImportResult:
+    """Several foreign traces (files and/or directories of them) as one ImportResult.
+
+    Each file is imported on its own (its launches, steps and layers are matched within the file), into
+    one shared NameTable; its tracks are then renumbered after the previous files' tracks, so every
+    rank's devices and streams stay on their own `track`, and its steps keep that track. Batches of all
+    files are interleaved by start time (a replay plays the ranks side by side). SourceInfo.extra:
+    `ranks` = [{rank, file, format, device, tracks}], `tracks` = [{track, rank, file, device/stream or
+    pid/tid, label}], `files`. Recordings cannot be merged (they carry their own live source).
+    """
+    files, warnings = expand_trace_paths(paths)
+    names = NameTable()
+    per_file: list[tuple[Path, str, SourceInfo, list[EventBatch]]] = []
+    skipped = 0
+    for p in files:
+        fmt = format_of(p)
+        if not fmt.mergeable:
+            raise LlmtopError(f"{p}: {fmt.label}s cannot be merged with other files; give it alone")
+        res = _read(p, fmt, names)
+        per_file.append((p, fmt.name, res.source, list(res.batches)))
+        skipped += res.skipped
+        warnings.extend(f"{p.name}: {x}" for x in res.warnings)
+
+    file_rank = [_rank_of(src) for _, _, src, _ in per_file]
+    dup = {r for r, n in Counter(file_rank).items() if n > 1}
+    if dup:
+        warnings.append(f"several files say rank {', '.join(map(str, sorted(dup)))}: "
+                        "their tracks are labelled with the file name")
+    tracks: list[dict[str, Any]] = []
+    ranks: list[dict[str, Any]] = []
+    streams: list[Any] = []
+    offset = 0
+    for (p, fmt_name, src, batches), rank in zip(per_file, file_rank, strict=True):
+        n_tracks = _n_tracks(src, batches)
+        if offset + n_tracks > MAX_TRACKS:
+            raise LlmtopError(f"{len(files)} files have more than {MAX_TRACKS} streams/threads in all")
+        for b in batches:
+            if offset:
+                if len(b.kernels):
+                    b.kernels["track"] += offset
+                if len(b.steps):
+                    b.steps["track"] += offset
+        listed = {int(t.get("track", -1)): t for t in src.extra.get("tracks") or [] if isinstance(t, dict)}
+        tag = f"rank {rank} ({p.name})" if rank in dup else f"rank {rank}"
+        mine = []
+        for i in range(n_tracks):
+            own = {k: v for k, v in listed.get(i, {}).items() if k not in ("track", "rank")}
+            t = {"track": offset + i, "rank": rank, "file": p.name, **own}
+            t["label"] = track_label(t, rank_tag=tag)
+            mine.append(t)
+        tracks += mine
+        streams += [s for s in src.extra.get("streams") or [] if s not in streams]
+        ranks.append({"rank": rank, "file": str(p), "format": fmt_name, "device": src.device,
+                      "tracks": [t["track"] for t in mine]})
+        offset += n_tracks
+
+    # Interleave by start time; the first batch out carries the whole name table (every name is interned
+    # by now), so batch order never leaves a gap in a consumer's table.
+    merged = list(heapq.merge(*(b for _, _, _, b in per_file), key=_first_ns))
+    for i, b in enumerate(merged):
+        b.names_base, b.new_names = 0, (list(names.names) if i == 0 else [])
+    srcs = [s for _, _, s, _ in per_file]
+    devices = list(dict.fromkeys(s.device for s in srcs if s.device))
+    backends = list(dict.fromkeys(s.backend for s in srcs if s.backend))
+    timings = list(dict.fromkeys(s.timing for s in srcs if s.timing))
+    source = SourceInfo(
+        kind="import",
+        backend="+".join(backends),
+        device=", ".join(devices),
+        model=", ".join(p.name for p in files),
+        timing=", ".join(timings),
+        n_layers=max((s.n_layers for s in srcs), default=0),
+        extra={
+            "ranks": ranks,
+            "tracks": tracks,
+            "streams": streams,
+            "files": [str(p) for p in files],
+            "skipped": skipped,
+            "warnings": warnings,
+        },
+    )
+    return ImportResult(source=source, batches=merged, skipped=skipped, warnings=warnings, names=names)
+
+
+def _rank_of(src: SourceInfo) -> int:
+    r = src.extra.get("ranks")
+    if isinstance(r, list) and r and type(r[0]) is int:
+        return r[0]
+    return 0
+
+
+def _n_tracks(src: SourceInfo, batches: list[EventBatch]) -> int:
+    """Tracks this file uses: its listed tracks, or one past the highest track in its rows."""
+    top = -1
+    for b in batches:
+        for a in (b.kernels, b.steps):
+            if len(a):
+                top = max(top, int(np.max(a["track"])))
+    listed = src.extra.get("tracks")
+    return max(top + 1, len(listed) if isinstance(listed, list) else 0, 1)
+
+
+# -- timed records (replay, report, export) ----------------------------------------------------
+@dataclass
+class TraceFile:
+    """An opened trace: where it came from, its records, and warnings (filled while iterating)."""
+
+    path: Path
+    source: SourceInfo
+    format: str  # "llmtop" or the importer's format name
+    records: Iterator[tuple[int, Item]]
+    warnings: list[str] = field(default_factory=list)
+    skipped: int = 0  # events an importer could not map
+    names: NameTable | None = None  # an importer's name table (its batches carry new_names as well)
+
+
+TracePaths = str | Path | Sequence[str | Path]
+
+
+def open_trace_file(path: TracePaths) -> TraceFile:
+    """Open a llmtop recording, or any trace a registered format reads; LlmtopError otherwise.
+
+    Several paths, or a directory, are foreign traces merged by `open_traces` (one track per rank,
+    device and stream); `TraceFile.path` is then the directory or the first file.
+    """
+    if not isinstance(path, str | Path):
+        paths = list(path)
+        if len(paths) != 1:
+            if not paths:
+                raise LlmtopError("no trace files given")
+            return _trace_file(Path(paths[0]), open_traces(paths))
+        path = paths[0]
+    p = Path(path)
+    if p.is_dir():
+        return _trace_file(p, open_traces([p]))
+    if not p.exists():
+        raise LlmtopError(f"no such file: {p}")
+    return _trace_file(p, open_trace(p))
+
+
+def _trace_file(p: Path, res: ImportResult) -> TraceFile:
+    # res.warnings is the reader's own list: lazy readers append to it while their records iterate
+    records = res.records if res.records is not None else timed_batches(res.batches)
+    return TraceFile(p, res.source, res.format or res.source.backend or "import", records, res.warnings,
+                     res.skipped, res.names)
+
+
+def timed_batches(batches: Iterable[EventBatch]) -> Iterator[tuple[int, Item]]:
+    """Give untimed batches (importers) a record time: their last step/kernel end, else the previous."""
+    last = 0
+    for b in batches:
+        t = batch_time_ns(b)
+        last = t if t is not None else last
+        yield last, b

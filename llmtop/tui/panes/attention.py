@@ -1,0 +1,70 @@
+"""The attention-growth pane: attention ms per decode step against context, its fit and projection."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from rich.text import Text
+from textual.strip import Strip
+
+from llmtop.tui import view
+from llmtop.tui.panes.base import Line, _Pane, flow
+from llmtop.tui.plot import Series, plot_segments
+
+
+class AttentionPane(_Pane):
+    """Attention ms per decode step against context: points, least-squares line, projection."""
+
+    def lines(self) -> list[Line]:
+        w, h = self.size.width, self.size.height
+        att = view.section(self.snapshot, "attention")
+        xs, ys = view.attention_points(self.snapshot)
+        if not att and not xs:
+            return [self.empty("no decode steps yet…")]
+        slope = view.num(att.get("slope_us_per_1k"))
+        intercept = view.num(att.get("intercept_ms"))
+        chunks = [
+            self.lv("slope", f"{view.fmt_rate(slope)} µs/1k tok"),
+            self.lv("R²", "–" if view.num(att.get("r2")) is None else f"{float(att['r2']):.3f}"),
+            self.lv("at 0 ctx", view.fmt_duration_ms(intercept)),
+        ]
+        proj = att.get("projection")
+        note = att.get("fit_note")
+        if note and not att.get("fit_ok"):
+            chunks.append(Text(f"no projection: {note}", self.cs("pane--dim")))
+        elif isinstance(proj, Mapping) and view.num(proj.get("ctx")):
+            chunks.append(
+                self.lv(
+                    f"at {view.fmt_count(proj.get('ctx'))} tok",
+                    f"{view.fmt_pct(proj.get('pct_of_step'))} of a step "
+                    f"({view.fmt_duration_ms(proj.get('attention_ms'))})",
+                )
+            )
+        if att.get("superlinear"):
+            warn = self.cs("pane--warn")
+            chunks.append(Text("⚠ superlinear growth", warn))
+        lines: list[Line] = [*flow(chunks, w)]
+        room = h - len(lines)
+        if room >= 2 and xs:
+            x_lo, x_hi = min(xs), max(xs)
+            series = [Series(xs, ys, self.cs("plot--main"))]
+            if slope is not None and intercept is not None:
+                fx = [x_lo + (x_hi - x_lo) * i / 32 for i in range(33)]
+                fy = [intercept + slope * x / 1e6 for x in fx]  # µs per 1k tokens -> ms per token
+                fit_style = self.cs("plot--fit")
+                series.append(Series(fx, fy, fit_style, line=True))
+            if room >= 4:  # the axis caption only when the plot keeps at least 3 rows
+                y_all = [y for s in series for y in s.ys if math.isfinite(y)]
+                lines.append(
+                    Text(
+                        f"ctx {view.fmt_count(x_lo)}–{view.fmt_count(x_hi)}  "
+                        f"ms {view.fmt_ms(min(y_all))}–{view.fmt_ms(max(y_all))}  (· points, ─ fit)",
+                        self.cs("pane--dim"),
+                        no_wrap=True,
+                    )
+                )
+                room -= 1
+            # Points first, then the fitted line on top: where they coincide the fit shows.
+            lines += [Strip(r) for r in plot_segments(w, room, series)]
+        return lines

@@ -1,0 +1,75 @@
+"""The two-line header bar: source, backend, device and model, then run state, step, view and costs."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+
+from llmtop.tui import view
+from llmtop.tui.panes.base import _TextBar, join_lines
+from llmtop.tui.provider import ProviderStatus
+
+
+class HeaderBar(_TextBar):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "header--title",
+        "header--label",
+        "header--warn",
+        "header--paused",
+    }
+
+    def show(self, snapshot: Any, status: ProviderStatus, *, mode: str, paused: bool) -> None:
+        src = view.section(snapshot, "source")
+        tok = view.section(snapshot, "tokens")
+        dropped = view.section(snapshot, "dropped")
+        label = self.cs("header--label")
+        warn = self.cs("header--warn")
+        line1 = Text(no_wrap=True, overflow="ellipsis")
+        line1.append("llmtop ", self.cs("header--title"))
+        kind = src.get("kind") or status.get("kind") or ""
+        parts = [kind, src.get("backend"), src.get("device"), src.get("model"), src.get("dtype")]
+        line1.append(" · ".join(str(p) for p in parts if p))
+        if src.get("timing"):
+            line1.append("  timing ", label)
+            line1.append(str(src["timing"]))
+        line2 = Text(no_wrap=True, overflow="ellipsis")
+        if paused or status.get("state") == "paused":
+            line2.append(" PAUSED ", self.cs("header--paused"))
+            line2.append(" ")
+        elif status.get("state") in ("finished", "error"):
+            line2.append(
+                f" {str(status['state']).upper()} ",
+                self.cs("header--paused"),
+            )
+            line2.append(" ")
+        # Most important first: a narrow terminal crops the end of the line.
+        cost, behind_names = view.collector_cost(snapshot)
+        behind = str(status.get("behind") or "") or (f"{behind_names} cannot keep up" if behind_names else "")
+        if behind:
+            line2.append("⚠ " + (behind if "behind" in behind else f"falling behind: {behind}") + "  ", warn)
+        items: list[tuple[str, str, bool]] = []
+        step = view.token_step(tok)
+        if step is not None:
+            items.append(("step", view.fmt_count(step), False))
+        window = view.report(snapshot).get("window_s")
+        items.append(
+            ("stats", f"last {view.fmt_rate(window)} s" if mode == "window" and window else mode, False)
+        )
+        total_dropped = view.num(dropped.get("total")) or 0
+        items.append(("dropped", view.fmt_count(total_dropped), total_dropped > 0))
+        if cost is None:
+            cost = view.num(status.get("collector_cost_pct"))
+        if cost is not None:
+            items.append(("collectors", f"{cost:.1f}% CPU", False))
+        if status.get("speed") is not None and status.get("kind") == "replay":
+            items.append(("speed", f"{status['speed']:g}×", False))
+            if status.get("progress") is not None:
+                items.append(("at", view.fmt_pct(100 * float(status["progress"])), False))
+        if status.get("prompt"):
+            items.append(("prompt", str(status["prompt"]), False))
+        for k, v, is_warn in items:
+            line2.append(k + " ", label)
+            line2.append(v, warn if is_warn else "")
+            line2.append("  ")
+        self.show_text(join_lines([line1, line2]))

@@ -1,0 +1,153 @@
+"""Import direction, read from the source with `ast` (imports inside functions count too).
+
+Stages import downward only: events/errors/codec (bottom) <- model <- kernels <- collectors <- stats <- tui;
+traces/ (files) sits beside that chain; agent/, attach/, serve/ are sources. Inside traces/ the import
+graph has no cycle, the run-time discovery of the format modules included.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "llmtop"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str, importer: str, level: int, is_pkg: bool) -> str:
+    if not level:
+        return name
+    base = importer.split(".") if is_pkg else importer.split(".")[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join([*base, name] if name else base)
+
+
+def imports_of(mod: str, source: str | None = None) -> set[str]:
+    """The llmtop modules `mod` imports anywhere in its file (`from pkg import sub` counts as pkg.sub)."""
+    path = MODULES.get(mod, PKG / "_synthetic.py")
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source, str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(node.module or "", mod, node.level, path.name == "__init__.py")
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                out.add(sub if sub in MODULES else target)
+    return {m for m in out if m == "llmtop" or m.startswith("llmtop.")}
+
+
+def dynamic_imports(mod: str) -> list[str]:
+    """Calls that import by name at run time (importlib.import_module, __import__) in `mod`."""
+    path = MODULES[mod]
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in ("import_module", "__import__"):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def _under(mod: str, pkg: str) -> bool:
+    return mod == pkg or mod.startswith(pkg + ".")
+
+
+def _in(pkg: str) -> list[str]:
+    return [m for m in MODULES if _under(m, pkg)]
+
+
+@pytest.mark.parametrize(
+    ("pkg", "forbidden"),
+    [
+        ("llmtop.traces", ("collectors", "agent", "attach", "tui", "serve", "stats")),
+        ("llmtop.collectors", ("agent", "attach", "tui", "serve")),
+    ],
+)
+def test_stage_does_not_import_upward(pkg: str, forbidden: tuple[str, ...]) -> None:
+    assert _in(pkg), f"no modules under {pkg}"
+    bad = [f"{m} -> {t}" for m in _in(pkg) for t in sorted(imports_of(m))
+           if any(_under(t, f"llmtop.{f}") for f in forbidden)]
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_bottom_layer_imports_only_bottom() -> None:
+    bottom = {"llmtop.events", "llmtop.errors", "llmtop.codec"}
+    bad = [f"{m} -> {t}" for m in sorted(bottom) for t in sorted(imports_of(m)) if t not in bottom]
+    assert not bad, "the bottom layer imports upward:\n" + "\n".join(bad)
+
+
+def _traces_graph() -> dict[str, set[str]]:
+    graph = {m: {t for t in imports_of(m) if _under(t, "llmtop.traces")} for m in _in("llmtop.traces")}
+    # llmtop.traces.open imports every module of llmtop.traces.importers at run time (the formats
+    # register themselves on import); no other module under traces/ imports by name.
+    importers = {m for m in _in("llmtop.traces.importers") if m != "llmtop.traces.importers"}
+    graph["llmtop.traces.open"] |= importers
+    return graph
+
+
+def test_only_the_opener_imports_by_name() -> None:
+    hidden = {m: dynamic_imports(m) for m in _in("llmtop.traces") if m != "llmtop.traces.open"}
+    assert not {m: v for m, v in hidden.items() if v}
+    assert dynamic_imports("llmtop.traces.open"), "the opener no longer discovers formats: update this test"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                return [*stack[stack.index(t):], t]
+            if t not in state and (cycle := visit(t)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_in_traces() -> None:
+    cycle = find_cycle(_traces_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_checks_see_function_level_imports_and_cycles() -> None:
+    # the old layout: the exporter reached into collectors/ from inside a function, and recording.py and
+    # the importers package imported each other (one inside a function, one relatively)
+    export = "def export_file(p):\n    from llmtop.collectors.replay import open_trace_file\n"
+    assert imports_of("llmtop.traces.chrome_export", export) == {"llmtop.collectors.replay"}
+    rec = "def open_recording(p):\n    from llmtop.traces.importers import ImportResult\n"
+    imp = "from ..recording import RecordingReader\n"
+    graph = {"llmtop.traces.recording": imports_of("llmtop.traces.recording", rec),
+             "llmtop.traces.importers": imports_of("llmtop.traces.importers", imp)}
+    assert graph["llmtop.traces.importers"] == {"llmtop.traces.recording"}
+    imp_, rec_ = "llmtop.traces.importers", "llmtop.traces.recording"
+    assert find_cycle(graph) == [imp_, rec_, imp_]
+    assert "llmtop.traces.registry" in imports_of("llmtop.traces.importers.kineto")
