@@ -9,9 +9,7 @@ Every user mistake surfaces as `llmtop: error: <one line>` (LlmtopError), never 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ NOT_A_TTY = ("the TUI needs an interactive terminal (stdin/stdout is not a TTY);
              "headless run, or `llmtop report FILE` for a recording")
 
 SUBCOMMAND_HELP = {
-    "replay": "replay a recording or an imported trace (Kineto, nsys, metallic, doppler) in the TUI",
+    "replay": "replay a recording or an imported trace (Kineto, nsys, metallic, doppler, ...) in the TUI",
     "report": "print the report of a recording or trace headless (text, json, markdown)",
     "export": "write a recording or trace as Chrome Trace Event JSON (Perfetto)",
     "attach": "attach to llmtop agents or Prometheus /metrics endpoints (vLLM, llama.cpp, TGI, SGLang)",
@@ -204,87 +202,18 @@ def _sampling(args: argparse.Namespace) -> Any:
 
 
 # -- --once ------------------------------------------------------------------------------------------
-@dataclass
-class OnceResult:
-    report: dict[str, Any]
-    generations: list[Any]
-    prompts: list[str]
-    wall_s: float
-
-
-def once_report(args: argparse.Namespace) -> OnceResult:
-    """Run the prompts once (in --batch chunks) through the live Pipeline, headless and without gauges.
-
-    The same path as the TUI's `--in-process` run: engine thread -> bounded queue -> aggregator thread,
-    with the recording (--record) teed from exactly the items the aggregator folds, so `llmtop report`
-    of it equals this report. On any exit, ctrl-c included, the pipeline stops after the current step,
-    folds and records what was generated so far, and closes the recording.
-    """
-    from llmtop.collectors.engine import EngineCollector
-    from llmtop.collectors.pipeline import live_pipeline
-    from llmtop.stats.aggregator import Aggregator
-
-    prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
-    engine = build_engine(args)
-    agg = Aggregator(window_s=args.window)
-    gens: list[Any] = []
-    t0 = time.perf_counter()
-    try:
-        # like the live loop, a short last round is filled up cyclically so every step has --batch rows
-        pipeline = live_pipeline(engine, agg, prompts=prompts, batch=args.batch,
-                                 max_new_tokens=args.max_new_tokens, sampling=_sampling(args),
-                                 chat=not args.no_chat, loop=False, record=args.record, process=False,
-                                 gpu=False, on_round=lambda _i, out: gens.extend(out))
-        with pipeline:
-            pipeline.wait_done()
-        producer = pipeline.collectors[0]
-        assert isinstance(producer, EngineCollector)
-        failure = producer.engine_exception
-        if isinstance(failure, LlmtopError):
-            raise failure
-        if failure is not None or pipeline.status().errors:
-            raise LlmtopError("; ".join(pipeline.status().errors) or f"{type(failure).__name__}: {failure}")
-    finally:
-        engine.ops.close()
-    wall = time.perf_counter() - t0
-    return OnceResult(dict(agg.snapshot(mode="cumulative").report), gens, prompts, wall)
-
-
 def run_once(args: argparse.Namespace) -> int:
-    from llmtop.report import render
+    from llmtop.once import render_once
+    from llmtop.once import run_once as once
 
     if args.format not in FORMATS:
         raise UsageError(f"unknown format {args.format!r} (choose from {', '.join(FORMATS)})")
     if args.loop:
         raise UsageError("--loop needs the TUI; --once runs each prompt once")
-    res = once_report(args)
-    first = res.generations[0] if res.generations else None
-    if args.format == "json":
-        out: dict[str, Any] = {
-            "text": first.text if first else "",
-            "finish_reason": first.finish_reason if first else None,
-            "prompt_tokens": first.prompt_tokens if first else 0,
-        }
-        if len(res.generations) > 1:
-            out["generations"] = [
-                {"prompt": res.prompts[i % len(res.prompts)], "text": g.text,
-                 "finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
-                 "generated": len(g.token_ids)}
-                for i, g in enumerate(res.generations)
-            ]
-        out.update(res.report)
-        print(json.dumps(out, indent=2, allow_nan=False))
-        return 0
-    md = args.format == "markdown"
-    for i, g in enumerate(res.generations):
-        if len(res.generations) > 1:
-            print(f"{'### ' if md else ''}[{i + 1}] {res.prompts[i % len(res.prompts)]}")
-        print(g.text)
-        print(f"{'_' if md else '('}{g.prompt_tokens} prompt tokens, {len(g.token_ids)} generated, "
-              f"{g.finish_reason}{'_' if md else ')'}")
-        print()
-    print(f"wall {res.wall_s:.2f} s" + ("\n" if md else ""))
-    print(render(res.report, args.format), end="")
+    prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
+    res = once(build_engine(args), prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
+               sampling=_sampling(args), chat=not args.no_chat, record=args.record, window_s=args.window)
+    print(render_once(res, args.format), end="")
     return 0
 
 
@@ -399,7 +328,7 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     session = TuiSession(app, p)
 
     def warnings() -> None:
-        for w in getattr(src, "warnings", None) or []:
+        for w in src.warnings:
             _eprint(f"llmtop: warning: {w}")
 
     session.after.append(warnings)
@@ -437,10 +366,12 @@ def run_live(args: argparse.Namespace) -> int:
 
 # -- subcommands -------------------------------------------------------------------------------------
 def replay_parser() -> argparse.ArgumentParser:
+    from llmtop.traces.open import known_formats
+
     p = _Parser(prog="llmtop replay", description=SUBCOMMAND_HELP["replay"] + ".")
     p.add_argument("file", metavar="FILE", nargs="+",
-                   help="llmtop recording, Kineto JSON(.gz), nsys SQLite, metallic JSONL or doppler log; "
-                        "several traces or a directory (one per rank) are shown side by side")
+                   help=f"{known_formats()} (chosen by content); several traces or a directory (one per "
+                        "rank) are shown side by side")
     p.add_argument("--speed", type=_positive(float, "--speed", zero_ok=True), default=1.0, metavar="X",
                    help="playback speed, 0 = as fast as possible (default 1; +/- keys change it)")
     _add_view_args(p)

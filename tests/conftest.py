@@ -1,4 +1,4 @@
-"""Session-wide test set-up: the WebGPU adapters present, in the report header and as a parameter."""
+"""Session-wide test set-up: the WebGPU adapters present (report header, parameter) and the fuzz profile."""
 
 from __future__ import annotations
 

@@ -75,11 +75,22 @@ def _in(pkg: str) -> list[str]:
     return [m for m in MODULES if _under(m, pkg)]
 
 
+_ABOVE_KERNELS = ("collectors", "stats", "tui", "traces", "agent", "attach", "serve", "once", "cli")
+
+
 @pytest.mark.parametrize(
     ("pkg", "forbidden"),
     [
-        ("llmtop.traces", ("collectors", "agent", "attach", "tui", "serve", "stats")),
-        ("llmtop.collectors", ("agent", "attach", "tui", "serve")),
+        ("llmtop.model", _ABOVE_KERNELS),
+        ("llmtop.kernels", _ABOVE_KERNELS),
+        ("llmtop.traces", ("collectors", "agent", "attach", "tui", "serve", "stats", "once", "cli")),
+        ("llmtop.collectors", ("stats", "agent", "attach", "tui", "serve", "once", "cli")),
+        ("llmtop.stats", ("model", "kernels", "collectors", "traces", "agent", "attach", "tui", "serve",
+                          "once", "cli")),
+        ("llmtop.tui", ("agent", "attach", "serve", "once", "cli")),
+        ("llmtop.agent", ("collectors", "stats", "tui", "attach", "serve", "once", "cli")),
+        ("llmtop.attach", ("tui", "serve", "once", "cli")),
+        ("llmtop.serve", ("tui", "attach", "once", "cli")),
     ],
 )
 def test_stage_does_not_import_upward(pkg: str, forbidden: tuple[str, ...]) -> None:
@@ -151,3 +162,10 @@ def test_the_checks_see_function_level_imports_and_cycles() -> None:
     imp_, rec_ = "llmtop.traces.importers", "llmtop.traces.recording"
     assert find_cycle(graph) == [imp_, rec_, imp_]
     assert "llmtop.traces.registry" in imports_of("llmtop.traces.importers.kineto")
+
+
+def test_model_reaches_kernels_only_through_the_ops_interface() -> None:
+    """The one arrow allowed against the flow: the engine calls the `Ops` it is given (kernels/base.py)."""
+    bad = [f"{m} -> {t}" for m in _in("llmtop.model") for t in sorted(imports_of(m))
+           if _under(t, "llmtop.kernels") and t != "llmtop.kernels.base"]
+    assert not bad, "\n".join(bad)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from llmtop.attach.agent_client import CONNECTED, CONNECTING, DISCONNECTED
 from llmtop.attach.metrics import MAX_METRICS_BYTES, Scrape, capabilities, derive, parse_metrics, parse_slots
 from llmtop.collectors.base import Collector
+from llmtop.collectors.replay import FoldTarget, LoadSummary, load_into
 from llmtop.errors import LlmtopError
 from llmtop.events import CounterSample, Marker, SourceInfo
 
@@ -188,11 +189,9 @@ def stop_profile(url: str, timeout: float = 600.0) -> str:
     return _profile_call(url, "stop_profile", timeout)
 
 
-def load_profile_trace(path: str, aggregator: Any) -> Any:
+def load_profile_trace(path: str, aggregator: FoldTarget) -> LoadSummary:
     """Fold a trace the server's profiler wrote (e.g. *.pt.trace.json.gz) into an aggregator, through
     the trace importers; returns their LoadSummary. The kernel panes then show the server's kernels."""
-    from llmtop.collectors.replay import load_into
-
     return load_into(path, aggregator)
 
 

@@ -1,8 +1,8 @@
 """The engine worker: the decode loop in its own process, streaming its events to the live TUI.
 
 `python -m llmtop.collectors.engine_worker` reads one JSON `EngineSpec` line on stdin, builds the engine
-and runs an `EngineCollector` whose "queue" writes each item as a wire frame (llmtop.agent.wire) on the
-original stdout. The parent (`EngineProcessCollector`) reads those frames into the pipeline.
+and runs an `EngineCollector` whose "queue" writes each item as a frame (llmtop.codec, the agent's wire
+format) on the original stdout. The parent (`EngineProcessCollector`) reads those frames into the pipeline.
 
 Why a process: in one process every UI frame and every collector wake-up takes the GIL from the decode
 loop between its ops, which cost 11 % of decode tok/s with the TUI running. Here the only extra thread

@@ -31,6 +31,7 @@ import numpy as np
 from llmtop.errors import LlmtopError
 from llmtop.events import OP_CLASS_ID, EventBatch, NameTable, SourceInfo
 from llmtop.stats.buckets import bucket_index
+from llmtop.stats.filter import parse_filter
 from llmtop.stats.frozen import (
     N_TR_COLS,
     TR_DECODE_STEPS,
@@ -44,7 +45,7 @@ from llmtop.stats.frozen import (
     copy_gen,
 )
 from llmtop.stats.interning import CellIndex
-from llmtop.stats.snapshot import Snapshot, build_snapshot, parse_filter
+from llmtop.stats.snapshot import Snapshot, build_snapshot
 from llmtop.stats.store import N_CTX_BUCKETS, Store
 from llmtop.stats.views import check_view
 

@@ -38,6 +38,7 @@ __all__ = [
     "expand_trace_paths",
     "format_of",
     "formats",
+    "known_formats",
     "open_trace",
     "open_trace_file",
     "open_traces",
@@ -65,6 +66,11 @@ def formats() -> list[TraceFormat]:
 
 def _known(fmts: list[TraceFormat]) -> str:
     return ", ".join(f.label for f in fmts)
+
+
+def known_formats() -> str:
+    """The registered formats' labels, for help texts and errors ("llmtop recording, nsys SQLite, ...")."""
+    return _known(formats())
 
 
 def format_of(path: str | Path) -> TraceFormat:

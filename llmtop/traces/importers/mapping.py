@@ -182,8 +182,22 @@ class Intervals:
         return out
 
 
+NS_LIMIT = 1 << 62  # |ns| below this fits the int64 columns with room for sums (146 years of ns)
+
+
 def us_to_ns(v: object) -> int:
-    """A Kineto µs value (int, or the decimal string of a float kept as text) -> int ns, exactly."""
+    """A Kineto µs value (int, or the decimal string of a float kept as text) -> int ns, exactly.
+
+    ValueError for values whose ns do not fit the int64 columns (a corrupt digit run), so importers skip
+    and count the event instead of failing on an OverflowError halfway through appending its columns.
+    """
+    r = _us_to_ns(v)
+    if not -NS_LIMIT < r < NS_LIMIT:
+        raise ValueError(f"time out of range: {v!r}")
+    return r
+
+
+def _us_to_ns(v: object) -> int:
     if type(v) is str:
         i = v.find(".")
         if i > 0 and len(v) - i == 4 and "e" not in v and "E" not in v:
