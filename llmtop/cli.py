@@ -1,6 +1,6 @@
 """Command line entry point: `llmtop [options]` (live profiler) and `llmtop <subcommand> ...`.
 
-`main` dispatches on argv[0]: a name in SUBCOMMANDS (replay, report, export, attach, serve) runs that
+`main` dispatches on argv[0]: a name in SUBCOMMANDS (replay, report, export, attach, serve, run) runs that
 subcommand; anything else is the top-level live profiler — the Textual TUI over a live decode loop,
 or with `--once` one headless generation whose full Aggregator report is printed.
 Every user mistake surfaces as `llmtop: error: <one line>` (LlmtopError), never a traceback.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -19,16 +18,13 @@ from llmtop.errors import LlmtopError, UsageError
 from llmtop.stats.views import GROUPS, MODES, SORTS
 
 if TYPE_CHECKING:
-    from llmtop.collectors.pipeline import Pipeline
-    from llmtop.events import SourceInfo
     from llmtop.tui.app import LlmtopApp
+    from llmtop.tui.session import TuiSession
 
 from llmtop.kernels.factory import DTYPE_CHOICES, check_backend
 
 FORMATS = ("text", "json", "markdown")
 DEFAULT_ONCE_PROMPT = "What is the capital of France?"
-NOT_A_TTY = ("the TUI needs an interactive terminal (stdin/stdout is not a TTY); use --once for a "
-             "headless run, or `llmtop report FILE` for a recording")
 
 SUBCOMMAND_HELP = {
     "replay": "replay a recording or an imported trace (Kineto, nsys, metallic, doppler, ...) in the TUI",
@@ -36,6 +32,7 @@ SUBCOMMAND_HELP = {
     "export": "write a recording or trace as Chrome Trace Event JSON (Perfetto)",
     "attach": "attach to llmtop agents or Prometheus /metrics endpoints (vLLM, llama.cpp, TGI, SGLang)",
     "serve": "OpenAI-style HTTP server on the llmtop engine, with the agent and /metrics",
+    "run": "run your own inference (python script.py, vllm serve ...) with op-level timing, no code change",
 }
 
 
@@ -218,59 +215,6 @@ def run_once(args: argparse.Namespace) -> int:
 
 
 # -- TUI sessions ------------------------------------------------------------------------------------
-@dataclass
-class TuiSession:
-    """What a TUI mode runs: the app, the pipeline feeding it, and cleanups after both stop.
-
-    `with session:` starts the pipeline and stops it (closing any recording) on the way out, so
-    tests can drive `session.app.run_test()` over exactly what the CLI builds.
-    """
-
-    app: LlmtopApp
-    pipeline: Pipeline
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)  # messages printed once the TUI is gone
-
-    def __enter__(self) -> TuiSession:
-        self.pipeline.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.pipeline.stop()
-        finally:
-            for fn in self.cleanups:
-                fn()
-
-    def run(self) -> int:
-        require_tty()
-        with self:
-            self.app.run()
-        for fn in self.after:
-            fn()
-        for line in self.pipeline.status().errors:
-            _eprint(f"llmtop: warning: {line}")
-        return 0
-
-
-def require_tty() -> None:
-    if not (sys.stdout.isatty() and sys.stdin.isatty()):
-        raise LlmtopError(NOT_A_TTY)
-
-
-def _app(provider: Any, refresh: float, title: str) -> LlmtopApp:
-    from llmtop.tui.app import LlmtopApp
-
-    return LlmtopApp(provider, refresh_hz=refresh, title=title)
-
-
-def _title(src: SourceInfo | None, what: str) -> str:
-    if src is None:
-        return f"llmtop · {what}"
-    parts = [p for p in (src.model, src.backend, src.device) if p]
-    return "llmtop · " + " · ".join([what, *parts])
-
-
 def build_live_session(args: argparse.Namespace) -> TuiSession:
     """`llmtop [flags]`: engine + process + GPU collectors into the TUI (not started).
 
@@ -281,6 +225,7 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     from llmtop.collectors.pipeline import child_pipeline, live_pipeline
     from llmtop.stats.aggregator import Aggregator
     from llmtop.tui.provider import PipelineProvider
+    from llmtop.tui.session import TuiSession, make_app, window_title
 
     _check_workload(args)
     if args.max_new_tokens < 1:
@@ -302,7 +247,7 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     else:
         p = child_pipeline(engine_spec(args, prompts, loop), agg, record=args.record, on_note=_note)
     try:
-        app = _app(PipelineProvider(p, kind="live"), args.refresh, _title(p.source, "live"))
+        app = make_app(PipelineProvider(p, kind="live"), args.refresh, window_title(p.source, "live"))
     except BaseException:
         p.stop()
         for fn in cleanups:
@@ -320,11 +265,12 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     from llmtop.collectors.pipeline import replay_pipeline
     from llmtop.stats.aggregator import Aggregator
     from llmtop.tui.provider import PipelineProvider
+    from llmtop.tui.session import TuiSession, make_app, window_title
 
     agg = Aggregator(window_s=args.window)
     p, src = replay_pipeline(args.file, agg, speed=args.speed)
-    app = _app(PipelineProvider(p, kind="replay", control=src), args.refresh,
-               _title(p.source, f"replay {_files_label(args.file)}"))
+    app = make_app(PipelineProvider(p, kind="replay", control=src), args.refresh,
+               window_title(p.source, f"replay {_files_label(args.file)}"))
     session = TuiSession(app, p)
 
     def warnings() -> None:
@@ -347,17 +293,21 @@ def build_replay_app(args: argparse.Namespace) -> LlmtopApp:
 
 
 def build_attach_session(args: argparse.Namespace) -> TuiSession:
+
     from llmtop.attach import build_attach_pipeline
     from llmtop.stats.aggregator import Aggregator
     from llmtop.tui.provider import PipelineProvider
+    from llmtop.tui.session import TuiSession, make_app
 
     agg = Aggregator(window_s=args.window)
     p = build_attach_pipeline(args.urls, agg, token=args.token, interval=args.interval)
-    app = _app(PipelineProvider(p, kind="attach"), args.refresh, f"llmtop · attach {' '.join(args.urls)}")
+    app = make_app(PipelineProvider(p, kind="attach"), args.refresh, f"llmtop · attach {' '.join(args.urls)}")
     return TuiSession(app, p)
 
 
 def run_live(args: argparse.Namespace) -> int:
+    from llmtop.tui.session import require_tty
+
     require_tty()  # before the model load: a pipe should fail in milliseconds
     if args.format != "text":
         raise UsageError("--format applies to --once (the TUI has no output format)")
@@ -515,6 +465,41 @@ def cmd_attach(argv: list[str]) -> int:
     return 0
 
 
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llmtop run", description=SUBCOMMAND_HELP["run"] + ".",
+                usage="llmtop run [options] -- COMMAND [ARGS...]")
+    p.add_argument("--once", action="store_true",
+                   help="no TUI: wait for COMMAND to exit, then print the report")
+    p.add_argument("--format", default="text", choices=FORMATS, help="--once output format (default text)")
+    p.add_argument("--record", default=None, metavar="FILE", help="keep the instrumented process's recording")
+    p.add_argument("--agent", default=None, metavar="HOST:PORT",
+                   help="where the instrumented process's agent listens (default: a free loopback port)")
+    p.add_argument("--ops", default="all", choices=("all", "layers"),
+                   help="timed granularity: every op (matmul, attention, norm, ...) or whole decoder layers")
+    _add_view_args(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="the program to run, e.g. python my_script.py, or vllm serve MODEL --enforce-eager")
+    return p
+
+
+def cmd_run(argv: list[str]) -> int:
+    from llmtop.run_command import build_run_session, run_once
+
+    args = run_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("llmtop run needs a command after --, e.g. llmtop run -- python my_script.py")
+    if args.once:
+        return run_once(command, ops=args.ops, agent=args.agent, fmt=args.format, record=args.record,
+                        window_s=args.window)
+    from llmtop.tui.session import require_tty
+
+    require_tty()
+    session = build_run_session(command, ops=args.ops, agent=args.agent, record=args.record,
+                                window_s=args.window, refresh=args.refresh)
+    return session.run()
+
+
 def serve_parser() -> argparse.ArgumentParser:
     from llmtop.serve import add_serve_arguments
 
@@ -536,6 +521,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export": cmd_export,
     "attach": cmd_attach,
     "serve": cmd_serve,
+    "run": cmd_run,
 }
 # name -> its parser, for tests and docs that need the exact Namespace a subcommand builds
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
@@ -545,6 +531,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "export": export_parser,
     "attach": attach_parser,
     "serve": serve_parser,
+    "run": run_parser,
 }
 
 

@@ -223,7 +223,8 @@ def test_torch_hooks_time_decoder_layers() -> None:
             return x
 
     model = Tiny()
-    agent = agent_mod.start("127.0.0.1:0", model=model)
+    agent = agent_mod.start("127.0.0.1:0")
+    inst = agent.instrument(model, ops="layers")  # one decoder_layer kernel per layer (default: op level)
     q = BoundedQueue()
     v = AgentCollector(agent.address)
     v.start(q)
@@ -234,6 +235,7 @@ def test_torch_hooks_time_decoder_layers() -> None:
             model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5))
             for n in range(6, 9):
                 model(torch.zeros(2, 1, dtype=torch.long), attention_mask=torch.ones(2, n))
+        inst.close_step()  # a step stays open until the next forward: its wall is the token loop's
         assert _wait(lambda: v.steps_seen == 4)
         bs = _batches(q)
         steps = np.concatenate([b.steps for b in bs])

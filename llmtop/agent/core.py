@@ -78,7 +78,7 @@ class Agent:
     """Publish EventBatches to viewers. Use `llmtop.agent.start(...)` rather than building one directly.
 
     engine: an llmtop Engine (its `ops.recorder` is drained and its `source_info()` sent).
-    model: a torch nn.Module whose decoder layers get timed with forward hooks.
+    model: a torch nn.Module, timed op by op (agent/torch_hooks.py: matmuls, attention, norms, rope).
     Neither: use the manual API (`step`, `layer`, `kernel`) from your own loop.
     """
 
@@ -94,6 +94,7 @@ class Agent:
         viewer_buffer_events: int = 2_000_000,
         viewer_buffer_items: int = 4096,
         send_timeout: float = 5.0,
+        backlog_events: int = 1_000_000,
     ) -> None:
         self.host, self.port = parse_addr(addr)
         if not is_loopback(self.host) and not token:
@@ -124,6 +125,12 @@ class Agent:
         self._manual_step = 0
         self._instrumentations: list[Any] = []
         self._sock: socket.socket | None = None
+        # The most recent batches (up to `backlog_events` events), replayed to every viewer that connects,
+        # so a viewer that arrives after the prefill (llmtop run attaching to a script) still sees it.
+        self.backlog_events = backlog_events
+        self._backlog: deque[tuple[int, Any]] = deque()
+        self._backlog_n = 0
+        self._recording: Any = None  # a RecordingWriter every drained batch is also written to
         if engine is not None:
             self.attach_engine(engine)
         if model is not None:
@@ -144,14 +151,24 @@ class Agent:
             self.engine = engine
         self.set_source(engine.source_info())
 
-    def instrument(self, model: Any) -> Any:
-        """Time a torch model's decoder layers with forward hooks; returns the handle (`.remove()`)."""
+    def instrument(self, model: Any, ops: str = "all") -> Any:
+        """Time a torch model op by op (ops="all") or per decoder layer (ops="layers"), no change to its
+        code; returns the handle (`.remove()`, `.close_step()`)."""
         from llmtop.agent.torch_hooks import TorchInstrumentation
 
-        inst = TorchInstrumentation(self, model)
+        for inst in self._instrumentations:
+            if inst.model is model and inst.active:  # autostart(model=...) after the finder found it
+                return inst
+        inst = TorchInstrumentation(self, model, ops=ops)
         self._instrumentations.append(inst)
         self.set_source(inst.source_info())
         return inst
+
+    def close_steps(self) -> None:
+        """End every instrumented model's open step now (a step stays open until the next forward)."""
+        for inst in list(self._instrumentations):
+            with contextlib.suppress(Exception):
+                inst.close_step()
 
     def add_recorder(self, recorder: KernelRecorder) -> None:
         """Drain another recorder; it must share `agent.names` (pass names=agent.names)."""
@@ -261,6 +278,11 @@ class Agent:
         self._stop.set()
         for inst in self._instrumentations:
             inst.remove()
+        self.flush()
+        with self._lock:
+            if self._recording is not None:
+                self._recording.close()
+                self._recording = None
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -325,7 +347,9 @@ class Agent:
         conn.settimeout(self.send_timeout)
         v = _Viewer(conn, peer)
         self._enqueue(v, 0, self._source_frame, force=True)
-        with self._lock:
+        with self._lock:  # flush() publishes under this lock too: the backlog and live batches stay in order
+            for n, item in self._backlog:
+                self._enqueue(v, n, item, force=True)
             self._viewers.append(v)
             self.connections += 1
         self._sender(v)
@@ -396,6 +420,13 @@ class Agent:
                 return
             self._stop.wait(self.interval)
 
+    def record_to(self, path: str) -> None:
+        """Also write every drained batch (and the source) to a llmtop recording at `path` (`llmtop run`)."""
+        from llmtop.traces.recording import RecordingWriter
+
+        with self._lock:
+            self._recording = RecordingWriter(path, self._source)
+
     def flush(self) -> int:
         """Drain every recorder now and queue the batches for the viewers; returns events published."""
         with self._lock:
@@ -409,7 +440,23 @@ class Agent:
             total += n
             # ids in this batch are all below the table's current length: send names up to there
             item = (len(b.kernels), len(b.steps), wire.encode_batch_body(b.kernels, b.steps), len(self.names))
-            for v in self._viewer_list():
+            with self._lock:
+                if self._recording is not None:
+                    self._recording.write(b)
+                self._backlog.append((n, item))
+                self._backlog_n += n
+                while self._backlog_n > self.backlog_events and len(self._backlog) > 1:
+                    self._backlog_n -= self._backlog.popleft()[0]
+                viewers = list(self._viewers)
+            for v in viewers:
                 self._enqueue(v, n, item)
         self.published_events += total
         return total
+
+    def drained(self) -> bool:
+        """Every viewer's queue is empty (what was published has been handed to the socket)."""
+        for v in self._viewer_list():
+            with v.cond:
+                if v.items:
+                    return False
+        return True

@@ -10,6 +10,7 @@ import argparse
 import os
 import runpy
 import sys
+import time
 
 from llmtop.errors import LlmtopError
 
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runpy.run_path(a.script, run_name="__main__")
     finally:
+        # a step stays open until the next forward: close it, publish, let connected viewers take it
+        agent.close_steps()
+        agent.flush()
+        deadline = time.monotonic() + 3.0
+        while agent.viewers and not agent.drained() and time.monotonic() < deadline:
+            time.sleep(0.02)
         agent.close()
     return 0
 

@@ -1,65 +1,256 @@
-"""Instrument a plain PyTorch model: one step per top-level forward, one kernel per decoder layer.
+"""Instrument a plain PyTorch decoder, op by op, with no change to the user's model code.
 
-Decoder layers are the children of the largest ModuleList whose modules' class names end with
-"DecoderLayer" or "Block" (Llama, Qwen, Mistral, GPT-2, ...). Timing: torch.cuda.Event pairs on a
-CUDA model (resolved lazily by the drain, never synchronising the decode loop), else perf_counter_ns.
-Tokens per step come from the input shape: (B, T) with T > 1 is a prefill of B*T tokens, T == 1 a
-decode step producing B tokens.
+ops="all": every Linear / Conv1D, norm, embedding, rotary table, activation (names in torch_ops.py), plus
+the attention core and apply_rotary_pos_emb, which are functions: the modeling modules' globals, the
+entries of transformers' ALL_ATTENTION_FUNCTIONS and (for non-HF models) torch's
+scaled_dot_product_attention are wrapped once per process and time a call only while an instrumented
+model's forward runs; a nest guard times one call once. ops="layers": one kernel
+`decoder_layer` per decoder layer.
+
+Mechanism: each timed module gets a `forward` instance attribute wrapping its bound forward (2-3x cheaper
+per call than a pre + post forward-hook pair, which takes Module._call_impl's slow path; numbers in
+benchmarks/bench_agent_ops.py). An exact nn.Linear on CPU calls F.linear itself, skipping Linear.forward's
+frame and parameter lookups, so timing it costs less than that frame. On CPU the wrapper appends
+(name id, op class, layer, t0, dur, m, n, k) to the recorder's open row list with ids bound at install
+time; on CUDA it records a pooled event pair (CudaEventRecorder, resolved by the drain thread with
+query(), never a sync). Shapes only: m = rows of the input, n/k from the weight. A model being
+instrumented must not be torch.compile'd (the wrappers would break its graphs).
+
+Steps: one per top-level forward of the model. Phase, batch, tokens and context come from the inputs'
+shapes (and, on CPU, the attention mask's ones). A finished forward's step stays open until the next
+top-level forward starts, `close_step()` is called, or transformers' generate returns, so the host work
+of the user's token loop (logits processors, stopping criteria, streamers) is part of the step's wall.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import weakref
 from typing import Any
 
-from llmtop.events import DECODE, PREFILL, SourceInfo
-from llmtop.kernels.base import KernelRecorder
+from llmtop.agent.torch_ops import LAYER_KERNEL, find_decoder_layers, modeling_functions, plan_ops
+from llmtop.events import DECODE, NO_LAYER, PREFILL, SourceInfo
 
-LAYER_KERNEL = "decoder_layer"
+OPS_MODES = ("all", "layers")
+_pc = time.perf_counter_ns
 
-
-def find_decoder_layers(model: Any) -> list[Any]:
-    import torch.nn as nn
-
-    best: list[Any] = []
-    for mod in model.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > len(best):
-            kids = list(mod)
-            if kids and all(type(k).__name__.endswith(("DecoderLayer", "Block")) for k in kids):
-                best = kids
-    return best
+_CUR: Any = None  # the _State of the instrumented model whose top-level forward is running
+_LIVE: list[Any] = []  # live TorchInstrumentations (generate's wrapper closes their open steps)
+_PATCHES: dict[tuple, list] = {}  # process-wide patches, shared and ref-counted (see _patch)
 
 
-class _CudaRecorder(KernelRecorder):
-    """Pending = (step start event, [(name id, op class, layer, ev0, ev1)], host t0)."""
+class _State:
+    """Per instrumentation; read by the process-wide function wrappers through _CUR."""
 
-    def _resolve(self, rows: list[tuple], pending: Any) -> list[tuple] | None:
-        if pending is None:
-            return rows
-        ev_step, evs, host_t0 = pending
-        if evs and not evs[-1][4].query():
-            return None
-        out = list(rows)
-        for nid, opc, layer, e0, e1 in evs:
-            start = host_t0 + int(ev_step.elapsed_time(e0) * 1e6)
-            out.append((nid, opc, layer, start, int(e0.elapsed_time(e1) * 1e6), 0, 0, 0))
-        return out
+    __slots__ = ("attn_dec", "attn_pre", "busy", "cuda", "decode", "inst", "layer", "rec", "rope_ids")
+
+    def __init__(self, inst: Any, rec: Any, cuda: bool) -> None:
+        self.inst, self.rec, self.cuda = inst, rec, cuda
+        self.layer = NO_LAYER  # the decoder layer running now (set by each layer's forward)
+        self.busy = False  # a function op is being timed: nested ones pass through
+        self.decode = False  # phase of the open step (picks attention:decode / attention:prefill)
+        self.rope_ids = rec.kernel_id("rope", "rope")
+        self.attn_pre = rec.kernel_id("attention:prefill", "attention")
+        self.attn_dec = rec.kernel_id("attention:decode", "attention")
+
+
+# -- wrappers (the hot path) --------------------------------------------------------------------------------
+def _matmul_cpu(orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int) -> Any:
+    k1 = k or 1
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = _pc()
+        y = orig(x, *args, **kwargs)
+        rec.rows.append((nid, opc, layer, t0, _pc() - t0, x.numel() // k1, n, k))
+        return y
+
+    return forward
+
+
+def _linear_cpu(mod: Any, orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int) -> Any:
+    """An exact nn.Linear: what Linear.forward does (F.linear), reading the parameters from the module's
+    _parameters dict at each call instead of through nn.Module.__getattr__; so timing a Linear costs less
+    than the Linear.forward frame it replaces. Falls back to the module's forward if they moved."""
+    import torch.nn.functional as F
+
+    params, linear, k1 = mod._parameters, F.linear, k or 1
+
+    def forward(input: Any) -> Any:  # Linear.forward's parameter name, for keyword callers
+        t0 = _pc()
+        try:
+            y = linear(input, params["weight"], params["bias"])
+        except KeyError:  # parametrized (torch.nn.utils.parametrize) since it was instrumented
+            y = orig(input)
+        rec.rows.append((nid, opc, layer, t0, _pc() - t0, input.numel() // k1, n, k))
+        return y
+
+    return forward
+
+
+def _plain_cpu(orig: Any, rec: Any, nid: int, opc: int, layer: int) -> Any:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        t0 = _pc()
+        y = orig(*args, **kwargs)
+        rec.rows.append((nid, opc, layer, t0, _pc() - t0, 0, 0, 0))
+        return y
+
+    return forward
+
+
+def _matmul_cuda(orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int) -> Any:
+    ev, k1 = rec.event, k or 1
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        s = ev()
+        s.record()
+        y = orig(x, *args, **kwargs)
+        e = ev()
+        e.record()
+        evs = rec._events
+        evs.append(s)
+        evs.append(e)
+        rec.rows.append((nid, opc, layer, 0, 0, x.numel() // k1, n, k))
+        return y
+
+    return forward
+
+
+def _plain_cuda(orig: Any, rec: Any, nid: int, opc: int, layer: int) -> Any:
+    ev = rec.event
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        s = ev()
+        s.record()
+        y = orig(*args, **kwargs)
+        e = ev()
+        e.record()
+        evs = rec._events
+        evs.append(s)
+        evs.append(e)
+        rec.rows.append((nid, opc, layer, 0, 0, 0, 0, 0))
+        return y
+
+    return forward
+
+
+def _layer_marker(orig: Any, st: _State, i: int) -> Any:
+    """ops="all": a decoder layer's forward is not timed, it only tells function ops their layer."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        st.layer = i
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            st.layer = NO_LAYER
+
+    return forward
+
+
+def _function_wrapper(op: str) -> Any:
+    rope = op == "rope"
+
+    def make(orig: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            st = _CUR
+            if st is None or st.busy:
+                return orig(*args, **kwargs)
+            if st.cuda:
+                return st.inst._time_fn_cuda(rope, orig, args, kwargs)
+            st.busy = True
+            t0 = _pc()
+            try:
+                y = orig(*args, **kwargs)
+            finally:
+                st.busy = False
+            dur = _pc() - t0
+            nid, opc = st.rope_ids if rope else st.attn_dec if st.decode else st.attn_pre
+            st.rec.rows.append((nid, opc, st.layer, t0, dur, 0, 0, 0))
+            return y
+
+        return wrapper
+
+    return make
+
+
+def _generate_wrapper(orig: Any) -> Any:
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            for inst in list(_LIVE):
+                if inst.model is self or any(m is inst.model for m in self.modules()):
+                    inst.close_step()
+
+    return generate
+
+
+# -- process-wide patches, shared by every instrumentation ----------------------------------------------
+def _patch(owner: Any, key: str, make: Any, item: bool = False) -> tuple | None:
+    """Replace owner.key (owner[key] when `item`) by make(original), once per process; ref-counted."""
+    pid = (id(owner), key, item)
+    p = _PATCHES.get(pid)
+    if p is not None:
+        p[5] += 1
+        return pid
+    cur = owner[key] if item else getattr(owner, key, None)
+    if not callable(cur) or getattr(cur, "_llmtop_wrapper", False):
+        return None
+    # a GeneralInterface (ALL_ATTENTION_FUNCTIONS) writes to its local mapping: restore by deleting there
+    had_local = not item or key in getattr(owner, "_local_mapping", {key: None})
+    w = make(cur)
+    w._llmtop_wrapper = True
+    w.__wrapped__ = cur
+    for a in ("__name__", "__qualname__", "__doc__", "__module__"):
+        if hasattr(cur, a):
+            setattr(w, a, getattr(cur, a))
+    if item:
+        owner[key] = w
+    else:
+        setattr(owner, key, w)
+    _PATCHES[pid] = [owner, key, item, cur, had_local, 1, w]
+    return pid
+
+
+def _unpatch(pid: tuple | None) -> None:
+    p = _PATCHES.get(pid) if pid is not None else None
+    if p is None:
+        return
+    p[5] -= 1
+    if p[5] > 0:
+        return
+    del _PATCHES[pid]
+    owner, key, item, orig, had_local, _, w = p
+    if item:
+        if owner.get(key) is w:
+            if had_local:
+                owner[key] = orig
+            else:
+                del owner[key]
+    elif getattr(owner, key, None) is w:  # else someone patched over us: leave their chain alone
+        setattr(owner, key, orig)
 
 
 class TorchInstrumentation:
-    """Forward hooks on `model` and its decoder layers, reporting into `agent.recorder`."""
+    """Op-level (ops="all") or per-layer (ops="layers") timing of `model`, into `agent.recorder`."""
 
-    def __init__(self, agent: Any, model: Any) -> None:
+    def __init__(self, agent: Any, model: Any, ops: str = "all") -> None:
         import torch
 
+        if ops not in OPS_MODES:
+            raise ValueError(f"ops must be one of {OPS_MODES}, got {ops!r}")
+        from llmtop.errors import LlmtopError
+
         self.model = model
+        self.ops = ops
+        self.active = False  # patches in place (True from the end of __init__ until remove())
         self.layers = find_decoder_layers(model)
         if not self.layers:
-            from llmtop.errors import LlmtopError
-
             raise LlmtopError(
                 f"no decoder layers (…DecoderLayer / …Block in a ModuleList) in {type(model).__name__}"
             )
+        if any(i.model is model for i in _LIVE):
+            raise LlmtopError(f"{type(model).__name__} is already instrumented (remove() that one first)")
         try:
             p = next(model.parameters())
             self.device, self.dtype = p.device, str(p.dtype).replace("torch.", "")
@@ -68,31 +259,82 @@ class TorchInstrumentation:
         self.cuda = self.device.type == "cuda"
         rec = agent.recorder
         if self.cuda:
-            rec = _CudaRecorder(agent.names, track=rec.track)
+            from llmtop.kernels.cuda_events import CudaEventRecorder
+
+            rec = CudaEventRecorder(agent.names, track=rec.track)
             agent.add_recorder(rec)
         self.recorder = rec
         self._torch = torch
-        self.nid, self.opc = rec.kernel_id(LAYER_KERNEL, "other")
-        self.step = 0
+        self.state = _State(self, rec, self.cuda)
+        self.step = 0  # steps closed so far
         self.ctx = 0
+        self._open = False
         self._depth = 0
-        self._t0: dict[int, Any] = {}
-        self._evs: list[tuple] = []
-        self._ev_step: Any = None
-        self._in_step = False
-        self._handles = [
-            model.register_forward_pre_hook(self._pre_model, with_kwargs=True),
-            model.register_forward_hook(self._post_model),
-        ]
-        for i, layer in enumerate(self.layers):
-            self._handles.append(layer.register_forward_pre_hook(self._make_pre(i)))
-            self._handles.append(layer.register_forward_hook(self._make_post(i)))
+        self._patched: list[tuple] = []  # (module, had an instance forward, that forward, our wrapper)
+        self._globals: list[tuple | None] = []
+        self.n_timed = len(self.layers)  # modules timed (ops="all": set below)
+        matmul, plain = (_matmul_cuda, _plain_cuda) if self.cuda else (_matmul_cpu, _plain_cpu)
+        try:
+            self._set_forward(model, self._model_forward(model.forward))
+            if ops == "layers":
+                nid, opc = rec.kernel_id(LAYER_KERNEL, "other")
+                for i, layer in enumerate(self.layers):
+                    self._set_forward(layer, plain(layer.forward, rec, nid, opc, i))
+            else:
+                for i, layer in enumerate(self.layers):
+                    self._set_forward(layer, _layer_marker(layer.forward, self.state, i))
+                plan = plan_ops(model, self.layers)
+                self.n_timed = len(plan)
+                for spec in plan:
+                    nid, opc = rec.kernel_id(spec.name, spec.op_class)
+                    m, f = spec.module, spec.module.forward
+                    if not spec.n:
+                        w = plain(f, rec, nid, opc, spec.layer)
+                    elif not self.cuda and type(m) is torch.nn.Linear and "forward" not in m.__dict__:
+                        w = _linear_cpu(m, f, rec, nid, opc, spec.layer, spec.n, spec.k)
+                    else:
+                        w = matmul(f, rec, nid, opc, spec.layer, spec.n, spec.k)
+                    self._set_forward(m, w)
+                self._patch_functions(model)
+            gen = sys.modules.get("transformers.generation.utils")
+            mixin = getattr(gen, "GenerationMixin", None)
+            if mixin is not None and "generate" in mixin.__dict__:
+                self._globals.append(_patch(mixin, "generate", _generate_wrapper))
+        except BaseException:
+            self.remove()
+            raise
+        _LIVE.append(self)
+        self.active = True
+
+    def _set_forward(self, mod: Any, fwd: Any) -> None:
+        d = mod.__dict__
+        fwd.__wrapped__ = mod.forward  # inspect.signature sees the real one (HF generate checks it)
+        self._patched.append((mod, "forward" in d, d.get("forward"), fwd))
+        d["forward"] = fwd
+
+    def _patch_functions(self, model: Any) -> None:
+        for pymod, fname, op in modeling_functions(model):
+            self._globals.append(_patch(pymod, fname, _function_wrapper(op)))
+        attn = _function_wrapper("attention")
+        mu = sys.modules.get("transformers.modeling_utils")
+        registry = getattr(mu, "ALL_ATTENTION_FUNCTIONS", None)
+        if registry is not None:
+            for key in list(registry.keys()):
+                self._globals.append(_patch(registry, key, attn, item=True))
+        hf = getattr(mu, "PreTrainedModel", None)
+        if hf is None or not isinstance(model, hf):  # HF models reach it through the registry's wrappers
+            self._globals.append(_patch(self._torch.nn.functional, "scaled_dot_product_attention", attn))
 
     def source_info(self) -> SourceInfo:
         dev = str(self.device)
         if self.cuda:
             dev = self._torch.cuda.get_device_name(self.device)
         cfg = getattr(self.model, "config", None)
+        if self.ops == "layers":
+            what = "torch forward patches (decoder layers only)"
+        else:
+            n_fn = sum(1 for g in self._globals if g is not None and g[1] != "generate")
+            what = f"torch forward patches ({self.n_timed} modules, {n_fn} attention/rope functions)"
         return SourceInfo(
             kind="live",
             backend=self.device.type,
@@ -102,101 +344,180 @@ class TorchInstrumentation:
             timing="cuda events" if self.cuda else "perf_counter_ns",
             max_context=int(getattr(cfg, "max_position_embeddings", 0) or 0),
             n_layers=len(self.layers),
-            extra={"instrumented": "torch forward hooks (decoder layers only)"},
+            extra={"instrumented": what, "ops": self.ops},
         )
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Close the open step and undo every patch (instance forwards, shared function patches)."""
+        self.close_step()
+        for mod, had, prev, fwd in reversed(self._patched):
+            d = mod.__dict__
+            if d.get("forward") is fwd:
+                if had:
+                    d["forward"] = prev
+                else:
+                    del d["forward"]
+        self._patched = []
+        for pid in self._globals:
+            _unpatch(pid)
+        self._globals = []
+        if self in _LIVE:
+            _LIVE.remove(self)
+        self.active = False
 
-    # -- hooks -------------------------------------------------------------------------------
-    def _pre_model(self, module: Any, args: tuple, kwargs: dict) -> None:
-        self._depth += 1
-        if self._depth > 1:  # re-entrant forward (a wrapper calling itself): one step
-            return
+    # -- steps ----------------------------------------------------------------------------------------------
+    def _model_forward(self, orig: Any) -> Any:
+        st = self.state
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            global _CUR
+            if self._depth:  # re-entrant forward (a wrapper calling itself): the same step
+                return orig(*args, **kwargs)
+            self._depth = 1
+            prev = _CUR
+            try:
+                self._begin(args, kwargs)
+                _CUR = st
+                return orig(*args, **kwargs)
+            finally:
+                self._depth = 0
+                _CUR = prev
+                st.layer = NO_LAYER
+                st.busy = False
+
+        return forward
+
+    def _begin(self, args: tuple, kwargs: dict) -> None:
+        self.close_step()
+        try:
+            phase, tokens, batch, ctx = self._meta(args, kwargs)
+        except Exception:  # odd inputs must never break the user's forward
+            phase, tokens, batch, ctx = (PREFILL if self.step == 0 else DECODE), 1, 1, self.ctx
+        self.state.decode = phase == DECODE
+        self.recorder.begin_step(phase, self.step, tokens, batch, ctx)
+        self._open = True
+
+    def close_step(self) -> None:
+        """End the open step now (the next forward, generate's return and remove() call this too)."""
+        if self._open:
+            self._open = False
+            self.recorder.end_step()
+            self.step += 1
+
+    def _meta(self, args: tuple, kwargs: dict) -> tuple[int, int, int, int]:
+        """(phase, tokens, batch, ctx) from shapes; on CPU, prompt tokens from the mask's ones."""
         x = kwargs.get("input_ids")
         if x is None and args and hasattr(args[0], "shape"):
             x = args[0]
         if x is None:
             x = kwargs.get("inputs_embeds")
         shape = tuple(getattr(x, "shape", ()) or ())
-        b = int(shape[0]) if len(shape) >= 1 else 1
+        b = int(shape[0]) if shape else 1
         t = int(shape[1]) if len(shape) >= 2 else 1
+        cp = kwargs.get("cache_position")
+        if cp is not None and len(getattr(cp, "shape", ())) == 1:
+            t = int(cp.shape[0])
+        past = self._past_len(kwargs)
         mask = kwargs.get("attention_mask")
-        prefill = t > 1 or self.step == 0
-        if prefill:
-            self.ctx = t
+        mshape = tuple(getattr(mask, "shape", ()) or ())
+        prefill = t > 1 or self.step == 0 or past == 0
+        if past is not None:
+            ctx = past + t
+        elif len(mshape) >= 2:
+            ctx = int(mshape[-1])  # a shape, not a value: no device sync
         else:
-            self.ctx += 1
-        if mask is not None and hasattr(mask, "shape") and len(mask.shape) >= 2:
-            self.ctx = int(mask.shape[-1])  # a shape, not a value: no device sync
-        self.recorder.begin_step(
-            PREFILL if prefill else DECODE, self.step, b * t if prefill else b, b, self.ctx
-        )
-        self._evs = []
-        if self.cuda:
-            self._ev_step = self._torch.cuda.Event(enable_timing=True)
-            self._ev_step.record()
-        self._in_step = True
+            ctx = t if prefill else self.ctx + t
+        self.ctx = ctx
+        if not prefill:
+            return DECODE, b, b, ctx
+        tokens = b * t
+        if len(mshape) == 2 and mask.device.type == "cpu":
+            ones = int(mask[:, -t:].sum())  # exact prompt tokens under left padding (host memory)
+            if 0 < ones <= tokens:
+                tokens = ones
+        return PREFILL, tokens, b, ctx
 
-    def _post_model(self, module: Any, args: tuple, out: Any) -> None:
-        self._depth -= 1
-        if self._depth > 0 or not self._in_step:
-            return
-        self._in_step = False
-        pending = (self._ev_step, self._evs, self.recorder._step_t0) if self.cuda else None
-        self.recorder.end_step(pending)
-        self.step += 1
+    def _past_len(self, kwargs: dict) -> int | None:
+        """Tokens already in the KV cache, where that is a host-side lookup; None when unknown."""
+        cache = kwargs.get("cache")
+        if cache is None:
+            cache = kwargs.get("past_key_values")
+        if cache is None:
+            return None
+        if isinstance(cache, (tuple, list)):  # legacy ((k, v), ...) with k (B, H, S, D)
+            return int(cache[0][0].shape[-2]) if cache else 0
+        get = getattr(cache, "get_seq_length", None)
+        if get is None or (self.cuda and type(cache).__name__ != "DynamicCache"):
+            return None  # a static cache may count filled slots on the device: not on the hot path
+        return int(get())
 
-    def _make_pre(self, i: int) -> Any:
-        def pre(module: Any, args: tuple) -> None:
-            if self.cuda:
-                e = self._torch.cuda.Event(enable_timing=True)
-                e.record()
-                self._t0[i] = e
-            else:
-                self._t0[i] = time.perf_counter_ns()
-
-        return pre
-
-    def _make_post(self, i: int) -> Any:
-        def post(module: Any, args: tuple, out: Any) -> None:
-            if not self._in_step:
-                return
-            t0 = self._t0.pop(i, None)
-            if t0 is None:
-                return
-            if self.cuda:
-                e1 = self._torch.cuda.Event(enable_timing=True)
-                e1.record()
-                self._evs.append((self.nid, self.opc, i, t0, e1))
-            else:
-                self.recorder.add(self.nid, self.opc, i, t0, time.perf_counter_ns() - t0)
-
-        return post
+    # -- function ops (attention, rope), called by the process-wide wrappers --------------------------------
+    def _time_fn_cuda(self, rope: bool, orig: Any, args: tuple, kwargs: dict) -> Any:
+        st, rec = self.state, self.recorder
+        st.busy = True
+        try:
+            s = rec.event()
+            s.record()
+            y = orig(*args, **kwargs)
+            e = rec.event()
+            e.record()
+        finally:
+            st.busy = False
+        nid, opc = st.rope_ids if rope else st.attn_dec if st.decode else st.attn_pre
+        rec._events.append(s)
+        rec._events.append(e)
+        rec.rows.append((nid, opc, st.layer, 0, 0, 0, 0, 0))
+        return y
 
 
-def install_global_finder(agent: Any) -> Any:
-    """Instrument the first model that runs which has decoder layers (zero-code `python -m llmtop.agent.run`).
+class _Finder:
+    """Handle of install_global_finder: `.remove()` disarms it."""
 
-    A global forward pre-hook inspects each new module once; it removes itself after instrumenting one.
+    def __init__(self, module_cls: Any, orig_call: Any) -> None:
+        self.module_cls = module_cls
+        self.orig_call = orig_call
+        self.call: Any = None
+        self.removed = False
+
+    def remove(self) -> None:
+        self.removed = True
+        if self.module_cls.__dict__.get("__call__") is self.call:
+            self.module_cls.__call__ = self.orig_call
+
+
+def install_global_finder(agent: Any, ops: str = "all") -> _Finder:
+    """Instrument the first module that runs whose subtree has decoder layers (zero-code runs).
+
+    torch's global forward pre-hooks do not see keyword arguments, so `nn.Module.__call__` is wrapped
+    until the model is found: it is instrumented before its forward starts, and that first call then goes
+    through the instrumented forward with its real args and kwargs (HF generate passes input_ids=...).
     """
-    from torch.nn.modules.module import register_module_forward_pre_hook
+    import torch.nn as nn
 
-    seen: set[int] = set()
-    handle: Any = None
+    orig_call = nn.Module.__dict__["__call__"]
+    seen: weakref.WeakSet[Any] = weakref.WeakSet()
+    handle = _Finder(nn.Module, orig_call)
 
-    def finder(module: Any, args: tuple) -> None:
-        key = id(module)
-        if key in seen or handle is None:
-            return
-        seen.add(key)
-        if find_decoder_layers(module):
-            handle.remove()
-            inst = agent.instrument(module)
-            # the hooks were added while this forward was already starting: open its step by hand
-            inst._pre_model(module, args, {})
+    def call(module: Any, *args: Any, **kwargs: Any) -> Any:
+        if not handle.removed and module not in seen:
+            seen.add(module)
+            if not any(i.model is module for i in _LIVE) and find_decoder_layers(module):
+                handle.remove()
+                try:
+                    agent.instrument(module, ops=ops)
+                except Exception as e:  # never break the user's program
+                    print(f"llmtop: could not instrument {type(module).__name__}: {e}", file=sys.stderr)
+        return orig_call(module, *args, **kwargs)
 
-    handle = register_module_forward_pre_hook(finder)
+    handle.call = call
+    nn.Module.__call__ = call
     return handle
+
+
+__all__ = [
+    "LAYER_KERNEL",
+    "OPS_MODES",
+    "TorchInstrumentation",
+    "find_decoder_layers",
+    "install_global_finder",
+]

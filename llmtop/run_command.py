@@ -1,0 +1,100 @@
+"""`llmtop run -- COMMAND`: profile the user's own inference, headless (`--once`) or in the TUI.
+
+COMMAND runs with the agent armed (llmtop/agent/bootstrap.py via llmtop/attach/run.py). `--once` waits for
+it to exit and reports the recording its instrumented process wrote (the same report keys as `llmtop
+--once`); the TUI attaches to each instrumented process as it announces itself, while COMMAND's output
+goes to a log file named in the title. Either way llmtop exits with COMMAND's exit status.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from llmtop.attach.run import CommandRun, RunWatcher
+from llmtop.collectors.gpu import GpuCollector
+from llmtop.collectors.pipeline import Pipeline
+from llmtop.collectors.process import ProcessCollector
+from llmtop.collectors.replay import load_into
+from llmtop.errors import LlmtopError
+from llmtop.report import render
+from llmtop.stats.aggregator import Aggregator
+
+NOTHING = ("llmtop: note: nothing was instrumented: {cmd} ran no torch model with decoder layers "
+           "(…DecoderLayer / …Block modules in a ModuleList)")
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, record: str | None,
+             window_s: float) -> int:
+    """Run COMMAND to the end (its output passes through), then print the report of what it ran."""
+    import json
+
+    run = CommandRun(command, ops=ops, agent=agent)
+    try:
+        try:
+            rc = run.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to COMMAND as well: let it finish its exit
+            rc = run.stop(interrupted=True)
+        recs = run.recordings()
+        if not recs:
+            _note(NOTHING.format(cmd=command[0]))
+            return rc
+        if len(recs) > 1:
+            _note(f"llmtop: note: {len(recs)} processes were instrumented; reporting the busiest "
+                  f"(its recording has {recs[0].stat().st_size:,} bytes)")
+        agg = Aggregator(window_s=window_s)
+        load_into(recs[0], agg)
+        if record:
+            try:
+                shutil.copyfile(recs[0], record)
+            except OSError as e:
+                raise LlmtopError(f"cannot write the recording {record}: {e.strerror or e}") from None
+        report = dict(agg.snapshot(mode="cumulative").report)
+        if fmt == "json":
+            print(json.dumps({"command": command, "exit_code": rc, **report}, indent=2, allow_nan=False))
+        else:
+            print(render(report, fmt), end="")
+        return rc
+    finally:
+        run.cleanup()
+
+
+def build_run_session(command: list[str], *, ops: str, agent: str | None, record: str | None,
+                      window_s: float, refresh: float) -> object:
+    """The TUI over COMMAND's instrumented processes (not started): a RunWatcher attaching to each, and
+    the process gauges of COMMAND itself."""
+    from llmtop.tui.provider import PipelineProvider
+    from llmtop.tui.session import TuiSession, make_app
+
+    log = Path(f"llmtop-run-{Path(command[0]).name}.log").resolve()
+    run = CommandRun(command, ops=ops, agent=agent, log=log, new_session=True)
+    p = Pipeline(Aggregator(window_s=window_s))
+    p.add(RunWatcher(run, p))
+    p.add(ProcessCollector(pid=run.pid))
+    p.add(GpuCollector())  # UNAVAILABLE, with its reason, without an NVIDIA GPU
+    title = f"llmtop · run {' '.join(command)[:60]} · output: {log}"
+    session = TuiSession(make_app(PipelineProvider(p, kind="run"), refresh, title), p)
+    status: dict[str, int] = {}
+
+    def finish() -> None:
+        status["rc"] = run.stop() if run.poll() is None else run.wait()
+        recs = run.recordings()
+        if not recs:
+            _note(NOTHING.format(cmd=command[0]))
+        elif record:
+            shutil.copyfile(recs[0], record)
+            _note(f"llmtop: recorded {recs[0].stat().st_size:,} bytes to {record}")
+        _note(f"llmtop: {command[0]} exited with {status['rc']}; its output is in {log}")
+        run.cleanup()
+
+    session.cleanups.append(finish)
+    session.exit_code = lambda: status.get("rc", 0)
+    return session
+
+
+__all__ = ["build_run_session", "run_once"]
