@@ -72,7 +72,7 @@ def build_run_session(command: list[str], *, ops: str, agent: str | None, record
     from llmtop.tui.session import TuiSession, make_app
 
     log = Path(f"llmtop-run-{Path(command[0]).name}.log").resolve()
-    run = CommandRun(command, ops=ops, agent=agent, log=log, new_session=True)
+    run = CommandRun(command, ops=ops, agent=agent, log=log, new_session=True, viewer=True)
     p = Pipeline(Aggregator(window_s=window_s))
     p.add(RunWatcher(run, p))
     p.add(ProcessCollector(pid=run.pid))

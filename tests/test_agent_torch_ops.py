@@ -240,8 +240,8 @@ def test_step_wall_includes_token_loop_host_time() -> None:
     steps, ks, _ = _drain(agent)
     _check_steps(steps, ks)
     dec = steps[steps["phase"] == DECODE]
-    assert (dec["dur_ns"] >= 5_000_000).all()
-    assert (dec["kernel_ns"] < 5_000_000).all()
+    # the processor's 5 ms sleep is host time of the step: in its wall, not in its kernels (kernel time
+    # itself is not bounded here: a loaded machine stretches it)
     assert (dec["dur_ns"] - dec["kernel_ns"] >= 5_000_000).all()
     inst.remove()
 

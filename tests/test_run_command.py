@@ -185,3 +185,42 @@ def test_ctrl_c_stops_both_and_reports_what_ran(tmp_path: Path) -> None:
     assert p.returncode in (1, 130), err[-2000:]  # Python's KeyboardInterrupt exit, or 128 + SIGINT
     rep = json.loads(out[out.index("{"):])
     assert rep["exit_code"] == p.returncode and rep["tokens"]["generated"] >= 16
+
+
+async def test_tui_session_attaches_to_the_commands_model(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TUI path in-process: the watcher finds the announced agent, the panes fill with the script's
+    ops, and the session ends with COMMAND's exit status once it has stopped."""
+    import time
+
+    from llmtop.run_command import build_run_session
+    from llmtop.tui.panes import KernelTable
+
+    monkeypatch.chdir(tmp_path)  # the command's log file is written to the working directory
+    ckpt = tiny_checkpoint(tmp_path, "llama")
+    script = tmp_path / "user_script.py"
+    script.write_text(SCRIPT)
+    rec = tmp_path / "tui.llmtop"
+    session = build_run_session([sys.executable, str(script), str(ckpt), str(tmp_path / "c.json"), "5"],
+                                ops="all", agent=None, record=str(rec), window_s=3600, refresh=4)
+    app = session.app
+    with session:
+        watcher = next(c for c in session.pipeline.collectors if c.name == "run")
+        watcher.join(120)  # ends once COMMAND exited and its agent delivered the last batches
+        assert watcher.exit_code == 5 and watcher.agents
+        deadline = time.monotonic() + 10
+        while session.pipeline.snapshot(mode="cumulative").report["tokens"]["generated"] < 16:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.refresh_now()
+            await pilot.pause()
+            rep = app.snapshot.report
+            assert rep["source"]["kind"] == "run" and rep["tokens"]["prompt_tokens"] == 80
+            names = {r["name"] for r in rep["kernels"]}
+            assert {"matmul:q_proj", "attention:decode"} <= names
+            assert app.query_one(KernelTable).row_count == len(rep["kernels"])
+    assert session.exit_code() == 5
+    log = (tmp_path / f"llmtop-run-{Path(sys.executable).name}.log").read_text()
+    assert log.rstrip().endswith("script done")  # COMMAND's output went to the log named in the title
+    assert rec.exists() and rec.stat().st_size > 0

@@ -10,7 +10,8 @@ global forward hook instruments the first model with decoder layers that runs. O
 process start an agent (loopback, a free port unless --agent named one), record every batch to
 `<dir>/<pid>.llmtop` (what `llmtop run --once` reports, and what survives a SIGKILL of the viewer) and
 announce itself in `<dir>/<pid>.addr`, which the TUI watches to attach. At exit the open step is closed
-and flushed, and the process waits briefly for the viewer to take what is still queued.
+and flushed, and the process waits briefly (LINGER_S) for the TUI to connect, when one is expected, and
+to take what is still queued.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def arm() -> None:
     except (ValueError, KeyError, TypeError):
         return  # not ours to complain in someone else's process
     _armed = True
-    state = _RunState(run_dir, str(spec.get("ops", "all")), str(spec.get("agent") or "127.0.0.1:0"))
+    state = _RunState(run_dir, str(spec.get("ops", "all")), str(spec.get("agent") or "127.0.0.1:0"),
+                      bool(spec.get("viewer")))
     if "torch" in sys.modules:
         state.on_torch()
     else:
@@ -82,10 +84,11 @@ class _PostImport(importlib.abc.MetaPathFinder):
 
 
 class _RunState:
-    def __init__(self, run_dir: Path, ops: str, addr: str) -> None:
+    def __init__(self, run_dir: Path, ops: str, addr: str, viewer: bool) -> None:
         self.run_dir = run_dir
         self.ops = ops
         self.addr = addr
+        self.viewer = viewer  # a TUI will attach: at exit, wait for it (a short script may beat it)
         self.agent: Any = None
         self.inst: Any = None
         self.lock = threading.Lock()
@@ -128,6 +131,8 @@ class _RunState:
         agent.close_steps()
         agent.flush()
         deadline = time.monotonic() + LINGER_S
+        while self.viewer and not agent.viewers and time.monotonic() < deadline:
+            time.sleep(0.02)  # the backlog replays everything to a viewer that connects now
         while agent.viewers and not agent.drained() and time.monotonic() < deadline:
             time.sleep(0.02)
         agent.close()

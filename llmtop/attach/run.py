@@ -36,7 +36,7 @@ class CommandRun:
     """The user's command, started with the agent armed; `dir` holds its recordings and addresses."""
 
     def __init__(self, command: list[str], *, ops: str = "all", agent: str | None = None,
-                 log: str | Path | None = None, new_session: bool = False) -> None:
+                 log: str | Path | None = None, new_session: bool = False, viewer: bool = False) -> None:
         if not command:
             raise LlmtopError("llmtop run needs a command after --, e.g. llmtop run -- python script.py")
         if ops not in OPS:
@@ -48,7 +48,8 @@ class CommandRun:
         # our sitecustomize first; the llmtop package importable even when COMMAND uses another interpreter
         pkg_root = str(Path(llmtop.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.dir), pkg_root, env.get("PYTHONPATH")) if p)
-        env[ENV_RUN] = json.dumps({"dir": str(self.dir), "ops": ops, "agent": agent or "127.0.0.1:0"})
+        env[ENV_RUN] = json.dumps({"dir": str(self.dir), "ops": ops, "agent": agent or "127.0.0.1:0",
+                                   "viewer": viewer})
         self.log_path = Path(log) if log is not None else None
         self._log: IO[bytes] | None = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         try:
