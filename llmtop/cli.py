@@ -9,12 +9,13 @@ Every user mistake surfaces as `llmtop: error: <one line>` (LlmtopError), never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from llmtop.errors import LlmtopError, UsageError
+from llmtop.errors import LlmtopError, Terminated, UsageError
 from llmtop.stats.views import GROUPS, MODES, SORTS
 
 if TYPE_CHECKING:
@@ -547,10 +548,34 @@ def _run_main(argv: list[str]) -> int:
     return run_live(args)
 
 
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run_main(argv)
+        with _terminate_like_interrupt():
+            return _run_main(argv)
+    except Terminated as e:
+        return 128 + e.signum
     except LlmtopError as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         _eprint(f"llmtop: error: {msg}")

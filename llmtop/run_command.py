@@ -17,7 +17,7 @@ from llmtop.collectors.gpu import GpuCollector
 from llmtop.collectors.pipeline import Pipeline
 from llmtop.collectors.process import ProcessCollector
 from llmtop.collectors.replay import load_into
-from llmtop.errors import LlmtopError
+from llmtop.errors import LlmtopError, Terminated
 from llmtop.report import render
 from llmtop.stats.aggregator import Aggregator
 
@@ -38,6 +38,9 @@ def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, recor
     try:
         try:
             rc = run.wait()
+        except Terminated as e:  # SIGTERM/SIGHUP reached llmtop only: pass it on, then wait as below
+            run.signal(e.signum)
+            rc = run.stop(interrupted=True)
         except KeyboardInterrupt:  # the terminal sent SIGINT to COMMAND as well: let it finish its exit
             rc = run.stop(interrupted=True)
         recs = run.recordings()

@@ -311,3 +311,26 @@ async def test_live_session_fills_the_panes_and_records(tmp_path: Path) -> None:
     recorded = json.loads(out)
     assert recorded["tokens"]["generated"] == rep["tokens"]["generated"]
     assert recorded["events"] == rep["events"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_once_record_survives_sigterm_and_sigkill(tmp_path: Path, sig: str) -> None:
+    """--once --record flushes as it goes (the pipeline's recording, every 0.5 s): SIGTERM is handled like
+    ctrl-c (exit 128 + 15, recording closed), and even SIGKILL leaves every step flushed before it."""
+    import os
+    import signal
+
+    rec = tmp_path / "killed.llmtop"
+    p = subprocess.Popen([sys.executable, "-m", "llmtop", "--once", "--backend", "cpu", "--prompt",
+                          "Count to one hundred.", "--max-new-tokens", "400", "--ignore-eos", "--record",
+                          str(rec)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (rec.exists() and rec.stat().st_size > 20_000):  # well past the header: steps are on disk
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+        time.sleep(0.1)
+    os.kill(p.pid, getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == (128 + signal.SIGTERM if sig == "SIGTERM" else -signal.SIGKILL), err
+    rc, out, err = run_cli("report", str(rec), "--format", "json")
+    assert rc == 0, err
+    assert json.loads(out)["tokens"]["decode_steps"] > 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -183,3 +186,16 @@ def test_us_to_ns_exact() -> None:
     for bad in ("16940400100E6553", float("inf"), float("nan"), "-1e999"):
         with pytest.raises(ValueError):
             us_to_ns(bad)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """Reading a FIFO with no writer blocks forever: it is refused before any read."""
+    fifo = tmp_path / "trace.json"
+    os.mkfifo(fifo)
+    for sub in ("report", "export"):
+        argv = [sys.executable, "-m", "llmtop", sub, str(fifo)] + (["-o", str(tmp_path / "x.json")]
+                                                                 if sub == "export" else [])
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+            f"llmtop: error: {fifo} is not a regular file (a pipe, socket or device); give a trace file"]

@@ -74,6 +74,12 @@ class CommandRun:
         rc = self.proc.wait()
         return 128 - rc if rc < 0 else rc
 
+    def signal(self, signum: int) -> None:
+        """Send COMMAND a signal (nothing when it has exited)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
     def stop(self, grace_s: float = 5.0, *, interrupted: bool = False) -> int:
         """SIGINT (what ctrl-c sends), then SIGTERM, then SIGKILL, each after `grace_s`; the exit status.
 

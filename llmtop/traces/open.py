@@ -80,6 +80,8 @@ def format_of(path: str | Path) -> TraceFormat:
         raise LlmtopError(f"{p} is a directory; give a trace file")
     if not p.exists():
         raise LlmtopError(f"no such file: {p}")
+    if not p.is_file():  # a FIFO, socket or device would block the read or never end
+        raise LlmtopError(f"{p} is not a regular file (a pipe, socket or device); give a trace file")
     head, gzipped = read_head(p)
     if not head.strip():
         raise LlmtopError(f"{p} is empty")
