@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -370,3 +371,32 @@ def test_old_recording_reads_and_is_written_byte_identical(tmp_path: Path, monke
     assert tf.format == "llmtop" and tf.source == reference_source()
     assert [(t, type(i)) for t, i in tf.records] == [(t, type(i)) for t, i in got]
     assert detect_format(ref) == "recording"
+
+
+def test_impossible_values_and_empty_recordings_are_reported(tmp_path: Path) -> None:
+    """A negative duration (a damaged file, a buggy writer) is skipped and counted, never folded into a
+    negative TTFT; a recording with only its header says so. Both still exit 0."""
+    import contextlib
+    import io
+
+    from llmtop.cli import main
+    from llmtop.events import DECODE, KERNEL_DTYPE, PREFILL, STEP_DTYPE, EventBatch, SourceInfo
+    from llmtop.traces.recording import RecordingWriter
+
+    k = np.zeros(2, KERNEL_DTYPE)
+    k["dur_ns"], k["start_ns"] = [1000, -5_003_000_000], [10, 20]
+    s = np.zeros(2, STEP_DTYPE)
+    s["phase"], s["tokens"], s["batch"], s["ctx"] = [PREFILL, DECODE], [4, 1], 1, [4, 5]
+    s["start_ns"], s["dur_ns"], s["kernel_ns"] = [0, 100], [-5_003_000_000, 2_000_000], [1000, 0]
+    bad, empty = tmp_path / "neg.llmtop", tmp_path / "empty.llmtop"
+    with RecordingWriter(bad, SourceInfo(kind="live")) as w:
+        w.write(EventBatch(k, s, 0, ["matmul:x"]))
+    RecordingWriter(empty, SourceInfo(kind="live")).close()
+    for path, warning, events in ((bad, "skipped 2 events with impossible values", 1),
+                                  (empty, "holds no events (only its header)", 0)):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["report", str(path), "--format", "json"])
+        rep = json.loads(out.getvalue())
+        assert rc == 0 and warning in err.getvalue() and rep["events"] == events
+        assert rep["tokens"]["ttft_ms"] is None or rep["tokens"]["ttft_ms"] >= 0

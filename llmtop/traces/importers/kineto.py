@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, EventBatch, NameTable, SourceInfo
+from llmtop.events import NO_LAYER, NS_LIMIT, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import (
-    NS_LIMIT,
     Intervals,
     StepFacts,
     layer_of,

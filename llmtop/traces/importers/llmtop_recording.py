@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmtop.events import EventBatch, Item, NameTable
+from llmtop.events import EventBatch, Item, NameTable, drop_invalid
 from llmtop.traces.recording import RecordingReader, is_recording_head
 from llmtop.traces.registry import ImportResult, TraceFormat, register
 
@@ -21,10 +21,20 @@ def read(path: Path, names: NameTable) -> ImportResult:
     res = ImportResult(source=reader.source, batches=(), names=names, format="llmtop")
 
     def records() -> Iterator[tuple[int, Item]]:
+        dropped = 0
         with reader:
-            yield from reader
+            for t_ns, item in reader:
+                if isinstance(item, EventBatch):
+                    item, bad = drop_invalid(item)
+                    dropped += bad
+                yield t_ns, item
             if reader.truncated:
                 res.warnings.append(reader.truncated)
+            if dropped:
+                res.warnings.append(f"{path.name}: skipped {dropped} events with impossible values (negative "
+                                    "or absurd durations, unknown phase or op class)")
+            if reader.records_read == 0 and not reader.truncated:
+                res.warnings.append(f"{path.name}: the recording holds no events (only its header)")
 
     def batches(items: Iterator[tuple[int, Item]]) -> Iterator[EventBatch]:
         for _, item in items:

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from llmtop.events import DECODE, NO_LAYER, OP_CLASS_ID, PREFILL
+from llmtop.events import DECODE, NO_LAYER, NS_LIMIT, OP_CLASS_ID, PREFILL
 
 # (op class, pattern) in priority order; patterns run on the lower-cased name.
 OP_CLASS_RULES: tuple[tuple[str, str], ...] = (
@@ -180,9 +180,6 @@ class Intervals:
         ok &= t < self.ends[idx_c]
         out[ok] = self.values[idx_c[ok]]
         return out
-
-
-NS_LIMIT = 1 << 62  # |ns| below this fits the int64 columns with room for sums (146 years of ns)
 
 
 def us_to_ns(v: object) -> int:
