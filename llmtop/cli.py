@@ -429,6 +429,10 @@ def attach_parser() -> argparse.ArgumentParser:
 
 
 def _targets_table(rows: list[dict[str, Any]], md: bool) -> str:
+    from llmtop.numfmt import printable
+
+    rows = printable(rows)  # labels and errors carry remote text
+
     def f(v: Any, scale: float = 1.0, nd: int = 2) -> str:
         return "-" if v is None else f"{float(v) * scale:.{nd}f}"
 

@@ -139,6 +139,22 @@ def adapter_line(a: Mapping[str, Any]) -> str:
     return "  ".join(parts)
 
 
+# C0 and C1 control characters (ESC, CSI, BEL, ...) that a hostile trace, metrics page or model name could
+# use to drive the terminal: shown as \xNN instead.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(x: Any) -> Any:
+    """`x` with every control character of every string in it escaped (dicts and lists walked)."""
+    if isinstance(x, str):
+        return x.translate(_CONTROLS)
+    if isinstance(x, Mapping):
+        return {printable(k): printable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [printable(v) for v in x]
+    return x
+
+
 __all__ = [
     "DASH",
     "adapter_line",
@@ -150,4 +166,5 @@ __all__ = [
     "fmt_pct",
     "fmt_rate",
     "num",
+    "printable",
 ]

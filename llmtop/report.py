@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmtop.errors import LlmtopError
-from llmtop.numfmt import adapter_line, fmt_int, fmt_ms, fmt_pct, fmt_rate, num
+from llmtop.numfmt import adapter_line, fmt_int, fmt_ms, fmt_pct, fmt_rate, num, printable
 from llmtop.numfmt import fmt_bytes as fmt_bytes  # re-exported: llmtop.report.fmt_bytes as before
 
 FORMATS = ("text", "json", "markdown")
@@ -275,6 +275,10 @@ def render(report: Mapping[str, Any], fmt: str = "text", *, width: int = 160,
     head, secs = sections(report, limit)
     if kernel_section is not None:
         secs = [kernel_section if x.title.startswith(KERNEL_SECTION) else x for x in secs]
+    # text and markdown go to a terminal: names from a trace or a server never carry raw control codes
+    head = printable(head)
+    secs = [Section(printable(s.title), printable(s.headers), printable(s.rows), s.right, printable(s.lines))
+            for s in secs]
     return _markdown(head, secs) if fmt == "markdown" else _text(head, secs, width)
 
 

@@ -199,3 +199,22 @@ def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and r.stderr.strip().splitlines() == [
             f"llmtop: error: {fifo} is not a regular file (a pipe, socket or device); give a trace file"]
+
+
+def test_control_characters_in_names_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A kernel name carrying an escape sequence (set the window title, clear the screen) is printed
+    escaped by text and markdown reports; JSON escapes it by itself."""
+    doc = json.loads(HTA_RAW)
+    kernel = next(e for e in doc["traceEvents"] if e.get("cat") == "kernel")
+    evil = "\x1b]0;pwned\x07\x1b[2J\x9b2J"
+    for e in doc["traceEvents"]:
+        if e.get("cat") == "kernel" and e.get("name") == kernel["name"]:
+            e["name"] = "gemm" + evil
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps(doc))
+    for fmt in ("text", "markdown", "json"):
+        r = subprocess.run([sys.executable, "-m", "llmtop", "report", str(path), "--format", fmt],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert not any(c in r.stdout for c in "\x1b\x07\x9b"), fmt
+        assert "gemm" in r.stdout
