@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmtop.attach.run import CommandRun, RunWatcher
 from llmtop.collectors.gpu import GpuCollector
@@ -20,6 +21,9 @@ from llmtop.collectors.replay import load_into
 from llmtop.errors import LlmtopError, Terminated
 from llmtop.report import render
 from llmtop.stats.aggregator import Aggregator
+
+if TYPE_CHECKING:
+    from llmtop.tui.session import TuiSession
 
 NOTHING = ("llmtop: note: nothing was instrumented: {cmd} ran no torch model with decoder layers "
            "(…DecoderLayer / …Block modules in a ModuleList)")
@@ -68,7 +72,7 @@ def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, recor
 
 
 def build_run_session(command: list[str], *, ops: str, agent: str | None, record: str | None,
-                      window_s: float, refresh: float) -> object:
+                      window_s: float, refresh: float) -> TuiSession:
     """The TUI over COMMAND's instrumented processes (not started): a RunWatcher attaching to each, and
     the process gauges of COMMAND itself."""
     from llmtop.tui.provider import PipelineProvider

@@ -157,26 +157,20 @@ def filled(feed: Callable[[App[Any]], None]) -> Callable[[Pilot[Any]], Any]:
 INPUTS = ["trace", "loop"]
 
 
-@pytest.mark.parametrize("which", INPUTS)
-def test_token_pane(snap_compare: Any, which: str) -> None:
-    pane = TokenPane(id="tokens")
-    pane.border_title = "Token rate"
-    assert snap_compare(PaneApp(pane), terminal_size=(60, 12),
-                        run_before=filled(lambda app: pane.set_snapshot(snapshot(which))))
+# The three plot panes: (pane class, widget id as in the app, border title), each from the same snapshot.
+PLOT_PANES = {
+    "token": (TokenPane, "tokens", "Token rate"),
+    "layer": (LayerPane, "layers", "Per layer · ms / decode step"),
+    "attention": (AttentionPane, "attention", "Attention growth"),
+}
 
 
 @pytest.mark.parametrize("which", INPUTS)
-def test_layer_pane(snap_compare: Any, which: str) -> None:
-    pane = LayerPane(id="layers")
-    pane.border_title = "Per layer · ms / decode step"
-    assert snap_compare(PaneApp(pane), terminal_size=(60, 12),
-                        run_before=filled(lambda app: pane.set_snapshot(snapshot(which))))
-
-
-@pytest.mark.parametrize("which", INPUTS)
-def test_attention_pane(snap_compare: Any, which: str) -> None:
-    pane = AttentionPane(id="attention")
-    pane.border_title = "Attention growth"
+@pytest.mark.parametrize("kind", sorted(PLOT_PANES))
+def test_plot_pane(snap_compare: Any, kind: str, which: str) -> None:
+    cls, widget_id, title = PLOT_PANES[kind]
+    pane = cls(id=widget_id)
+    pane.border_title = title
     assert snap_compare(PaneApp(pane), terminal_size=(60, 12),
                         run_before=filled(lambda app: pane.set_snapshot(snapshot(which))))
 
