@@ -29,6 +29,8 @@ OP_CLASSES: tuple[str, ...] = (
     "sampling",
     "memcpy",
     "other",
+    # appended, not inserted: op class ids are stored in recordings, so existing ids never move
+    "comm",  # collectives: NCCL/RCCL all-reduce, all-gather, ...
 )
 OP_CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(OP_CLASSES)}
 

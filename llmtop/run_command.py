@@ -17,10 +17,11 @@ from llmtop.attach.run import CommandRun, RunWatcher
 from llmtop.collectors.gpu import GpuCollector
 from llmtop.collectors.pipeline import Pipeline
 from llmtop.collectors.process import ProcessCollector
-from llmtop.collectors.replay import load_into
+from llmtop.collectors.replay import fold_into, load_into
 from llmtop.errors import LlmtopError, Terminated
 from llmtop.report import render
 from llmtop.stats.aggregator import Aggregator
+from llmtop.traces.merge_processes import merge_recordings
 
 if TYPE_CHECKING:
     from llmtop.tui.session import TuiSession
@@ -31,6 +32,20 @@ NOTHING = ("llmtop: note: nothing was instrumented: {cmd} ran no torch model wit
 
 def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _keep(recs: list[Path], record: str) -> None:
+    """--record: one process's recording is copied to RECORD; several go to RECORD.<pid> each (a
+    recording holds one live source), with a note naming them."""
+    try:
+        if len(recs) == 1:
+            shutil.copyfile(recs[0], record)
+            return
+        for p in recs:
+            shutil.copyfile(p, f"{record}.{p.stem}")
+    except OSError as e:
+        raise LlmtopError(f"cannot write the recording {record}: {e.strerror or e}") from None
+    _note(f"llmtop: note: {len(recs)} recordings written: {', '.join(f'{record}.{p.stem}' for p in recs)}")
 
 
 def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, record: str | None,
@@ -51,16 +66,15 @@ def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, recor
         if not recs:
             _note(NOTHING.format(cmd=command[0]))
             return rc
-        if len(recs) > 1:
-            _note(f"llmtop: note: {len(recs)} processes were instrumented; reporting the busiest "
-                  f"(its recording has {recs[0].stat().st_size:,} bytes)")
         agg = Aggregator(window_s=window_s)
-        load_into(recs[0], agg)
+        if len(recs) > 1:
+            _note(f"llmtop: note: {len(recs)} processes were instrumented (pids "
+                  f"{', '.join(p.stem for p in recs)}): one report, a track per process")
+            fold_into(merge_recordings(recs), agg)
+        else:
+            load_into(recs[0], agg)
         if record:
-            try:
-                shutil.copyfile(recs[0], record)
-            except OSError as e:
-                raise LlmtopError(f"cannot write the recording {record}: {e.strerror or e}") from None
+            _keep(recs, record)
         report = dict(agg.snapshot(mode="cumulative").report)
         if fmt == "json":
             print(json.dumps({"command": command, "exit_code": rc, **report}, indent=2, allow_nan=False))
@@ -94,8 +108,8 @@ def build_run_session(command: list[str], *, ops: str, agent: str | None, record
         if not recs:
             _note(NOTHING.format(cmd=command[0]))
         elif record:
-            shutil.copyfile(recs[0], record)
-            _note(f"llmtop: recorded {recs[0].stat().st_size:,} bytes to {record}")
+            _keep(recs, record)
+            _note(f"llmtop: recorded {sum(p.stat().st_size for p in recs):,} bytes to {record}")
         _note(f"llmtop: {command[0]} exited with {status['rc']}; its output is in {log}")
         run.cleanup()
 

@@ -223,6 +223,37 @@ def test_global_finder_sees_keyword_input_ids() -> None:
     assert torch.nn.Module.__dict__["__call__"] is call
 
 
+def test_compiled_model_is_named_and_left_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.compile's OptimizedModule: hooks cannot fire inside its graphs, so nothing is patched (a
+    patched forward would change what dynamo traces) and one line says why and what to do."""
+    model = _llama()
+    compiled = torch.compile(model)
+    before, fwd = _patch_points(model), compiled.__dict__.get("forward")
+    agent = Agent("127.0.0.1:0")
+    inst = agent.instrument(compiled)
+    assert inst.compiled and "torch.compile" in inst.compiled
+    assert _patch_points(model) == before and compiled.__dict__.get("forward") is fwd
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llmtop: note: LlamaForCausalLM is torch.compile'd")
+    assert "nothing timed" in inst.source_info().extra["instrumented"]
+    inst.remove()
+
+
+def test_hooks_that_never_fire_are_reported_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Steps whose forwards reach no instrumented op (the model runs elsewhere, e.g. captured into
+    graphs after instrumentation) end in one note after three steps, not in silently empty panes."""
+    model = _llama()
+    agent = Agent("127.0.0.1:0")
+    inst = agent.instrument(model)
+    for _ in range(5):  # steps opened by hand, no forward in them
+        inst.recorder.begin_step(DECODE, inst.step, 1, 1, 1)
+        inst._open = True
+        inst.close_step()
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("llmtop: note:")]
+    assert len(err) == 1 and "no instrumented op fired" in err[0]
+    inst.remove()
+
+
 class _SlowProcessor(transformers.LogitsProcessor):
     """Host work in the token loop that is not a kernel: 5 ms per generated token."""
 

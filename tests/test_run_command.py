@@ -106,6 +106,53 @@ def test_followed_through_a_shell_and_recorded(tmp_path: Path) -> None:
     assert again.returncode == 0 and json.loads(again.stdout)["tokens"]["generated"] == truth["generated"]
 
 
+def test_two_processes_are_merged_into_one_report(tmp_path: Path) -> None:
+    """A script that runs its model in two spawned processes: both are instrumented (the agent follows
+    into spawned children), and --once reports both, a track per process, tokens summed."""
+    ckpt = tiny_checkpoint(tmp_path, "llama")
+    script = tmp_path / "two.py"
+    script.write_text(textwrap.dedent('''
+        import json, sys, multiprocessing as mp
+
+        def work(ckpt, out, i):
+            import torch
+            from transformers import AutoModelForCausalLM
+            torch.manual_seed(i)
+            model = AutoModelForCausalLM.from_pretrained(ckpt)
+            ids = torch.randint(5, 200, (1, 10 + i))
+            o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5 + i,
+                               min_new_tokens=5 + i, do_sample=False, pad_token_id=0)
+            json.dump({"prompt": ids.numel(), "generated": int(o.shape[1] - ids.shape[1])},
+                      open(f"{out}.{i}", "w"))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            ps = [ctx.Process(target=work, args=(sys.argv[1], sys.argv[2], i)) for i in range(2)]
+            for p in ps:
+                p.start()
+            for p in ps:
+                p.join()
+            sys.exit(max(p.exitcode for p in ps))
+    '''))
+    counts = tmp_path / "c"
+    rec = tmp_path / "two.llmtop"
+    r = llmtop("run", "--once", "--format", "json", "--record", str(rec), "--", sys.executable, str(script),
+               str(ckpt), str(counts))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout[r.stdout.index("{"):])
+    truth = [json.loads(Path(f"{counts}.{i}").read_text()) for i in range(2)]
+    assert rep["tokens"]["generated"] == sum(t["generated"] for t in truth) == 11, (r.stderr, rep["tracks"])
+    assert rep["tokens"]["prompt_tokens"] == sum(t["prompt"] for t in truth) == 21
+    assert len(rep["source"]["extra"]["processes"]) == 2
+    assert len(rep["tracks"]) == 2
+    assert "2 processes were instrumented" in r.stderr
+    kept = sorted(tmp_path.glob("two.llmtop.*"))  # one recording per process
+    assert len(kept) == 2
+    reports = [json.loads(llmtop("report", str(p), "--format", "json").stdout) for p in kept]
+    gen = [x["tokens"]["generated"] for x in reports]
+    assert sorted(gen) == sorted(t["generated"] for t in truth)
+
+
 def test_a_command_without_a_model_says_so_and_keeps_its_exit_code(tmp_path: Path) -> None:
     script = tmp_path / "plain.py"
     script.write_text("import sys\nprint('no model here')\nsys.exit(7)\n")

@@ -3,7 +3,8 @@
 `llmtop run -- COMMAND` puts a directory holding a `sitecustomize.py` first on PYTHONPATH and describes
 the run in $LLMTOP_RUN (JSON: the rendezvous directory, the op granularity, the agent address). Python
 imports sitecustomize at start-up in every interpreter COMMAND starts (`python script.py`, `python -m`,
-console scripts such as `vllm serve`, and their child processes), and it calls `arm()` here.
+console scripts such as `vllm serve`, and their child processes), and it calls `arm()` here. A process
+that imports vLLM's model runner (its worker) gets the runner patched too (agent/vllm_hooks.py).
 
 `arm()` costs nothing until torch is imported: a post-import hook waits for `torch`, then a one-shot
 global forward hook instruments the first model with decoder layers that runs. Only then does the
@@ -52,6 +53,19 @@ def arm() -> None:
         state.on_torch()
     else:
         sys.meta_path.insert(0, _PostImport("torch", state.on_torch))
+    # vLLM's model runner (imported only in its worker process): steps and batches from its scheduler
+    from llmtop.agent.vllm_hooks import RUNNER_MODULE
+
+    if RUNNER_MODULE in sys.modules:
+        _patch_vllm()
+    else:
+        sys.meta_path.insert(0, _PostImport(RUNNER_MODULE, _patch_vllm))
+
+
+def _patch_vllm() -> None:
+    from llmtop.agent.vllm_hooks import RUNNER_MODULE, patch_runner
+
+    patch_runner(sys.modules[RUNNER_MODULE])
 
 
 class _PostImport(importlib.abc.MetaPathFinder):

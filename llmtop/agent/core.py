@@ -1,9 +1,10 @@
 """The in-process agent: publishes a process's EventBatches to any number of viewers over TCP.
 
 Threads: one publisher drains the recorders every `interval` seconds and encodes each batch once;
-one acceptor handles handshakes; one sender per viewer writes that viewer's frames. The decode loop
-only ever appends to a recorder, so a slow, stuck or absent viewer can never block it: each viewer
-has a bounded buffer, and what does not fit is dropped, counted and reported to that viewer.
+one acceptor reads every pending handshake with a selector (a bounded number at once, each with a
+deadline: silent connections never cost threads); one sender per viewer writes that viewer's frames.
+The decode loop only ever appends to a recorder, so a slow, stuck or absent viewer can never block it:
+each viewer has a bounded buffer, and what does not fit is dropped, counted and reported to that viewer.
 
 Kernel-name ids come from one NameTable shared by every recorder the agent drains. Each viewer is
 sent the names it has not seen yet right before a batch goes out, so a viewer that joins late, or
@@ -13,8 +14,10 @@ misses batches, still resolves every id.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import ipaddress
+import selectors
 import socket
 import threading
 import time
@@ -59,6 +62,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The hello's fixed part (magic, version, token length); the token length is its last two bytes.
+_HELLO_HEAD = len(wire.encode_hello(None))
+# A welcome status this agent sends when it has `max_viewers` viewers already; a viewer shows its message.
+_BUSY = 3
+
+
+def _hello_size(buf: bytes | bytearray) -> int:
+    """How many bytes the hello starting `buf` has in all (its fixed part, until that has arrived)."""
+    if len(buf) < _HELLO_HEAD:
+        return _HELLO_HEAD
+    return _HELLO_HEAD + int.from_bytes(buf[_HELLO_HEAD - 2 : _HELLO_HEAD], "little")
+
+
+class _Pending:
+    """A connection whose hello has not arrived whole yet."""
+
+    __slots__ = ("buf", "deadline", "peer")
+
+    def __init__(self, peer: str, deadline: float) -> None:
+        self.peer = peer
+        self.deadline = deadline
+        self.buf = bytearray()
+
+
+class _Received:
+    """The bytes of a whole hello, read back through `recv` by wire.read_hello."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def recv(self, n: int) -> bytes:
+        out, self._data = self._data[:n], self._data[n:]
+        return out
+
+
 class _Viewer:
     __slots__ = ("closed", "cond", "dropped", "events", "items", "names_sent", "peer", "sent_frames", "sock")
 
@@ -81,6 +119,10 @@ class Agent:
     model: a torch nn.Module, timed op by op (agent/torch_hooks.py: matmuls, attention, norms, rope).
     Neither: use the manual API (`step`, `layer`, `kernel`) from your own loop.
     """
+
+    max_pending = 64  # handshakes read at once; a new connection past this drops the oldest
+    handshake_timeout = 5.0  # seconds a connection has to send its whole hello
+    max_viewers = 64  # viewers at once; one more is refused with a message
 
     def __init__(
         self,
@@ -303,26 +345,112 @@ class Agent:
             return list(self._viewers)
 
     def _accept_loop(self) -> None:
+        """Accept viewers and read their hellos on this one thread, with a selector: a handshake in progress
+        costs a socket and a few bytes, never a thread. At most `max_pending` wait at once (a new one
+        drops the oldest) and each has `handshake_timeout` seconds, so a flood of silent connections
+        costs bounded threads and memory and a real viewer (it sends its hello at once) still gets in."""
         assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, peer = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            # handshake off the accept thread, so a silent client cannot hold up the others
-            threading.Thread(
-                target=self._handshake,
-                args=(conn, f"{peer[0]}:{peer[1]}"),
-                name="llmtop-agent-hello",
-                daemon=True,
-            ).start()
-
-    def _handshake(self, conn: socket.socket, peer: str) -> None:
-        conn.settimeout(5.0)
+        lsock = self._sock
+        sel = selectors.DefaultSelector()
+        pending: dict[socket.socket, _Pending] = {}  # oldest first
         try:
-            version, token = wire.read_hello(conn)
+            lsock.setblocking(False)
+            sel.register(lsock, selectors.EVENT_READ)
+        except (OSError, ValueError):  # closed before this thread ran
+            sel.close()
+            return
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready = sel.select(0.2)
+                except OSError:
+                    return
+                for key, _ in ready:
+                    if key.fileobj is lsock:
+                        if not self._accept_ready(lsock, sel, pending):
+                            return
+                    else:
+                        self._hello_ready(key.fileobj, sel, pending)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for conn, p in list(pending.items()):
+                    if now >= p.deadline:  # pending is oldest first: the rest are younger
+                        self._drop_pending(conn, sel, pending)
+                    else:
+                        break
+        finally:
+            for conn in list(pending):
+                self._drop_pending(conn, sel, pending, refused=False)
+            sel.close()
+
+    def _accept_ready(self, lsock: socket.socket, sel: selectors.BaseSelector,
+                      pending: dict[socket.socket, _Pending]) -> bool:
+        """Accept what is waiting (a bounded number per round); False when the listening socket is gone."""
+        for _ in range(64):
+            try:
+                conn, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                return True
+            except OSError as e:
+                if self._stop.is_set() or e.errno in (errno.EBADF, errno.EINVAL, errno.ENOTSOCK):
+                    return False
+                # out of descriptors (EMFILE) or the like: free one, or pause, and keep serving
+                if pending:
+                    self._drop_pending(next(iter(pending)), sel, pending)
+                else:
+                    self._stop.wait(0.05)
+                return True
+            while len(pending) >= max(1, self.max_pending):
+                self._drop_pending(next(iter(pending)), sel, pending)
+            try:
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ)
+            except (OSError, ValueError):
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
+            pending[conn] = _Pending(f"{peer[0]}:{peer[1]}", time.monotonic() + self.handshake_timeout)
+        return True
+
+    def _drop_pending(self, conn: socket.socket, sel: selectors.BaseSelector,
+                      pending: dict[socket.socket, _Pending], refused: bool = True) -> None:
+        pending.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            sel.unregister(conn)
+        with contextlib.suppress(OSError):
+            conn.close()
+        if refused:
+            self.refused += 1
+
+    def _hello_ready(self, conn: socket.socket, sel: selectors.BaseSelector,
+                     pending: dict[socket.socket, _Pending]) -> None:
+        """Read what the viewer sent; once its hello is whole, answer it (off the selector)."""
+        p = pending.get(conn)
+        if p is None:
+            return
+        try:
+            chunk = conn.recv(max(1, _hello_size(p.buf) - len(p.buf)))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        p.buf += chunk
+        whole = len(p.buf) >= _hello_size(p.buf)
+        if (not chunk or not wire.MAGIC.startswith(bytes(p.buf[: len(wire.MAGIC)]))
+                or _hello_size(p.buf) > _HELLO_HEAD + wire.MAX_TOKEN):
+            self._drop_pending(conn, sel, pending)  # closed early, not our protocol, or a token too long
+            return
+        if whole:
+            pending.pop(conn, None)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                sel.unregister(conn)
+            self._handshake(conn, p.peer, bytes(p.buf))
+
+    def _handshake(self, conn: socket.socket, peer: str, hello: bytes) -> None:
+        """Answer a whole hello; a viewer that passes gets its own sender thread."""
+        try:
+            conn.setblocking(True)
+            conn.settimeout(self.send_timeout)  # a welcome is a few bytes: it fits any socket buffer
+            version, token = wire.read_hello(_Received(hello))
             if version != wire.VERSION:
                 conn.sendall(
                     wire.encode_welcome(
@@ -337,14 +465,17 @@ class Agent:
             if not hmac.compare_digest(token, expected):
                 conn.sendall(wire.encode_welcome(wire.BAD_TOKEN, time.perf_counter_ns(), "wrong token"))
                 raise wire.WireError("token")
+            if self.viewers >= max(1, self.max_viewers):
+                conn.sendall(wire.encode_welcome(
+                    _BUSY, time.perf_counter_ns(), f"{self.viewers} viewers connected already (the most)"))
+                raise wire.WireError("busy")
             conn.sendall(wire.encode_welcome(wire.OK, time.perf_counter_ns()))
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except Exception:  # whatever a stranger sends: refuse it and go on
             self.refused += 1
             with contextlib.suppress(OSError):
                 conn.close()
             return
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(self.send_timeout)
         v = _Viewer(conn, peer)
         self._enqueue(v, 0, self._source_frame, force=True)
         with self._lock:  # flush() publishes under this lock too: the backlog and live batches stay in order
@@ -352,7 +483,10 @@ class Agent:
                 self._enqueue(v, n, item, force=True)
             self._viewers.append(v)
             self.connections += 1
-        self._sender(v)
+        try:
+            threading.Thread(target=self._sender, args=(v,), name="llmtop-agent-viewer", daemon=True).start()
+        except RuntimeError:  # no thread to be had: let this viewer go rather than the accept loop
+            self._close_viewer(v)
 
     def _enqueue(self, v: _Viewer, n: int, item: Any, force: bool = False) -> None:
         with v.cond:

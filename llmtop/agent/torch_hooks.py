@@ -20,6 +20,11 @@ Steps: one per top-level forward of the model. Phase, batch, tokens and context 
 shapes (and, on CPU, the attention mask's ones). A finished forward's step stays open until the next
 top-level forward starts, `close_step()` is called, or transformers' generate returns, so the host work
 of the user's token loop (logits processors, stopping criteria, streamers) is part of the step's wall.
+A serving engine's adapter (agent/vllm_hooks.py) may drive the steps instead (set_engine_steps,
+begin_engine_step, close_step): its scheduler knows each step's batch, which flattened shapes hide.
+
+A model that runs as compiled graphs (torch.compile, vLLM's compilation or CUDA graphs: compiled_reason)
+is left unpatched, with one note; so are models whose hooks never fire (one note after three steps).
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ import time
 import weakref
 from typing import Any
 
-from llmtop.agent.torch_ops import LAYER_KERNEL, find_decoder_layers, modeling_functions, plan_ops
+from llmtop.agent.torch_ops import (
+    ATTENTION_CORE,
+    LAYER_KERNEL,
+    SHARED,
+    compiled_reason,
+    find_decoder_layers,
+    modeling_functions,
+    plan_ops,
+)
 from llmtop.events import DECODE, NO_LAYER, PREFILL, SourceInfo
 
 OPS_MODES = ("all", "layers")
@@ -38,6 +51,15 @@ _pc = time.perf_counter_ns
 _CUR: Any = None  # the _State of the instrumented model whose top-level forward is running
 _LIVE: list[Any] = []  # live TorchInstrumentations (generate's wrapper closes their open steps)
 _PATCHES: dict[tuple, list] = {}  # process-wide patches, shared and ref-counted (see _patch)
+# Set by a serving engine's adapter (agent/vllm_hooks.py): steps begin and end where the engine's own step
+# does (begin_engine_step / close_step), and a forward outside such a step (warm-up, profiling, graph
+# capture) is not a step and is not timed.
+_ENGINE_STEPS = False
+
+
+def set_engine_steps(on: bool) -> None:
+    global _ENGINE_STEPS
+    _ENGINE_STEPS = on
 
 
 class _State:
@@ -147,7 +169,10 @@ def _layer_marker(orig: Any, st: _State, i: int) -> Any:
     return forward
 
 
-def _function_wrapper(op: str) -> Any:
+def _function_wrapper(op: str, ids: tuple[int, int] | None = None) -> Any:
+    """A wrapper timed through the running model's _State: attention (prefill or decode by the step's
+    phase), rope, or a module with fixed `ids` whose layer is the one running (a module shared by layers).
+    Untimed outside an instrumented forward and when nested in another timed function."""
     rope = op == "rope"
 
     def make(orig: Any) -> Any:
@@ -155,22 +180,48 @@ def _function_wrapper(op: str) -> Any:
             st = _CUR
             if st is None or st.busy:
                 return orig(*args, **kwargs)
+            nid, opc = ids or (st.rope_ids if rope else st.attn_dec if st.decode else st.attn_pre)
             if st.cuda:
-                return st.inst._time_fn_cuda(rope, orig, args, kwargs)
+                return st.inst._time_fn_cuda(nid, opc, orig, args, kwargs)
             st.busy = True
             t0 = _pc()
             try:
                 y = orig(*args, **kwargs)
             finally:
                 st.busy = False
-            dur = _pc() - t0
-            nid, opc = st.rope_ids if rope else st.attn_dec if st.decode else st.attn_pre
-            st.rec.rows.append((nid, opc, st.layer, t0, dur, 0, 0, 0))
+            st.rec.rows.append((nid, opc, st.layer, t0, _pc() - t0, 0, 0, 0))
             return y
 
         return wrapper
 
     return make
+
+
+def _matmul_arg(orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int, arg: int,
+                cuda: bool) -> Any:
+    """A matmul whose activations are positional argument `arg` (vLLM: logits_processor(lm_head, h)).
+    Off the per-layer hot path (once per step), so one wrapper serves CPU and CUDA."""
+    k1 = k or 1
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        x = args[arg] if len(args) > arg else None
+        m = x.numel() // k1 if hasattr(x, "numel") else 0
+        if cuda:
+            s = rec.event()
+            s.record()
+            y = orig(*args, **kwargs)
+            e = rec.event()
+            e.record()
+            rec._events.append(s)
+            rec._events.append(e)
+            rec.rows.append((nid, opc, layer, 0, 0, m, n, k))
+            return y
+        t0 = _pc()
+        y = orig(*args, **kwargs)
+        rec.rows.append((nid, opc, layer, t0, _pc() - t0, m, n, k))
+        return y
+
+    return forward
 
 
 def _generate_wrapper(orig: Any) -> Any:
@@ -273,38 +324,64 @@ class TorchInstrumentation:
         self._patched: list[tuple] = []  # (module, had an instance forward, that forward, our wrapper)
         self._globals: list[tuple | None] = []
         self.n_timed = len(self.layers)  # modules timed (ops="all": set below)
-        matmul, plain = (_matmul_cuda, _plain_cuda) if self.cuda else (_matmul_cpu, _plain_cpu)
+        self.compiled = compiled_reason(model)  # hooks cannot fire inside compiled graphs: time nothing
+        self._rows_seen = 0  # rows recorded in the first steps (a check that the hooks fire)
+        if self.compiled is not None:
+            print(f"llmtop: note: {self.compiled}: op hooks cannot fire inside compiled graphs, so no op is "
+                  "timed; run the model eagerly (vLLM: --enforce-eager)", file=sys.stderr, flush=True)
         try:
-            self._set_forward(model, self._model_forward(model.forward))
-            if ops == "layers":
-                nid, opc = rec.kernel_id(LAYER_KERNEL, "other")
-                for i, layer in enumerate(self.layers):
-                    self._set_forward(layer, plain(layer.forward, rec, nid, opc, i))
-            else:
-                for i, layer in enumerate(self.layers):
-                    self._set_forward(layer, _layer_marker(layer.forward, self.state, i))
-                plan = plan_ops(model, self.layers)
-                self.n_timed = len(plan)
-                for spec in plan:
-                    nid, opc = rec.kernel_id(spec.name, spec.op_class)
-                    m, f = spec.module, spec.module.forward
-                    if not spec.n:
-                        w = plain(f, rec, nid, opc, spec.layer)
-                    elif not self.cuda and type(m) is torch.nn.Linear and "forward" not in m.__dict__:
-                        w = _linear_cpu(m, f, rec, nid, opc, spec.layer, spec.n, spec.k)
-                    else:
-                        w = matmul(f, rec, nid, opc, spec.layer, spec.n, spec.k)
-                    self._set_forward(m, w)
-                self._patch_functions(model)
-            gen = sys.modules.get("transformers.generation.utils")
-            mixin = getattr(gen, "GenerationMixin", None)
-            if mixin is not None and "generate" in mixin.__dict__:
-                self._globals.append(_patch(mixin, "generate", _generate_wrapper))
+            if self.compiled is None:
+                self._install(model, ops, rec)
         except BaseException:
             self.remove()
             raise
         _LIVE.append(self)
         self.active = True
+
+    def _install(self, model: Any, ops: str, rec: Any) -> None:
+        torch = self._torch
+        matmul, plain = (_matmul_cuda, _plain_cuda) if self.cuda else (_matmul_cpu, _plain_cpu)
+        self._set_forward(model, self._model_forward(model.forward))
+        if ops == "layers":
+            nid, opc = rec.kernel_id(LAYER_KERNEL, "other")
+            for i, layer in enumerate(self.layers):
+                self._set_forward(layer, plain(layer.forward, rec, nid, opc, i))
+        else:
+            for i, layer in enumerate(self.layers):
+                self._set_forward(layer, _layer_marker(layer.forward, self.state, i))
+            plan = plan_ops(model, self.layers)
+            self.n_timed = len(plan)
+            for spec in plan:
+                m, f = spec.module, spec.module.forward
+                if spec.name == ATTENTION_CORE:  # prefill or decode, by the phase of the running step
+                    w = _function_wrapper("attention")(f)
+                    self._set_forward(m, w)
+                    continue
+                nid, opc = rec.kernel_id(spec.name, spec.op_class)
+                if spec.layer == SHARED:  # one module called from every layer: the layer at call time
+                    w = _function_wrapper("", (nid, opc))(f)
+                elif spec.arg:
+                    w = _matmul_arg(f, rec, nid, opc, spec.layer, spec.n, spec.k, spec.arg, self.cuda)
+                elif not spec.n:
+                    w = plain(f, rec, nid, opc, spec.layer)
+                elif not self.cuda and type(m) is torch.nn.Linear and "forward" not in m.__dict__:
+                    w = _linear_cpu(m, f, rec, nid, opc, spec.layer, spec.n, spec.k)
+                else:
+                    w = matmul(f, rec, nid, opc, spec.layer, spec.n, spec.k)
+                self._set_forward(m, w)
+            self._patch_functions(model)
+        gen = sys.modules.get("transformers.generation.utils")
+        mixin = getattr(gen, "GenerationMixin", None)
+        if mixin is not None and "generate" in mixin.__dict__:
+            self._globals.append(_patch(mixin, "generate", _generate_wrapper))
+
+    def add_module(self, mod: Any, name: str, op_class: str) -> None:
+        """Time one more module outside the model (a serving engine's sampler), layer-less."""
+        if self.compiled is not None or "forward" in mod.__dict__:
+            return
+        nid, opc = self.recorder.kernel_id(name, op_class)
+        plain = _plain_cuda if self.cuda else _plain_cpu
+        self._set_forward(mod, plain(mod.forward, self.recorder, nid, opc, NO_LAYER))
 
     def _set_forward(self, mod: Any, fwd: Any) -> None:
         d = mod.__dict__
@@ -330,7 +407,9 @@ class TorchInstrumentation:
         if self.cuda:
             dev = self._torch.cuda.get_device_name(self.device)
         cfg = getattr(self.model, "config", None)
-        if self.ops == "layers":
+        if self.compiled is not None:
+            what = f"nothing timed: {self.compiled}"
+        elif self.ops == "layers":
             what = "torch forward patches (decoder layers only)"
         else:
             n_fn = sum(1 for g in self._globals if g is not None and g[1] != "generate")
@@ -376,7 +455,11 @@ class TorchInstrumentation:
             self._depth = 1
             prev = _CUR
             try:
-                self._begin(args, kwargs)
+                if not _ENGINE_STEPS:
+                    self._begin(args, kwargs)
+                elif not self._open:  # warm-up / profiling run outside the engine's steps: not timed
+                    _CUR = None
+                    return orig(*args, **kwargs)
                 _CUR = st
                 return orig(*args, **kwargs)
             finally:
@@ -397,12 +480,31 @@ class TorchInstrumentation:
         self.recorder.begin_step(phase, self.step, tokens, batch, ctx)
         self._open = True
 
+    def begin_engine_step(self, phase: int, tokens: int, batch: int, ctx: int) -> None:
+        """A serving engine's step starts (its adapter knows the batch from its scheduler)."""
+        self.close_step()
+        self.state.decode = phase == DECODE
+        self.ctx = ctx
+        self.recorder.begin_step(phase, self.step, tokens, batch, ctx)
+        self._open = True
+
     def close_step(self) -> None:
         """End the open step now (the next forward, generate's return and remove() call this too)."""
         if self._open:
             self._open = False
+            if self.step < 3 and self.compiled is None:
+                self._check_fired(len(self.recorder.rows))
             self.recorder.end_step()
             self.step += 1
+
+    def _check_fired(self, rows: int) -> None:
+        """After three steps without one timed op, the model runs somewhere the patches cannot see
+        (compiled or captured after we looked): say so once, rather than show empty panes."""
+        self._rows_seen += rows
+        if self.step == 2 and not self._rows_seen:
+            print("llmtop: note: 3 steps ran but no instrumented op fired: the model looks compiled or "
+                  "captured into graphs (torch.compile, CUDA graphs); run it eagerly (vLLM: --enforce-eager)",
+                  file=sys.stderr, flush=True)
 
     def _meta(self, args: tuple, kwargs: dict) -> tuple[int, int, int, int]:
         """(phase, tokens, batch, ctx) from shapes; on CPU, prompt tokens from the mask's ones."""
@@ -452,7 +554,7 @@ class TorchInstrumentation:
         return int(get())
 
     # -- function ops (attention, rope), called by the process-wide wrappers --------------------------------
-    def _time_fn_cuda(self, rope: bool, orig: Any, args: tuple, kwargs: dict) -> Any:
+    def _time_fn_cuda(self, nid: int, opc: int, orig: Any, args: tuple, kwargs: dict) -> Any:
         st, rec = self.state, self.recorder
         st.busy = True
         try:
@@ -463,7 +565,6 @@ class TorchInstrumentation:
             e.record()
         finally:
             st.busy = False
-        nid, opc = st.rope_ids if rope else st.attn_dec if st.decode else st.attn_pre
         rec._events.append(s)
         rec._events.append(e)
         rec.rows.append((nid, opc, st.layer, 0, 0, 0, 0, 0))
@@ -481,8 +582,28 @@ class _Finder:
 
     def remove(self) -> None:
         self.removed = True
+        _FINDERS[:] = [f for f in _FINDERS if f[0] is not self]
         if self.module_cls.__dict__.get("__call__") is self.call:
             self.module_cls.__call__ = self.orig_call
+
+
+_FINDERS: list[tuple[_Finder, Any, str]] = []  # armed finders, for claim()
+
+
+def claim(module: Any) -> bool:
+    """Instrument `module` now, through an armed global finder that has not found its model yet (a
+    serving engine's adapter knows the model before its first forward). True when it was instrumented."""
+    for handle, agent, ops in list(_FINDERS):
+        if handle.removed or any(i.model is module for i in _LIVE) or not find_decoder_layers(module):
+            continue
+        handle.remove()
+        try:
+            agent.instrument(module, ops=ops)
+        except Exception as e:  # never break the user's program
+            print(f"llmtop: could not instrument {type(module).__name__}: {e}", file=sys.stderr)
+            return False
+        return True
+    return False
 
 
 def install_global_finder(agent: Any, ops: str = "all") -> _Finder:
@@ -511,6 +632,7 @@ def install_global_finder(agent: Any, ops: str = "all") -> _Finder:
 
     handle.call = call
     nn.Module.__call__ = call
+    _FINDERS.append((handle, agent, ops))
     return handle
 
 
@@ -518,6 +640,7 @@ __all__ = [
     "LAYER_KERNEL",
     "OPS_MODES",
     "TorchInstrumentation",
+    "claim",
     "find_decoder_layers",
     "install_global_finder",
 ]

@@ -8,8 +8,17 @@ engine wherever the op is the same (KERNEL_NAMES in kernels/base.py):
   input_layernorm, ln_1 -> attn_norm; post_attention_layernorm, ln_2 -> ffn_norm (Gemma's
   pre_feedforward_layernorm instead where a layer has one); the final norm, ln_f -> final_norm
 - the token `nn.Embedding` (embed_tokens, wte, …)   -> embedding; other embeddings -> embedding:<name>
-- `…RotaryEmbedding` modules                        -> rope:tables
-- activation modules inside the layers (act_fn, …)  -> act:<class name, lower case, less "activation">
+- `…RotaryEmbedding` modules                        -> rope:tables (HF: cos/sin tables for the whole model);
+  vLLM's, which rotate q and k inside each attention -> rope
+- activation modules inside the layers (act_fn, …)  -> act:<class name, lower case, less "activation">;
+  a gated `…AndMul` (vLLM's SiluAndMul)              -> silu_mul / gelu_mul, as the built-in engine says
+- vLLM: the LinearBase family (QKVParallelLinear, MergedColumnParallelLinear, RowParallelLinear, …) ->
+  matmul:<attr> with this process's shard as (n, k); the attention layer (an AttentionLayerBase) ->
+  attention:prefill/decode by the step's phase; the LogitsProcessor -> matmul:lm_head (its activations
+  are the second argument: `logits_processor(lm_head, hidden_states)`)
+
+A module shared by several layers (vLLM caches one rotary module for all of them) is timed once, under
+the layer running when it is called (layer SHARED in its OpSpec).
 
 A module inside one that is already timed is not timed again, so kernels never nest. Functions, not
 modules: `modeling_functions` finds the `apply_rotary_pos_emb` (-> rope) and `eager_attention_forward`
@@ -38,6 +47,8 @@ ACT_ATTRS = frozenset({"act_fn", "act", "activation_fn", "activation", "act_laye
 ACT_MODULES = ("torch.nn.modules.activation", "transformers.activations")
 NOT_ACTIVATIONS = frozenset({"Softmax", "Softmax2d", "LogSoftmax", "Softmin", "MultiheadAttention"})
 FUNCTIONS = {"apply_rotary_pos_emb": "rope", "eager_attention_forward": "attention"}
+SHARED = -2  # OpSpec.layer of a module called from several layers: the layer is read at call time
+ATTENTION_CORE = "attention"  # OpSpec.name of an attention module: prefill or decode is picked per step
 
 
 class OpSpec(NamedTuple):
@@ -47,6 +58,7 @@ class OpSpec(NamedTuple):
     layer: int
     n: int  # matmul output features (0: not a matmul)
     k: int  # matmul reduction (input features)
+    arg: int = 0  # which positional argument holds the activations (m = its numel // k)
 
 
 def find_decoder_layers(model: Any) -> list[Any]:
@@ -72,7 +84,37 @@ def _matmul_shape(mod: Any) -> tuple[int, int] | None:
         w = getattr(mod, "weight", None)
         if w is not None and w.dim() == 2:
             return int(w.shape[1]), int(w.shape[0])  # GPT-2 Conv1D: weight (K, N), y = x @ W + b
+    # vLLM's LinearBase family: the shard this process computes (tensor parallel splits n or k)
+    n, k = getattr(mod, "output_size_per_partition", None), getattr(mod, "input_size_per_partition", None)
+    if isinstance(n, int) and isinstance(k, int) and hasattr(mod, "quant_method"):
+        return n, k
     return None
+
+
+def compiled_reason(model: Any) -> str | None:
+    """Why `model` runs as compiled graphs that forward patches cannot see, or None when it runs eagerly:
+    torch.compile's OptimizedModule, or vLLM's compilation config (torch.compile or CUDA graphs)."""
+    if hasattr(model, "_orig_mod"):
+        return f"{type(model._orig_mod).__name__} is torch.compile'd"
+    for m in model.modules():
+        cc = getattr(m, "compilation_config", None)
+        if cc is None or not _is_vllm(m):
+            continue
+        mode, graphs = getattr(cc, "mode", None), getattr(cc, "cudagraph_mode", None)
+        if mode is not None and int(getattr(mode, "value", mode) or 0):
+            return f"vLLM compiles {type(m).__name__} (compilation mode {getattr(mode, 'name', mode)})"
+        if graphs is not None and getattr(graphs, "name", "NONE") != "NONE":
+            return f"vLLM captures {type(m).__name__} into CUDA graphs (cudagraph mode {graphs.name})"
+    return None
+
+
+def _is_vllm(mod: Any) -> bool:
+    return type(mod).__module__.startswith("vllm.")
+
+
+def _is_attention_core(mod: Any) -> bool:
+    """vLLM's attention layer (Attention, MLAAttention, …: subclasses of AttentionLayerBase)."""
+    return _is_vllm(mod) and any(b.__name__ == "AttentionLayerBase" for b in type(mod).__mro__)
 
 
 def _norm_name(attr: str, layer: int, layer_mod: Any) -> str:
@@ -109,7 +151,7 @@ def classify(
     """(kernel name, op class, n, k) for one module, or None when it is not timed on its own."""
     import torch.nn as nn
 
-    mm = _matmul_shape(mod)
+    mm = None if type(mod).__name__.endswith("Embedding") else _matmul_shape(mod)
     if mm is not None:
         return f"matmul:{attr}", "matmul", mm[0], mm[1]
     cls = type(mod).__name__
@@ -117,15 +159,29 @@ def classify(
         return f"rmsnorm:{_norm_name(attr, layer, layer_mod)}", "norm", 0, 0
     if cls.endswith("LayerNorm") or isinstance(mod, nn.LayerNorm):
         return f"layernorm:{_norm_name(attr, layer, layer_mod)}", "norm", 0, 0
-    if isinstance(mod, nn.Embedding):
+    if cls.endswith("RotaryEmbedding"):
+        return ("rope" if _is_vllm(mod) else "rope:tables"), "rope", 0, 0
+    if isinstance(mod, nn.Embedding) or (_is_vllm(mod) and cls.endswith("Embedding")):
         tok = mod is token_emb or (token_emb is None and attr in TOKEN_EMBEDDINGS)
         return ("embedding" if tok else f"embedding:{attr}"), "embedding", 0, 0
-    if cls.endswith("RotaryEmbedding"):
-        return "rope:tables", "rope", 0, 0
+    if _is_attention_core(mod):
+        return ATTENTION_CORE, "attention", 0, 0
     if layer != NO_LAYER and _is_activation(mod, attr):
+        if cls.endswith("AndMul"):  # gated: act(x[..., :d]) * x[..., d:]
+            return f"{cls.removesuffix('AndMul').lower()}_mul", "elementwise", 0, 0
         name = cls.lower()
         return f"act:{name.removesuffix('activation') or name}", "elementwise", 0, 0
     return None
+
+
+def _logits_processor(model: Any, mod: Any) -> tuple[int, int] | None:
+    """(n, k) of vLLM's LogitsProcessor from the model's lm_head weight (vocab shard, hidden)."""
+    if type(mod).__name__ != "LogitsProcessor" or not _is_vllm(mod):
+        return None
+    w = getattr(getattr(model, "lm_head", None), "weight", None)
+    if w is None or getattr(w, "dim", lambda: 0)() != 2:
+        return 0, 0
+    return int(w.shape[0]), int(w.shape[1])
 
 
 def plan_ops(model: Any, layers: list[Any]) -> list[OpSpec]:
@@ -133,7 +189,8 @@ def plan_ops(model: Any, layers: list[Any]) -> list[OpSpec]:
     layer_of: dict[int, int] = {}
     for i, layer in enumerate(layers):
         for m in layer.modules():
-            layer_of.setdefault(id(m), i)
+            if layer_of.setdefault(id(m), i) != i:
+                layer_of[id(m)] = SHARED
     layer_ids = {id(x) for x in layers}
     token_emb = _token_embedding(model)
     out: list[OpSpec] = []
@@ -142,6 +199,11 @@ def plan_ops(model: Any, layers: list[Any]) -> list[OpSpec]:
         if not qual or id(mod) in layer_ids or any(qual.startswith(t + ".") for t in timed):
             continue
         layer = layer_of.get(id(mod), NO_LAYER)
+        lp = _logits_processor(model, mod)
+        if lp is not None:
+            timed.append(qual)
+            out.append(OpSpec(mod, "matmul:lm_head", "matmul", NO_LAYER, lp[0], lp[1], arg=1))
+            continue
         spec = classify(mod, qual.rsplit(".", 1)[-1], layer, layers[layer] if layer >= 0 else None, token_emb)
         if spec is not None:
             timed.append(qual)
@@ -165,4 +227,14 @@ def modeling_functions(model: Any) -> list[tuple[Any, str, str]]:
     return out
 
 
-__all__ = ["LAYER_KERNEL", "OpSpec", "classify", "find_decoder_layers", "modeling_functions", "plan_ops"]
+__all__ = [
+    "ATTENTION_CORE",
+    "LAYER_KERNEL",
+    "SHARED",
+    "OpSpec",
+    "classify",
+    "compiled_reason",
+    "find_decoder_layers",
+    "modeling_functions",
+    "plan_ops",
+]

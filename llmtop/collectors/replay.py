@@ -19,7 +19,7 @@ from typing import Protocol
 from llmtop.collectors.base import Collector
 from llmtop.errors import LlmtopError
 from llmtop.events import CounterSample, EventBatch, Item, Marker, SourceInfo
-from llmtop.traces.open import TracePaths, open_trace_file
+from llmtop.traces.open import TraceFile, TracePaths, open_trace_file
 
 
 class ReplaySource(Collector):
@@ -47,9 +47,10 @@ class ReplaySource(Collector):
         self._changed = threading.Event()
 
     @classmethod
-    def open(cls, path: TracePaths, *, speed: float = 1.0, max_gap_s: float | None = 5.0) -> ReplaySource:
+    def open(cls, path: TracePaths, *, speed: float = 1.0, max_gap_s: float | None = 5.0,
+             kernel_names: str = "demangled") -> ReplaySource:
         """Replay a file; `.source` is the recorded SourceInfo with kind="replay"."""
-        tf = open_trace_file(path)
+        tf = open_trace_file(path, kernel_names=kernel_names)
         extra = {**tf.source.extra, "replay_of": str(tf.path), "recorded_kind": tf.source.kind,
                  "format": tf.format}
         src = dataclasses.replace(tf.source, kind="replay", extra=extra)
@@ -158,15 +159,22 @@ class LoadSummary:
     events: int
     warnings: list[str]
     skipped: int
+    skipped_by: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> count
 
 
-def load_into(path: TracePaths, aggregator: FoldTarget, counters: CounterTarget | None = None) -> LoadSummary:
+def load_into(path: TracePaths, aggregator: FoldTarget, counters: CounterTarget | None = None, *,
+              kernel_names: str = "demangled") -> LoadSummary:
     """Fold a whole file into an aggregator as fast as possible, no threads (`report`, `--once`).
 
     The aggregator gets the SourceInfo exactly as recorded, so a report of the file equals the
-    report of the live run. counters: an optional CounterStore for process/GPU samples.
+    report of the live run. counters: an optional CounterStore for process/GPU samples. kernel_names:
+    `--names` (llmtop.traces.open.KERNEL_NAME_STYLES).
     """
-    tf = open_trace_file(path)
+    return fold_into(open_trace_file(path, kernel_names=kernel_names), aggregator, counters)
+
+
+def fold_into(tf: TraceFile, aggregator: FoldTarget, counters: CounterTarget | None = None) -> LoadSummary:
+    """Fold an opened trace (`open_trace_file`, `merge_recordings`) into an aggregator, no threads."""
     aggregator.set_source(tf.source)
     records = events = 0
     for _, item in tf.records:
@@ -176,4 +184,4 @@ def load_into(path: TracePaths, aggregator: FoldTarget, counters: CounterTarget 
             events += len(item)
         elif isinstance(item, CounterSample) and counters is not None:
             counters.add(item)
-    return LoadSummary(tf.source, tf.format, records, events, tf.warnings, tf.skipped)
+    return LoadSummary(tf.source, tf.format, records, events, tf.warnings, tf.skipped, tf.skipped_by)
