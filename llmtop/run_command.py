@@ -96,7 +96,7 @@ def build_run_session(command: list[str], *, ops: str, agent: str | None, record
     run = CommandRun(command, ops=ops, agent=agent, log=log, new_session=True, viewer=True)
     p = Pipeline(Aggregator(window_s=window_s))
     p.add(RunWatcher(run, p))
-    p.add(ProcessCollector(pid=run.pid))
+    p.add(ProcessCollector(pid=run.pid, tree=True))  # vLLM runs its model in a grandchild
     p.add(GpuCollector())  # UNAVAILABLE, with its reason, without an NVIDIA GPU
     title = f"llmtop · run {' '.join(command)[:60]} · output: {log}"
     session = TuiSession(make_app(PipelineProvider(p, kind="run"), refresh, title), p)

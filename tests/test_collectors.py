@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from llmtop.collectors.base import DONE, ERROR, RUNNING, UNAVAILABLE, Collector
@@ -138,6 +139,32 @@ def test_process_collector_sample() -> None:
     s = ProcessCollector().sample()
     assert s.source == "process" and s.values["rss_bytes"] > 10e6 and s.values["threads"] >= 1
     assert 0 <= s.values["sys_cpu_pct"] <= 100
+
+
+def test_process_collector_tree_sums_a_command_and_its_children() -> None:
+    """`llmtop run`: the model may run in a grandchild (vLLM's worker); the strip sums the whole tree."""
+    import subprocess
+    import sys
+
+    code = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', " \
+           "'x = bytearray(60_000_000); import time; time.sleep(30)']); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        pc = ProcessCollector(pid=parent.pid, tree=True)
+        alone = ProcessCollector(pid=parent.pid)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            s = pc.sample()
+            if s.values["processes"] == 2 and s.values["rss_bytes"] > 60e6:
+                break
+            time.sleep(0.2)
+        assert s.values["processes"] == 2
+        assert s.values["rss_bytes"] > alone.sample().values["rss_bytes"] + 55e6  # the child's 60 MB
+    finally:
+        for p in psutil.Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+        parent.wait()
 
 
 def test_gpu_collector_reports_gauges_or_why_not() -> None:

@@ -29,6 +29,8 @@ class DeviceStrip(_TextBar):
                 f"CPU {view.fmt_rate(proc.get('cpu_pct'))}%  RSS {view.fmt_bytes(proc.get('rss_bytes'))}  "
             )
             t.append(f"{view.fmt_count(proc.get('threads'))} thr")
+            if (proc.get("processes") or 1) > 1:  # `llmtop run`: COMMAND and its children, summed
+                t.append(f"  {view.fmt_count(proc.get('processes'))} processes")
         else:
             t.append("–")
         t.append("  │  GPU ", label)
