@@ -86,6 +86,21 @@ def _add_report_args(p: argparse.ArgumentParser, *, mode_default: str = "cumulat
                    help="row filter: substrings, phase:prefill|decode, layer:N|none, class:NAME")
     p.add_argument("--limit", type=_positive(int, "--limit"), default=None, metavar="N",
                    help="show at most N kernel rows in text/markdown")
+    _add_wide_arg(p)
+
+
+def _add_wide_arg(p: Any) -> None:  # a parser or an argument group
+    p.add_argument("--wide", action="store_true",
+                   help="text reports: print kernel names whole (default: names longer than their column are "
+                        "cut in the middle with …; markdown and json always have them whole)")
+
+
+def _add_names_arg(p: argparse.ArgumentParser) -> None:
+    from llmtop.traces.open import KERNEL_NAME_STYLES
+
+    p.add_argument("--names", default=KERNEL_NAME_STYLES[0], choices=KERNEL_NAME_STYLES,
+                   help="kernel names of formats that record several kinds (nsys): demangled, as nsys stats "
+                        "prints them (default), or short, which merges template instances of one kernel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="default",
                    help="'default' (shipped SmolLM2-135M Q4_1), a .gguf file, an HF checkpoint dir, or a "
                         "preset (llama-3.2-1b, qwen2.5-0.5b, smollm2-135m; random weights)")
-    g.add_argument("--dtype", default="float32", help=f"compute dtype ({', '.join(DTYPE_CHOICES)})")
+    g.add_argument("--dtype", default="auto",
+                   help=f"compute dtype ({', '.join(DTYPE_CHOICES)}; auto: bfloat16 on CUDA, else float32)")
     g.add_argument("--threads", type=_positive(int, "--threads"), default=None,
                    help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--adapter", default=None, metavar="NAME",
@@ -140,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--once", action="store_true",
                    help="run the prompts once headless and print the generated text and the full report")
     o.add_argument("--format", default="text", help="--once output: text, json or markdown (default text)")
+    _add_wide_arg(o)
     return p
 
 
@@ -211,7 +228,7 @@ def run_once(args: argparse.Namespace) -> int:
     prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
     res = once(build_engine(args), prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
                sampling=_sampling(args), chat=not args.no_chat, record=args.record, window_s=args.window)
-    print(render_once(res, args.format), end="")
+    print(render_once(res, args.format, wide=args.wide), end="")
     return 0
 
 
@@ -269,7 +286,8 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     from llmtop.tui.session import TuiSession, make_app, window_title
 
     agg = Aggregator(window_s=args.window)
-    p, src = replay_pipeline(args.file, agg, speed=args.speed)
+    p, src = replay_pipeline(args.file, agg, speed=args.speed,
+                             kernel_names=getattr(args, "names", "demangled"))
     app = make_app(PipelineProvider(p, kind="replay", control=src), args.refresh,
                window_title(p.source, f"replay {_files_label(args.file)}"))
     session = TuiSession(app, p)
@@ -296,13 +314,15 @@ def build_replay_app(args: argparse.Namespace) -> LlmtopApp:
 def build_attach_session(args: argparse.Namespace) -> TuiSession:
 
     from llmtop.attach import build_attach_pipeline
+    from llmtop.numfmt import printable
     from llmtop.stats.aggregator import Aggregator
     from llmtop.tui.provider import PipelineProvider
     from llmtop.tui.session import TuiSession, make_app
 
     agg = Aggregator(window_s=args.window)
     p = build_attach_pipeline(args.urls, agg, token=args.token, interval=args.interval)
-    app = make_app(PipelineProvider(p, kind="attach"), args.refresh, f"llmtop · attach {' '.join(args.urls)}")
+    title = printable(f"llmtop · attach {' '.join(args.urls)}")
+    app = make_app(PipelineProvider(p, kind="attach"), args.refresh, title)
     return TuiSession(app, p)
 
 
@@ -312,6 +332,8 @@ def run_live(args: argparse.Namespace) -> int:
     require_tty()  # before the model load: a pipe should fail in milliseconds
     if args.format != "text":
         raise UsageError("--format applies to --once (the TUI has no output format)")
+    if args.wide:
+        raise UsageError("--wide applies to --once (the TUI shows names in its own columns)")
     return build_live_session(args).run()
 
 
@@ -325,6 +347,7 @@ def replay_parser() -> argparse.ArgumentParser:
                         "rank) are shown side by side")
     p.add_argument("--speed", type=_positive(float, "--speed", zero_ok=True), default=1.0, metavar="X",
                    help="playback speed, 0 = as fast as possible (default 1; +/- keys change it)")
+    _add_names_arg(p)
     _add_view_args(p)
     return p
 
@@ -348,16 +371,18 @@ def report_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", default="auto", choices=COLUMN_SETS,
                    help="kernel table layout: nsys (cuda_gpu_kern_sum columns), llmtop, or auto "
                         "(nsys for GPU traces; default)")
+    _add_names_arg(p)
     return p
 
 
 def file_report(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(LoadSummary, Snapshot) of a whole file; importer warnings and skips go to stderr, one line each."""
+    """(LoadSummary, Snapshot) of a whole file; importer warnings and skips go to stderr, one line each
+    (and into the report: cmd_report)."""
     from llmtop.collectors.replay import load_into
     from llmtop.stats.aggregator import Aggregator
 
     agg = Aggregator(window_s=args.window)
-    summary = load_into(args.file, agg)
+    summary = load_into(args.file, agg, kernel_names=getattr(args, "names", "demangled"))
     for w in summary.warnings:
         _eprint(f"llmtop: warning: {' '.join(str(w).split())}")
     if summary.skipped:
@@ -367,19 +392,20 @@ def file_report(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from llmtop.report import render
+    from llmtop.report import render, with_notes
     from llmtop.report_nsys import is_gpu_trace, kernel_layers, render_nsys
 
     args = report_parser().parse_args(argv)
     summary, snap = file_report(args)
-    rep = snap.report
+    rep = with_notes(snap.report, summary.warnings, summary.skipped, summary.skipped_by)
     nsys = args.columns == "nsys" or (args.columns == "auto" and is_gpu_trace(summary.source, summary.format))
     if args.format == "json":
         out = render(rep, "json")
     elif nsys:
-        out = render_nsys(rep, args.format, layers=kernel_layers(snap, args.limit), limit=args.limit)
+        out = render_nsys(rep, args.format, layers=kernel_layers(snap, args.limit), limit=args.limit,
+                          wide=args.wide)
     else:
-        out = render(rep, args.format, limit=args.limit)
+        out = render(rep, args.format, limit=args.limit, wide=args.wide)
     print(out, end="")
     return 0
 
@@ -424,6 +450,7 @@ def attach_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive(float, "--duration"), default=3.0, metavar="S",
                    help="--once collection time (default 3)")
     p.add_argument("--format", default="text", choices=FORMATS, help="--once output format (default text)")
+    _add_wide_arg(p)
     _add_view_args(p)
     return p
 
@@ -438,9 +465,10 @@ def _targets_table(rows: list[dict[str, Any]], md: bool) -> str:
 
     head = ["Target", "Kind", "Link", "gen tok/s", "gen tokens", "running", "waiting", "TTFT p50 (ms)",
             "ITL p50 (ms)", "dropped"]
-    body = [[str(r.get("label")), str(r.get("kind")), str(r.get("link")), f(r.get("gen_tok_s")),
-             f(r.get("gen_tokens"), nd=0), f(r.get("running"), nd=0), f(r.get("waiting"), nd=0),
-             f(r.get("ttft_p50_s"), 1e3), f(r.get("itl_p50_s"), 1e3), str(r.get("dropped", 0))] for r in rows]
+    body = [[str(r.get("label")), str(r.get("kind")), str(r.get("status") or r.get("link")),
+             f(r.get("gen_tok_s")), f(r.get("gen_tokens"), nd=0), f(r.get("running"), nd=0),
+             f(r.get("waiting"), nd=0), f(r.get("ttft_p50_s"), 1e3), f(r.get("itl_p50_s"), 1e3),
+             str(r.get("dropped", 0))] for r in rows]
     if md:
         lines = ["## Targets", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -456,17 +484,18 @@ def cmd_attach(argv: list[str]) -> int:
     args = attach_parser().parse_args(argv)
     if not args.once:
         return build_attach_session(args).run()  # URLs are checked while building, the TTY in run()
-    from llmtop.attach import attach_once
+    from llmtop.attach import attach_once, require_reached
     from llmtop.report import render
     from llmtop.stats.aggregator import Aggregator
 
     rep = attach_once(args.urls, Aggregator(window_s=args.window), token=args.token,
                       duration_s=args.duration, interval=args.interval)
+    require_reached(rep, args.duration)  # no target ever answered: one error line, exit 2
     if args.format == "json":
         print(render(rep, "json"), end="")
     else:
         print(_targets_table(list(rep.get("attach") or []), args.format == "markdown")
-              + render(rep, args.format), end="")
+              + render(rep, args.format, wide=args.wide), end="")
     return 0
 
 
@@ -481,6 +510,7 @@ def run_parser() -> argparse.ArgumentParser:
                    help="where the instrumented process's agent listens (default: a free loopback port)")
     p.add_argument("--ops", default="all", choices=("all", "layers"),
                    help="timed granularity: every op (matmul, attention, norm, ...) or whole decoder layers")
+    _add_wide_arg(p)
     _add_view_args(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="the program to run, e.g. python my_script.py, or vllm serve MODEL --enforce-eager")
@@ -496,7 +526,7 @@ def cmd_run(argv: list[str]) -> int:
         raise UsageError("llmtop run needs a command after --, e.g. llmtop run -- python my_script.py")
     if args.once:
         return run_once(command, ops=args.ops, agent=args.agent, fmt=args.format, record=args.record,
-                        window_s=args.window)
+                        window_s=args.window, wide=args.wide)
     from llmtop.tui.session import require_tty
 
     require_tty()

@@ -2,7 +2,8 @@
 
 One definition per kind of number, so the same value reads the same in `llmtop report` and on screen:
 milliseconds (three significant digits, fixed point), durations with their unit, percentages, rates,
-counts (exact or compact), byte sizes, and the one-line WebGPU adapter summary. Where the two views
+counts (exact or compact), byte sizes, the one-line WebGPU adapter summary, and long kernel names cut
+to a column (`shorten_middle`, `shorten_names`). Where the two views
 legitimately differ (the plain-text report writes a missing value as "-" and keeps two decimals on
 percentages and rates) they pass `missing=` / `decimals=`; the rules themselves live only here.
 
@@ -12,6 +13,7 @@ The bottom layer: nothing from llmtop is imported, so any module may use it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,6 +141,133 @@ def adapter_line(a: Mapping[str, Any]) -> str:
     return "  ".join(parts)
 
 
+ELLIPSIS = "…"
+_CUT_AFTER = " ,<>:_(/.-"  # a kept tail starts after one of these when one is near
+
+
+def _params_start(name: str) -> int:
+    """Where the parameter list of a demangled function name starts (`foo<T>(int, float)` -> 6), or -1."""
+    if not name.endswith(")"):
+        return -1
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        c = name[i]
+        if c == ")":
+            depth += 1
+        elif c == "(":
+            depth -= 1
+            if depth == 0:
+                return i if i > 0 else -1
+    return -1
+
+
+def _split(name: str, width: int) -> tuple[str, str, int]:
+    """(base, suffix, characters dropped before base) of a name too long for `width`: without a leading
+    "void " (the return type says nothing), and a parameter list cut to what fits, at least "(…)" (the
+    template arguments, in the base, say more than the parameters they determine)."""
+    cut = 0
+    if name.startswith("void ") and len(name) > width:
+        name, cut = name[5:], 5
+    p = _params_start(name)
+    if p <= 0 or len(name) <= width or name[p:] == "()":
+        return name, "", cut
+    keep = width - p - 3  # characters of the parameters kept between "(" and "…)"
+    if keep > 0:
+        return name[:p], name[p : p + 1 + keep].rstrip() + ELLIPSIS + ")", cut
+    return name[:p], "(" + ELLIPSIS + ")", cut
+
+
+def _tail(base: str, n: int) -> str:
+    """The last `n` characters of base, started after a separator when one is in their first half."""
+    if n <= 0:
+        return ""
+    t = base[-n:]
+    for i, c in enumerate(t[: n // 2]):
+        if c in _CUT_AFTER:
+            return t[i + 1 :] if c != "<" else t[i:]
+    return t
+
+
+_QUALIFIER = re.compile(r"(?:\(anonymous namespace\)|\b[A-Za-z_][A-Za-z0-9_]*)::")
+
+
+def compact_name(name: str) -> str:
+    """A C++ kernel name without what a narrow column can spare first: the `void` return type and the
+    namespace qualifiers (`at::native::`, `(anonymous namespace)::`, `std::`)."""
+    return _QUALIFIER.sub("", name.removeprefix("void "))
+
+
+def shorten_middle(name: str, width: int) -> str:
+    """`name` in at most `width` characters: whole when it fits; else without its namespaces and return
+    type (compact_name) when that fits; else its start, "…", and its tail (the end of the template
+    arguments of a C++ name, whose parameter list is cut to what fits, at least "(…)").
+
+    "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, ...> >(int, ...)"
+    -> "vectorized_elementwise_kernel<4, CUDAFunctor_add<float>, array<char*, 3ul> >(int, …)" (or shorter)
+    """
+    if len(name) <= width:
+        return name
+    if width <= 2:
+        return name[:width]
+    name = compact_name(name) or name
+    if len(name) <= width:
+        return name
+    base, suffix, _ = _split(name, width)
+    if len(base) + len(suffix) <= width:
+        return base + suffix
+    room = width - len(suffix) - 1
+    if room < 4:  # no room for the parameter ellipsis too
+        base, suffix, room = name, "", width - 1
+    tail = _tail(base, room // 3)
+    return base[: room - len(tail)] + ELLIPSIS + tail + suffix
+
+
+def _shorten_at(name: str, width: int, at: int) -> str:
+    """Like shorten_middle, but keeping the characters around `at` (where the name differs from another)."""
+    base, suffix, cut = _split(name, width)
+    at -= cut
+    room = width - len(suffix) - 2  # two ellipses
+    if room < 9 or at >= len(base):
+        return shorten_middle(name, width)
+    tail = _tail(base, room // 5)
+    win_n = max(8, 2 * room // 5)
+    head_n = room - win_n - len(tail)
+    lo = max(head_n, min(at - min(4, win_n // 4), len(base) - len(tail) - win_n))
+    if lo <= head_n:  # the window reaches back to the head: one ellipsis is enough
+        return base[: room + 1 - len(tail)] + ELLIPSIS + tail + suffix
+    return base[:head_n] + ELLIPSIS + base[lo : lo + win_n] + ELLIPSIS + tail + suffix
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def shorten_names(names: list[str], width: int) -> list[str]:
+    """Each name in at most `width` characters (shorten_middle); different names that would read the same
+    keep, between their start and tail, the part where they differ."""
+    out = [shorten_middle(n, width) for n in names]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(out):
+        groups.setdefault(s, []).append(i)
+    for idx in groups.values():
+        distinct = {names[i] for i in idx}
+        if len(distinct) < 2:
+            continue
+        # compare the compact forms, unless they are what is alike (names apart only by namespace)
+        form = {n: compact_name(n) or n for n in distinct}
+        if len(set(form.values())) < len(distinct):
+            form = {n: n for n in distinct}
+        for i in idx:
+            mine = form[names[i]]
+            at = max(_common_prefix(mine, form[o]) for o in distinct if o != names[i])
+            out[i] = _shorten_at(mine, width, at)
+    return out
+
+
 # C0 and C1 control characters (ESC, CSI, BEL, ...) that a hostile trace, metrics page or model name could
 # use to drive the terminal: shown as \xNN instead.
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
@@ -157,7 +286,9 @@ def printable(x: Any) -> Any:
 
 __all__ = [
     "DASH",
+    "ELLIPSIS",
     "adapter_line",
+    "compact_name",
     "fmt_bytes",
     "fmt_count",
     "fmt_duration_ms",
@@ -167,4 +298,6 @@ __all__ = [
     "fmt_rate",
     "num",
     "printable",
+    "shorten_middle",
+    "shorten_names",
 ]

@@ -18,7 +18,7 @@ from llmtop.collectors.pipeline import live_pipeline
 from llmtop.errors import LlmtopError
 from llmtop.kernels.base import SamplingParams
 from llmtop.model.engine import Engine, Generation
-from llmtop.report import render
+from llmtop.report import render, with_notes
 from llmtop.stats.aggregator import Aggregator
 
 
@@ -57,9 +57,10 @@ def run_once(engine: Engine, prompts: list[str], *, batch: int, max_new_tokens: 
     return OnceResult(dict(agg.snapshot(mode="cumulative").report), gens, prompts, wall)
 
 
-def render_once(res: OnceResult, fmt: str) -> str:
-    """The generated text(s) and the report: JSON (the report's keys plus text/finish_reason/prompt_tokens,
-    and `generations` when there are several), text or markdown."""
+def render_once(res: OnceResult, fmt: str, *, wide: bool = False) -> str:
+    """The generated text(s) and the report: JSON (the report's keys, `warnings` and `skipped` included,
+    plus text/finish_reason/prompt_tokens, and `generations` when there are several), text or markdown
+    (`wide`: whole kernel names in text)."""
     first = res.generations[0] if res.generations else None
     if fmt == "json":
         out: dict[str, Any] = {
@@ -74,7 +75,7 @@ def render_once(res: OnceResult, fmt: str) -> str:
                  "generated": len(g.token_ids)}
                 for i, g in enumerate(res.generations)
             ]
-        out.update(res.report)
+        out.update(with_notes(res.report))
         return json.dumps(out, indent=2, allow_nan=False) + "\n"
     md = fmt == "markdown"
     lines: list[str] = []
@@ -86,7 +87,7 @@ def render_once(res: OnceResult, fmt: str) -> str:
                      f"{g.finish_reason}{'_' if md else ')'}")
         lines.append("")
     lines.append(f"wall {res.wall_s:.2f} s" + ("\n" if md else ""))
-    return "\n".join(lines) + "\n" + render(res.report, fmt)
+    return "\n".join(lines) + "\n" + render(res.report, fmt, wide=wide)
 
 
 __all__ = ["OnceResult", "render_once", "run_once"]

@@ -4,7 +4,11 @@
 whole report as one string. Text and markdown show the same tables, built once as `Section`s:
 tokens, top kernels (the MLC / nsys "kernel execution statistics" columns), tracks (several ranks /
 streams side by side), per-layer, attention growth, wall-time attribution, per-token trend, dropped
-events and collector cost.
+events and collector cost. `with_notes` adds what an importer skipped, repaired or guessed (top-level
+`warnings` and `skipped`, always present in JSON); text and markdown print them above the tables.
+
+Kernel names are whole in JSON and markdown; a text table cuts names longer than its Name column in
+the middle (numfmt.shorten_names: the start, "…", the template tail) unless `wide`.
 """
 
 from __future__ import annotations
@@ -16,16 +20,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from llmtop.errors import LlmtopError
-from llmtop.numfmt import adapter_line, fmt_int, fmt_ms, fmt_pct, fmt_rate, num, printable
+from llmtop.numfmt import adapter_line, fmt_int, fmt_ms, fmt_pct, fmt_rate, num, printable, shorten_names
 from llmtop.numfmt import fmt_bytes as fmt_bytes  # re-exported: llmtop.report.fmt_bytes as before
 
 FORMATS = ("text", "json", "markdown")
 DASH = "-"
 KERNEL_SECTION = "Kernel Execution Statistics"  # title prefix of the top-kernels table
+NAME_MIN = 40  # a text table's Name column is at least this wide (the line grows past `width` for it)
+COLUMN_GAP = 3  # characters between two columns of a text table (padding, rule, padding)
+UNMAPPED = "unmapped"  # `skipped` reason of records an importer counted without saying why
 
 
 @dataclass
@@ -58,6 +67,43 @@ def fint(x: Any) -> str:
 
 def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, Mapping) else None
+
+
+def skipped_counts(skipped: int = 0, skipped_by: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Reason -> count of the records an importer left out: its reasons, plus what its total has beyond
+    them as `unmapped`."""
+    out = {str(k): int(v) for k, v in (skipped_by or {}).items() if int(v) > 0}
+    rest = int(skipped or 0) - sum(out.values())
+    if rest > 0:
+        out[UNMAPPED] = out.get(UNMAPPED, 0) + rest
+    return dict(sorted(out.items()))
+
+
+def with_notes(report: Mapping[str, Any], warnings: Any = (), skipped: int = 0,
+               skipped_by: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The report with top-level `warnings` (one line each) and `skipped` (reason -> count) added to any
+    it carries already; both are always present, empty when nothing was skipped or guessed."""
+    out = dict(report)
+    lines = [str(w) for w in out.get("warnings") or []]
+    lines += [" ".join(str(w).split()) for w in warnings or ()]
+    out["warnings"] = [w for w in dict.fromkeys(lines) if w]
+    counts = {str(k): int(v) for k, v in (out.get("skipped") or {}).items()}
+    for k, v in skipped_counts(skipped, skipped_by).items():
+        counts[k] = counts.get(k, 0) + v
+    out["skipped"] = dict(sorted(counts.items()))
+    return out
+
+
+def note_lines(r: Mapping[str, Any]) -> list[str]:
+    """`warning: ...` lines and one `skipped: ...` line of a report (text and markdown, above the tables)."""
+    warnings = r.get("warnings")
+    out = [f"warning: {w}" for w in warnings] if isinstance(warnings, list) else []
+    sk = r.get("skipped")
+    counts = {str(k): v for k, v in sk.items() if num(v)} if isinstance(sk, Mapping) else {}
+    if counts:
+        detail = ", ".join(f"{k} {fint(v)}" for k, v in counts.items())
+        out.append(f"skipped: {fint(sum(num(v) or 0 for v in counts.values()))} records ({detail})")
+    return out
 
 
 def _adapter_lines(adapter: Any) -> list[str]:
@@ -215,25 +261,51 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
     return head, out
 
 
-def _text(head: list[str], secs: list[Section], width: int) -> str:
-    console = Console(file=io.StringIO(), width=width, record=True, color_system=None, force_terminal=False,
+def _fit_names(s: Section, width: int, wide: bool) -> tuple[Section, int]:
+    """A kernel table (a "Name" column) with its names cut to the room `width` leaves them (at least
+    NAME_MIN), or whole when `wide`; and the line width the table then needs."""
+    ni = s.headers.index("Name")
+    cols = list(zip(s.headers, *s.rows, strict=True))
+    others = sum(max(cell_len(c) for c in col) for i, col in enumerate(cols) if i != ni)
+    gaps = COLUMN_GAP * (len(s.headers) - 1)
+    longest = max(cell_len(c) for c in cols[ni])
+    name_w = longest if wide else min(longest, max(NAME_MIN, width - others - gaps))
+    if name_w < longest:
+        names = shorten_names([row[ni] for row in s.rows], name_w)
+        rows = [[*row[:ni], n, *row[ni + 1 :]] for row, n in zip(s.rows, names, strict=True)]
+        s = Section(s.title, s.headers, rows, s.right, s.lines)
+    return s, others + gaps + name_w
+
+
+def _text(head: list[str], secs: list[Section], width: int, wide: bool = False) -> str:
+    fitted = []
+    line_w = width
+    for s in secs:
+        if s.headers and "Name" in s.headers and s.rows:
+            s, need = _fit_names(s, width, wide)
+            line_w = max(line_w, need)
+        fitted.append(s)
+    console = Console(file=io.StringIO(), width=line_w, record=True, color_system=None, force_terminal=False,
                       soft_wrap=False)
     for line in head:
         console.print(line, highlight=False, markup=False)
-    for s in secs:
+    for s in fitted:
         console.print()
         if s.headers:
             tab = Table(title=s.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                         show_edge=False)
-            # the name column (first, or "Name" in the nsys layout) keeps its width up to 60 and
-            # folds long names rather than dropping them
+            # kernel names were cut to their column above; the first column of other tables (labels)
+            # keeps its width up to 60 and folds what is longer rather than dropping it
             ni = s.headers.index("Name") if "Name" in s.headers else 0
-            name_w = min(60, max([len(s.headers[ni])] + [len(row[ni]) for row in s.rows]))
+            fold = "Name" not in s.headers
+            name_w = max([cell_len(s.headers[ni])] + [cell_len(row[ni]) for row in s.rows])
             for i, h in enumerate(s.headers):
-                tab.add_column(h, justify="right" if i in s.right else "left", overflow="fold",
-                               min_width=name_w if i == ni else None, no_wrap=i != ni)
+                tab.add_column(h, justify="right" if i in s.right else "left",
+                               overflow="ellipsis" if i == ni and not fold else "fold",
+                               min_width=(min(60, name_w) if fold else name_w) if i == ni else None,
+                               no_wrap=i != ni or not fold)
             for row in s.rows:
-                tab.add_row(*row)
+                tab.add_row(*(Text(c) for c in row))  # cells are text, never rich markup
             console.print(tab)
         else:
             console.print(s.title, highlight=False, markup=False)
@@ -246,8 +318,10 @@ def _md_cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown(head: list[str], secs: list[Section]) -> str:
+def _markdown(head: list[str], secs: list[Section], notes: list[str]) -> str:
     out = ["# " + head[0], "", *head[1:]]
+    if notes:
+        out += ["", *(f"- {_md_cell(n)}" for n in notes)]
     for s in secs:
         out += ["", f"## {s.title}", ""]
         if s.headers:
@@ -261,8 +335,10 @@ def _markdown(head: list[str], secs: list[Section]) -> str:
 
 
 def render(report: Mapping[str, Any], fmt: str = "text", *, width: int = 160,
-           limit: int | None = None, kernel_section: Section | None = None) -> str:
-    """The report as text (rich tables), json (the dict itself) or markdown. `limit` caps kernel rows.
+           limit: int | None = None, kernel_section: Section | None = None, wide: bool = False) -> str:
+    """The report as text (rich tables), json (the dict with `warnings` and `skipped` always present) or
+    markdown. `limit` caps kernel rows; `wide`: whole kernel names in text (else cut in the middle to
+    their column).
 
     `kernel_section` replaces the top-kernels table (report_nsys's nsys column layout).
     """
@@ -271,15 +347,19 @@ def render(report: Mapping[str, Any], fmt: str = "text", *, width: int = 160,
     if not isinstance(report, Mapping):
         raise LlmtopError("a report must be a JSON object")
     if fmt == "json":
-        return json.dumps(report, indent=2, allow_nan=False) + "\n"
+        return json.dumps(with_notes(report), indent=2, allow_nan=False) + "\n"
     head, secs = sections(report, limit)
     if kernel_section is not None:
         secs = [kernel_section if x.title.startswith(KERNEL_SECTION) else x for x in secs]
     # text and markdown go to a terminal: names from a trace or a server never carry raw control codes
     head = printable(head)
+    notes = printable(note_lines(report))
     secs = [Section(printable(s.title), printable(s.headers), printable(s.rows), s.right, printable(s.lines))
             for s in secs]
-    return _markdown(head, secs) if fmt == "markdown" else _text(head, secs, width)
+    if fmt == "markdown":
+        return _markdown(head, secs, notes)
+    return _text(head + notes, secs, width, wide)
 
 
-__all__ = ["FORMATS", "KERNEL_SECTION", "Section", "num", "render", "sections"]
+__all__ = ["FORMATS", "KERNEL_SECTION", "Section", "note_lines", "num", "render", "sections",
+           "skipped_counts", "with_notes"]

@@ -95,11 +95,12 @@ def nsys_section(report: Mapping[str, Any], layers: Mapping[str, str] | None = N
 
 
 def render_nsys(report: Mapping[str, Any], fmt: str = "text", *, layers: Mapping[str, str] | None = None,
-                width: int = 200, limit: int | None = None) -> str:
+                width: int = 200, limit: int | None = None, wide: bool = False) -> str:
     """The full report (text or markdown) with the kernel table in nsys columns. json: use report.render."""
     if fmt not in ("text", "markdown"):
         raise LlmtopError(f"the nsys column layout is for text or markdown, not {fmt!r}")
-    return render(report, fmt, width=width, limit=limit, kernel_section=nsys_section(report, layers, limit))
+    return render(report, fmt, width=width, limit=limit, kernel_section=nsys_section(report, layers, limit),
+                  wide=wide)
 
 
 __all__ = ["COLUMN_SETS", "NSYS_HEADERS", "is_gpu_trace", "kernel_layers", "layer_span", "nsys_section",

@@ -19,7 +19,7 @@ from llmtop.collectors.pipeline import Pipeline
 from llmtop.collectors.process import ProcessCollector
 from llmtop.collectors.replay import fold_into, load_into
 from llmtop.errors import LlmtopError, Terminated
-from llmtop.report import render
+from llmtop.report import render, with_notes
 from llmtop.stats.aggregator import Aggregator
 from llmtop.traces.merge_processes import merge_recordings
 
@@ -49,7 +49,7 @@ def _keep(recs: list[Path], record: str) -> None:
 
 
 def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, record: str | None,
-             window_s: float) -> int:
+             window_s: float, wide: bool = False) -> int:
     """Run COMMAND to the end (its output passes through), then print the report of what it ran."""
     import json
 
@@ -70,16 +70,17 @@ def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, recor
         if len(recs) > 1:
             _note(f"llmtop: note: {len(recs)} processes were instrumented (pids "
                   f"{', '.join(p.stem for p in recs)}): one report, a track per process")
-            fold_into(merge_recordings(recs), agg)
+            loaded = fold_into(merge_recordings(recs), agg)
         else:
-            load_into(recs[0], agg)
+            loaded = load_into(recs[0], agg)
         if record:
             _keep(recs, record)
-        report = dict(agg.snapshot(mode="cumulative").report)
+        report = with_notes(agg.snapshot(mode="cumulative").report, loaded.warnings, loaded.skipped,
+                            loaded.skipped_by)
         if fmt == "json":
             print(json.dumps({"command": command, "exit_code": rc, **report}, indent=2, allow_nan=False))
         else:
-            print(render(report, fmt), end="")
+            print(render(report, fmt, wide=wide), end="")
         return rc
     finally:
         run.cleanup()

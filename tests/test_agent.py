@@ -199,6 +199,79 @@ def test_slow_viewer_never_blocks_the_loop() -> None:
         agent.close()
 
 
+def test_silent_connections_cost_bounded_threads_and_a_viewer_still_connects() -> None:
+    """1,000 connections that never send a hello: no thread each, the oldest dropped past the cap."""
+    agent = agent_mod.start("127.0.0.1:0")
+    before = threading.active_count()
+    peak = before
+    socks: list[socket.socket] = []
+    v = AgentCollector(agent.address)
+    try:
+        for i in range(1000):
+            socks.append(socket.create_connection(("127.0.0.1", agent.port), timeout=10))
+            if i % 50 == 0:
+                peak = max(peak, threading.active_count())
+        peak = max(peak, threading.active_count())
+        assert peak <= before + 1  # the old agent started a handshake thread per connection
+        # past max_pending, the oldest are dropped (and counted); the agent keeps the newest
+        assert _wait(lambda: agent.refused >= 1000 - agent.max_pending)
+        socks[0].settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert socks[0].recv(1) == b""
+        # a real viewer gets in while the silent ones still hold their places, and receives events
+        q = BoundedQueue()
+        v.start(q)
+        assert _wait(lambda: v.link == "connected" and agent.viewers == 1)
+        with agent.step("decode", tokens=1), agent.kernel("matmul:lm_head", "matmul"):
+            pass
+        assert _wait(lambda: v.gen_tokens == 1)
+        assert threading.active_count() <= before + 2  # its collector thread and its sender thread
+    finally:
+        v.stop()
+        v.join(5)
+        for s in socks:
+            s.close()
+        agent.close()
+
+
+def test_handshake_deadline_trickle_and_viewer_cap() -> None:
+    agent = agent_mod.start("127.0.0.1:0")
+    agent.handshake_timeout = 0.3
+    silent = socket.create_connection(("127.0.0.1", agent.port))
+    slow = None
+    try:
+        silent.settimeout(5)
+        t0 = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert silent.recv(1) == b""  # closed at its deadline
+        assert time.monotonic() - t0 < 3
+        assert _wait(lambda: agent.refused == 1)
+        # a hello that arrives a byte at a time is read whole
+        agent.handshake_timeout = 5.0
+        slow = socket.create_connection(("127.0.0.1", agent.port))
+        for b in wire.encode_hello(None):
+            slow.sendall(bytes([b]))
+            time.sleep(0.005)
+        slow.settimeout(5)
+        assert wire.read_welcome(slow)[1] == wire.OK
+        assert _wait(lambda: agent.viewers == 1)
+        # one viewer more than max_viewers is refused with a message
+        agent.max_viewers = 1
+        extra = AgentCollector(agent.address, backoff=(0.05, 0.1))
+        extra.start(BoundedQueue())
+        try:
+            assert _wait(lambda: extra.link == "refused")
+            assert "viewers connected already" in (extra.link_error or "")
+        finally:
+            extra.stop()
+            extra.join(5)
+    finally:
+        silent.close()
+        if slow is not None:
+            slow.close()
+        agent.close()
+
+
 def test_torch_hooks_time_decoder_layers() -> None:
     torch = pytest.importorskip("torch")
 

@@ -385,3 +385,101 @@ def test_cuda_event_path_with_fake_events(monkeypatch) -> None:
     assert {"matmul:q_proj", "attention:decode", "rope", "rmsnorm:attn_norm"} <= set(names)
     q = ks[names == "matmul:q_proj"]
     assert q["m"][q["step"] == 0].tolist() == [BATCH * PROMPT] * 2 and (q["k"] == 64).all()
+
+
+class _StreamEvent(_FakeEvent):
+    """A fake event that remembers the stream it was recorded on."""
+
+    made = 0
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        super().__init__(enable_timing)
+        _StreamEvent.made += 1
+        self.stream = None
+
+    def record(self, stream=None) -> None:
+        super().record(stream)
+        self.stream = stream
+
+
+def test_cuda_agent_records_on_each_modules_device_from_a_reused_pool(monkeypatch) -> None:
+    """A model split over two (fake) GPUs: every op's events are recorded on the cached stream of the device
+    holding its module (function ops: their layer's device), one anchor and one end event per device per
+    step, the event pool is sized at install and reused (no event is created while the model runs), and each
+    device's rows resolve against its own anchor, inside their step."""
+    import types
+
+    from llmtop.kernels import cuda_events
+
+    streams = []
+
+    def current_stream(device):
+        streams.append(device)
+        return f"stream:{device}"
+
+    monkeypatch.setattr(torch.cuda, "Event", _StreamEvent)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    monkeypatch.setattr(cuda_events, "_current_stream", current_stream)
+    model = _llama(layers=2)
+    on = {0: types.SimpleNamespace(device=types.SimpleNamespace(type="cuda", index=0), dtype=torch.float16),
+          1: types.SimpleNamespace(device=types.SimpleNamespace(type="cuda", index=1), dtype=torch.float16)}
+    faked = [model] + [m for m in model.model.layers[1].modules()]
+    for m in faked:  # the devices the instrumentation sees: the model (layer 0) on GPU 0, layer 1 on GPU 1
+        m.parameters = (lambda d: lambda *a, **k: iter([on[d]]))(1 if m is not model else 0)
+    agent = Agent("127.0.0.1:0")
+    try:
+        inst = agent.instrument(model)
+    finally:
+        for m in faked:
+            del m.parameters
+    rec = inst.recorder
+    assert rec.devices == [0, 1] and inst._layer_marks is not None
+    assert rec.pool_size >= 2 * inst.n_timed * 32
+    made = _StreamEvent.made
+    _generate(model)
+    inst.remove()
+    assert _StreamEvent.made == made  # the pool was enough: nothing allocated on the hot path
+    assert streams.count(0) == streams.count(1) == NEW  # streams looked up once per device per step
+    names = np.array(agent.names.names, dtype=object)
+    for meta, rows, _, _, pending in list(rec._done):
+        events, _, bounds, ends, short = pending
+        assert not short and len(bounds) == len(ends) == 2
+        assert len(events) == 2 * len(rows) + 4  # a pair per op + anchor and end on each device
+        for r in rows:
+            want = "stream:1" if r[2] == 1 else "stream:0"
+            assert events[r[3]].stream == events[r[4]].stream == want, (names[r[0]], r[2])
+        assert {names[r[0]] for r in rows if r[2] == 1} >= {"attention:prefill" if meta[0] == PREFILL
+                                                          else "attention:decode", "rope", "matmul:q_proj"}
+    steps, ks, _ = _drain(agent)
+    _check_steps(steps, ks)
+    assert len(rec._pool) == rec.pool_size and len(rec.lane(1).pool) >= rec.pool_size
+
+
+def test_cuda_agent_untimed_steps_when_the_pool_runs_dry(monkeypatch) -> None:
+    """Nobody drains: the pool is never grown past its size; the steps that find it empty keep their wall and
+    tokens, lose their kernels (kernel_ns -1) and are counted."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "Event", _StreamEvent)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    model = _llama()
+    fake = types.SimpleNamespace(device=types.SimpleNamespace(type="cuda", index=0), dtype=torch.float16)
+    model.parameters = lambda *a, **k: iter([fake])
+    agent = Agent("127.0.0.1:0")
+    try:
+        inst = agent.instrument(model)
+    finally:
+        del model.parameters
+    rec = inst.recorder
+    n = len(rec._pool)
+    while len(rec._pool) > n // 32 * 3:  # room for about 3 steps
+        rec._pool.pop()
+    made = _StreamEvent.made
+    _generate(model)
+    inst.remove()
+    assert _StreamEvent.made == made and rec.dropped_steps >= NEW - 3 and rec.dropped_rows > 0
+    steps, ks, _ = _drain(agent)
+    assert len(steps) == NEW and steps["tokens"].tolist()[0] == BATCH * PROMPT
+    untimed = steps["kernel_ns"] == -1
+    assert untimed.sum() == rec.dropped_steps and not untimed[0]
+    assert set(ks["step"].tolist()) == set(steps["step"][~untimed].tolist())

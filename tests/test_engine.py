@@ -12,6 +12,7 @@ from llmtop.cli import main
 from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, PREFILL
 from llmtop.kernels.base import KernelRecorder, SamplingParams
+from llmtop.kernels.factory import pick_backend
 from llmtop.kernels.torch_backend import TorchOps
 from llmtop.model.engine import Engine
 from llmtop.model.loader import load_model
@@ -207,7 +208,8 @@ def test_cli_once_text_and_json(capsys):
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert set(d) >= {"text", "source", "tokens", "kernels"}
-    assert d["source"]["backend"] == "cpu" and d["source"]["model"].endswith(".gguf")
+    # --backend auto: cuda where torch sees a GPU, else cpu
+    assert d["source"]["backend"] == pick_backend() and d["source"]["model"].endswith(".gguf")
     assert set(d["tokens"]) >= {"ttft_ms", "decode_tok_s", "prefill_tok_s", "generated"}
     assert 1 <= d["tokens"]["generated"] <= 4
     assert {"name", "op_class", "count", "total_ms"} <= set(d["kernels"][0])

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as hs
+from hypothesis.control import currently_in_test_context
 
 from llmtop.collectors.synthetic import SyntheticEngine
 from llmtop.errors import LlmtopError
@@ -32,7 +36,12 @@ from llmtop.events import (
 from llmtop.traces.open import detect_format, open_trace_file
 from llmtop.traces.recording import (
     FORMAT_VERSION,
+    LOST_NAME,
     MAGIC,
+    NAME_REPEAT_BYTES,
+    NAME_REPEAT_RECORDS,
+    REC_HEAD_SIZE,
+    SYNC,
     RecordingReader,
     RecordingWriter,
     batch_time_ns,
@@ -107,33 +116,43 @@ def test_compact(tmp_path: Path) -> None:
     assert z < raw
 
 
+def record_spans(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(where the records begin, [(start, end) byte range of each record]) of an intact v2 recording."""
+    pos = data_start = 16 + int.from_bytes(data[12:16], "little") + 4
+    spans = []
+    while pos < len(data):
+        assert data[pos : pos + len(SYNC)] == SYNC
+        end = pos + REC_HEAD_SIZE + int.from_bytes(data[pos + 16 : pos + 20], "little")
+        spans.append((pos, end))
+        pos = end
+    assert pos == len(data)
+    return data_start, spans
+
+
 def test_every_truncation_point_replays_a_prefix(tmp_path: Path) -> None:
     eng, batches = synth_batches(n_rounds=2, tokens=3)
     items = [*batches, CounterSample("gpu0", 9, {"util_pct": 50.0}), Marker(10, "end")]
     full = tmp_path / "full.llmtop"
     write_items(full, eng, items, compress_level=1)
     data = full.read_bytes()
-    with RecordingReader(full) as r:
-        r_iter = list(r)
-        header_end = r._data_start
-    ends = []  # byte offset where each record ends
-    pos = header_end
-    for _ in r_iter:
-        plen = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        pos += 20 + plen
-        ends.append(pos)
-    assert pos == len(data)
+    header_end, spans = record_spans(data)
+    ends = [e for _, e in spans]
+    assert len(spans) == len(items)
     cut = tmp_path / "cut.llmtop"
-    # every cut inside the data section: complete records come back, the tail is reported
-    for off in list(range(header_end, len(data), 7)) + [e - 1 for e in ends]:
+    # every cut inside the data section: complete records come back, the tail is reported as cut short,
+    # never as corruption
+    for off in list(range(header_end, len(data), 7)) + [e - 1 for e in ends] + [s + k for s, _ in spans
+                                                                                 for k in (1, 8, 35, 36)]:
         cut.write_bytes(data[:off])
         with RecordingReader(cut) as r:
             got = list(r)
         complete = sum(1 for e in ends if e <= off)
         assert len(got) == complete, off
         assert (r.truncated is None) == (off in ends or off == header_end), off
+        assert r.corrupt == [] and r.corrupt_records == 0, off
         if r.truncated:
             assert "cut short" in r.truncated and "\n" not in r.truncated
+            assert r.problems() == [r.truncated]
     # cut inside the header: nothing to replay, one-line error
     for off in (3, 10, header_end - 2):
         cut.write_bytes(data[:off])
@@ -141,7 +160,7 @@ def test_every_truncation_point_replays_a_prefix(tmp_path: Path) -> None:
             RecordingReader(cut)
 
 
-def test_corrupt_tail_stops_cleanly(tmp_path: Path) -> None:
+def test_a_corrupt_last_record_is_corruption_not_a_cut(tmp_path: Path) -> None:
     eng, batches = synth_batches(n_rounds=2)
     p = tmp_path / "c.llmtop"
     write_items(p, eng, batches)
@@ -151,7 +170,9 @@ def test_corrupt_tail_stops_cleanly(tmp_path: Path) -> None:
     with RecordingReader(p) as r:
         got = list(r)
     assert len(got) == len(batches) - 1
-    assert r.truncated is not None and "checksum" in r.truncated
+    assert r.truncated is None and r.corrupt == [[len(batches), len(batches)]]
+    assert r.problems() == [f"c.llmtop: record {len(batches)} of {len(batches)} corrupt: skipped; "
+                            f"{len(batches) - 1} kept"]
 
 
 @pytest.mark.parametrize(
@@ -326,28 +347,23 @@ def write_reference(path: Path, compress_level: int, monkeypatch: pytest.MonkeyP
 
 def _records(data: bytes) -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
     """(file header bytes, [(type, flags, t_ns, decompressed payload)]) of a whole recording."""
+    version = int.from_bytes(data[8:10], "little")
     hlen = int.from_bytes(data[12:16], "little")
     pos = 16 + hlen + 4
+    head, at = (20, 0) if version == 1 else (REC_HEAD_SIZE, len(SYNC))  # at: where type is
+    len_at, t_at = (at + 4, at + 8) if version == 1 else (at + 8, at + 12)
     out = []
     while pos < len(data):
-        rtype, flags = data[pos], data[pos + 1]
-        plen = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        t_ns = int.from_bytes(data[pos + 8 : pos + 16], "little", signed=True)
-        payload = data[pos + 20 : pos + 20 + plen]
+        rtype, flags = data[pos + at], data[pos + at + 1]
+        plen = int.from_bytes(data[pos + len_at : pos + len_at + 4], "little")
+        t_ns = int.from_bytes(data[pos + t_at : pos + t_at + 8], "little", signed=True)
+        payload = data[pos + head : pos + head + plen]
         out.append((rtype, flags, t_ns, zlib.decompress(payload) if flags & 1 else payload))
-        pos += 20 + plen
+        pos += head + plen
     return data[: 16 + hlen + 4], out
 
 
-@pytest.mark.parametrize(("name", "level"), [("reference_v1_raw.llmtop", 0), ("reference_v1.llmtop", 1)])
-def test_old_recording_reads_and_is_written_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           name: str, level: int) -> None:
-    ref = REFERENCE_DIR / name
-    with RecordingReader(ref) as r:
-        assert r.format_version == 1 == FORMAT_VERSION  # the shared codec did not change the bytes
-        assert r.source == reference_source() and r.header["llmtop_version"] == REFERENCE_VERSION
-        got = list(r)
-        assert r.truncated is None
+def assert_reference_items(got: list[tuple[int, Item]]) -> None:
     want = reference_items()
     assert len(got) == len(want)
     for (t, item), (w, wt) in zip(got, want, strict=True):
@@ -358,7 +374,36 @@ def test_old_recording_reads_and_is_written_byte_identical(tmp_path: Path, monke
             assert t == (wt if wt is not None else batch_time_ns(w))
         else:
             assert item == w and t == w.t_ns
-    # what the current writer makes of the same items is what the code before the shared codec wrote
+
+
+@pytest.mark.parametrize("name", ["reference_v1_raw.llmtop", "reference_v1.llmtop"])
+def test_version_1_recordings_still_read_unchanged(name: str) -> None:
+    """Files written before record checksums had sync markers (format 1) read item for item."""
+    ref = REFERENCE_DIR / name
+    with RecordingReader(ref) as r:
+        assert r.format_version == 1 < FORMAT_VERSION
+        assert r.source == reference_source() and r.header["llmtop_version"] == REFERENCE_VERSION
+        got = list(r)
+        assert r.problems() == [] and r.records_read == len(got) == r.records_total
+    assert_reference_items(got)
+    tf = open_trace_file(ref)
+    assert tf.format == "llmtop" and tf.source == reference_source()
+    assert [(t, type(i)) for t, i in tf.records] == [(t, type(i)) for t, i in got]
+    assert tf.warnings == [] and tf.skipped_by == {}
+    assert detect_format(ref) == "recording"
+
+
+@pytest.mark.parametrize(("name", "level"), [("reference_v2_raw.llmtop", 0), ("reference_v2.llmtop", 1)])
+def test_recording_reads_and_is_written_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       name: str, level: int) -> None:
+    ref = REFERENCE_DIR / name
+    with RecordingReader(ref) as r:
+        assert r.format_version == 2 == FORMAT_VERSION
+        assert r.source == reference_source() and r.header["llmtop_version"] == REFERENCE_VERSION
+        got = list(r)
+        assert r.problems() == []
+    assert_reference_items(got)  # the names the writer repeats come out once
+    # what the current writer makes of the same items is the reference, byte for byte
     out = tmp_path / name
     write_reference(out, level, monkeypatch)
     if level == 0:
@@ -366,6 +411,11 @@ def test_old_recording_reads_and_is_written_byte_identical(tmp_path: Path, monke
     else:  # another zlib build may compress differently: then the headers and decompressed records match
         mine, theirs = out.read_bytes(), ref.read_bytes()
         assert mine == theirs or _records(mine) == _records(theirs)
+    # version 1 and 2 hold the same records: only the framing and the repeated names differ
+    v1 = _records((REFERENCE_DIR / name.replace("v2", "v1")).read_bytes())[1]
+    v2 = _records(ref.read_bytes())[1]
+    assert [(t, ts) for t, _, ts, _ in v2] == [(t, ts) for t, _, ts, _ in v1]
+    assert [p for *_, p in v2[:3]] == [p for *_, p in v1[:3]]  # the later batches repeat earlier names
     # and it opens through the format registry like any trace: every item, in order, with its time
     tf = open_trace_file(ref)
     assert tf.format == "llmtop" and tf.source == reference_source()
@@ -400,3 +450,349 @@ def test_impossible_values_and_empty_recordings_are_reported(tmp_path: Path) -> 
         rep = json.loads(out.getvalue())
         assert rc == 0 and warning in err.getvalue() and rep["events"] == events
         assert rep["tokens"]["ttft_ms"] is None or rep["tokens"]["ttft_ms"] >= 0
+
+
+# -- damage: a corrupt record is skipped and named, the rest is kept ------------------------------
+def fuzz_items() -> tuple[list[tuple[Item, int]], list[str], dict[int, int]]:
+    """Items (with record times) whose batches add kernel names now and then and use the newest, the
+    writer's name table, and name id -> index among the batch records of the batch that added it."""
+    rng = np.random.default_rng(7)
+    names: list[str] = []
+    added_by: dict[int, int] = {}
+    items: list[tuple[Item, int]] = []
+    n_batches = 0
+    for i in range(40):
+        t = 1_000_000 * (i + 1)
+        if i % 6 == 5:
+            items.append((CounterSample("process", t, {"cpu_pct": float(i), "rss_bytes": 1e8 + i}), t))
+            continue
+        if i % 9 == 4:
+            items.append((Marker(t, f"round {i} ✓"), t))
+            continue
+        new = [f"kernel:{i}:{j}" for j in range(3 if i == 0 else (1 if i % 4 == 1 else 0))]
+        base = len(names)
+        for j in range(len(new)):
+            added_by[base + j] = n_batches
+        names += new
+        n_batches += 1
+        if i == 21:  # a names-only batch
+            items.append((EventBatch(names_base=base, new_names=new), t))
+            continue
+        n = 12 + i % 5
+        k = np.zeros(n, KERNEL_DTYPE)
+        k["name"] = rng.integers(0, len(names), n)
+        k["name"][-1] = len(names) - 1
+        k["phase"], k["step"], k["batch"], k["ctx"] = DECODE, i, 1, i + 3
+        k["start_ns"] = t - 100_000 + np.arange(n) * 1000
+        k["dur_ns"] = rng.integers(100, 900, n)
+        s = np.zeros(1, STEP_DTYPE)
+        s["phase"], s["step"], s["tokens"], s["batch"], s["ctx"] = DECODE, i, 1, 1, i + 3
+        s["start_ns"], s["dur_ns"], s["kernel_ns"] = t - 100_000, 100_000, int(k["dur_ns"].sum())
+        items.append((EventBatch(k, s, base, new), t))
+    return items, names, added_by
+
+
+FUZZ_ITEMS, FUZZ_NAMES, FUZZ_ADDED_BY = fuzz_items()
+
+
+def _fuzz_recording() -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "fuzz.llmtop"
+        with RecordingWriter(p, SourceInfo(kind="live", backend="cpu")) as w:
+            for item, t in FUZZ_ITEMS:
+                w.write(item, t)
+        return p.read_bytes()
+
+
+FUZZ_DATA = _fuzz_recording()
+FUZZ_START, FUZZ_SPANS = record_spans(FUZZ_DATA)
+FUZZ_BATCH_INDEX = {}  # record index -> index among the batch records
+for _i, (_it, _) in enumerate(FUZZ_ITEMS):
+    if isinstance(_it, EventBatch):
+        FUZZ_BATCH_INDEX[_i] = len(FUZZ_BATCH_INDEX)
+FUZZ = settings(max_examples=300, deadline=None, derandomize=bool(os.environ.get("CI")),
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _runs(numbers: set[int]) -> list[str]:
+    out: list[list[int]] = []
+    for x in sorted(numbers):
+        if out and out[-1][1] == x - 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return [f"{a}" if a == b else f"{a}-{b}" for a, b in out]
+
+
+def check_damaged(path: Path, damaged: bytes) -> RecordingReader:
+    """Read a damaged copy of FUZZ_DATA and check it against what the damage touched: every record whose
+    bytes are intact comes back exactly, names resolve, and the warnings name the damaged records."""
+    path.write_bytes(damaged)
+    changed = [damaged[s:e] != FUZZ_DATA[s:e] for s, e in FUZZ_SPANS]  # a cut-off record counts as changed
+    kept = [i for i, c in enumerate(changed) if not c]
+    with RecordingReader(path) as r:
+        got = list(r)  # no exception, whatever the damage
+    assert len(got) == len(kept) == r.records_read
+    table = NameTable()
+    kept_batches = {FUZZ_BATCH_INDEX[i] for i in kept if i in FUZZ_BATCH_INDEX}
+    for (t, g), i in zip(got, kept, strict=True):
+        want, want_t = FUZZ_ITEMS[i]
+        assert type(g) is type(want) and t == want_t
+        if not isinstance(want, EventBatch):
+            assert g == want
+            continue
+        assert isinstance(g, EventBatch)
+        assert g.kernels.tobytes() == want.kernels.tobytes() and g.steps.tobytes() == want.steps.tobytes()
+        assert g.names_base == len(table)  # names arrive in order: no gap, no repeat
+        table.extend(g.names_base, g.new_names)
+        for x in g.kernels["name"].tolist():
+            b = FUZZ_ADDED_BY[x]  # a name rides in the batch record adding it and the next R - 1
+            recovered = any(j in kept_batches for j in range(b, b + NAME_REPEAT_RECORDS))
+            assert table[x] == (FUZZ_NAMES[x] if recovered else f"<lost name {x}>"), (x, b)
+    # records wholly past a cut are gone, not damaged
+    damaged_numbers = {i + 1 for i, c in enumerate(changed) if c and FUZZ_SPANS[i][0] < len(damaged)}
+    reported = {x for a, b in r.corrupt for x in range(a, b + 1)}
+    assert r.corrupt_records == len(reported)
+    last_kept = kept[-1] + 1 if kept else 0
+    # up to the last intact record the seq numbers make the count exact ...
+    assert {x for x in reported if x <= last_kept} == {x for x in damaged_numbers if x <= last_kept}
+    # ... a damaged tail is reported from its first record on (or as cut short when the file ends early)
+    tail = {x for x in damaged_numbers if x > last_kept}
+    if tail:
+        assert min(tail) in reported or (r.truncated is not None and len(damaged) < len(FUZZ_DATA))
+    # an intact record cut short is told apart from damage, once its sync marker is whole or no damage
+    # comes before it (a few bytes of a marker after damage are just more damage)
+    cut_in = [i for i, (s, e) in enumerate(FUZZ_SPANS) if s < len(damaged) < e]
+    if cut_in:
+        start = FUZZ_SPANS[cut_in[0]][0]
+        if damaged[start:] == FUZZ_DATA[start : len(damaged)] and (
+                len(damaged) - start >= len(SYNC) or damaged_numbers <= {cut_in[0] + 1}):
+            assert r.truncated is not None and cut_in[0] + 1 not in reported
+    lines = r.problems()
+    assert all(line and "\n" not in line for line in lines)
+    if currently_in_test_context():  # what the fuzz reached (--hypothesis-show-statistics)
+        seen_by = {"corrupt records": reported, "lost names": r.lost_names, "cut short": r.truncated,
+                   "damaged tail": tail, "stray bytes": r.stray_bytes}
+        for what, seen in seen_by.items():
+            event(f"{what}: {bool(seen)}")
+    if reported:
+        line = next(x for x in lines if " corrupt: " in x)
+        assert line.endswith(f"; {len(kept)} kept")
+        if reported == damaged_numbers and len(_runs(reported)) <= 10:
+            words = line.replace(",", " ").split()
+            assert all(run in words for run in _runs(reported)), line
+    else:
+        assert not any(" corrupt: " in x for x in lines)
+    return r
+
+
+def test_the_fuzz_recording_is_intact(tmp_path: Path) -> None:
+    r = check_damaged(tmp_path / "f.llmtop", FUZZ_DATA)
+    assert r.problems() == [] and r.records_total == len(FUZZ_ITEMS)
+    assert len(FUZZ_NAMES) > 8 and len(FUZZ_SPANS) == len(FUZZ_ITEMS)
+
+
+@FUZZ
+@given(bits=hs.lists(hs.integers(0, 8 * (len(FUZZ_DATA) - FUZZ_START) - 1), min_size=1, max_size=6))
+def test_flipped_bits_skip_only_the_records_they_hit(tmp_path: Path, bits: list[int]) -> None:
+    data = bytearray(FUZZ_DATA)
+    for b in bits:
+        data[FUZZ_START + b // 8] ^= 1 << (b % 8)
+    r = check_damaged(tmp_path / "f.llmtop", bytes(data))
+    assert r.truncated is None  # flips never look like a cut
+
+
+FILLS = hs.sampled_from(["zeros", "ones", "random", "sync", "shift"])
+
+
+@FUZZ
+@given(ranges=hs.lists(hs.tuples(hs.integers(0, len(FUZZ_DATA) - FUZZ_START - 1), hs.integers(1, 3000), FILLS,
+                                 hs.randoms(use_true_random=False)), min_size=1, max_size=3),
+       cut=hs.none() | hs.integers(FUZZ_START, len(FUZZ_DATA)))
+def test_overwritten_ranges_and_cuts_keep_every_intact_record(tmp_path: Path, ranges: list,
+                                                              cut: int | None) -> None:
+    data = bytearray(FUZZ_DATA)
+    shifts = [r for r in ranges if r[2] == "shift"][:1]  # last, and one: it copies from bytes left intact
+    for off, n, fill, rnd in [r for r in ranges if r[2] != "shift"] + shifts:
+        lo = FUZZ_START + off
+        hi = min(len(data), lo + n)
+        if fill == "zeros":
+            data[lo:hi] = bytes(hi - lo)
+        elif fill == "ones":
+            data[lo:hi] = b"\xff" * (hi - lo)
+        elif fill == "random":
+            data[lo:hi] = rnd.randbytes(hi - lo)
+        elif fill == "sync":  # sync markers with garbage after them: the reader must not trust them
+            unit = SYNC + rnd.randbytes(REC_HEAD_SIZE - len(SYNC))
+            data[lo:hi] = (unit * ((hi - lo) // len(unit) + 1))[: hi - lo]
+        else:  # stale bytes from earlier in the file: intact-looking copies of records already read
+            src = rnd.randrange(FUZZ_START, lo - (hi - lo) + 1) if lo - (hi - lo) >= FUZZ_START else -1
+            if src < 0 or data[src : src + hi - lo] != FUZZ_DATA[src : src + hi - lo]:
+                continue  # (a copy of a record whose original is damaged too would be read as that record)
+            data[lo:hi] = FUZZ_DATA[src : src + hi - lo]
+    if cut is not None:
+        del data[cut:]
+    check_damaged(tmp_path / "f.llmtop", bytes(data))
+
+
+def test_damage_to_any_header_field_loses_only_its_record(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each record in turn: its sync marker, type, seq, length, time, checksums, first payload byte. The
+    search for the next sync marker runs in tiny chunks, so markers straddle every chunk boundary."""
+    import llmtop.traces.recording as recording
+
+    monkeypatch.setattr(recording, "_SCAN_CHUNK", 41)
+    for i, (s, _) in enumerate(FUZZ_SPANS):
+        for off in (0, 7, 8, 12, 16, 19, 20, 28, 32, 35, 36):
+            data = bytearray(FUZZ_DATA)
+            data[s + off] ^= 0x40
+            r = check_damaged(tmp_path / "h.llmtop", bytes(data))
+            assert r.corrupt == [[i + 1, i + 1]] and r.truncated is None, (i, off)
+
+
+def _damaged_record(data: bytes, index: int, off: int = 100) -> bytes:
+    s, e = record_spans(data)[1][index]
+    out = bytearray(data)
+    out[min(s + off, e - 1)] ^= 0x10
+    return bytes(out)
+
+
+def test_one_flipped_bit_in_record_4_of_61_loses_that_record_only(tmp_path: Path) -> None:
+    """The case of the hardening issue: it used to keep 1,362 of 52,664 kernels and call the file cut
+    short."""
+    import contextlib
+    import io
+
+    from llmtop.cli import main
+    from llmtop.traces.open import open_trace
+
+    eng = SyntheticEngine(n_layers=2, step_time_s=0.0)
+    p = tmp_path / "run.llmtop"
+    per_record = []
+    with RecordingWriter(p, eng.source_info()) as w:
+        for _ in range(61):
+            eng.generate(["p"] * 2, 3)
+            b = eng.ops.recorder.drain()
+            assert b is not None
+            w.write(b)
+            per_record.append(len(b.kernels))
+    bad = tmp_path / "bad.llmtop"
+    bad.write_bytes(_damaged_record(p.read_bytes(), 3))
+    res = open_trace(bad)
+    kernels = sum(len(b.kernels) for b in res.batches)
+    assert kernels == sum(per_record) - per_record[3]
+    assert res.warnings == ["bad.llmtop: record 4 of 61 corrupt: skipped; 60 kept"]
+    assert res.skipped_by == {"corrupt_record": 1} and res.skipped == 1
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["report", str(bad), "--format", "json"])
+    rep = json.loads(out.getvalue())
+    assert rc == 0 and "record 4 of 61 corrupt: skipped; 60 kept" in err.getvalue()
+    assert rep["skipped"] == {"corrupt_record": 1}
+    assert "bad.llmtop: record 4 of 61 corrupt: skipped; 60 kept" in rep["warnings"]
+
+
+def test_corruption_and_a_cut_tail_are_both_told(tmp_path: Path) -> None:
+    eng, batches = synth_batches(n_rounds=4)
+    p = tmp_path / "both.llmtop"
+    write_items(p, eng, batches)
+    data = _damaged_record(p.read_bytes(), 1)
+    p.write_bytes(data[:-10])
+    from llmtop.traces.open import open_trace
+
+    res = open_trace(p)
+    assert len(list(res.batches)) == len(batches) - 2
+    assert res.skipped_by == {"corrupt_record": 1}  # the cut is a warning: nothing before it is missing
+    n = len(batches)
+    assert res.warnings[0] == f"both.llmtop: record 2 of {n} corrupt: skipped; {n - 2} kept"
+    assert "cut short" in res.warnings[1] and len(res.warnings) == 2
+
+
+def test_names_only_corrupt_records_held_come_back_as_placeholders(tmp_path: Path) -> None:
+    """Losing NAME_REPEAT_RECORDS batch records in a row loses the names only they carried: the kernels
+    that use them later keep their numbers under `<lost name N>`, and the warning says so."""
+    x = next(x for x, b in FUZZ_ADDED_BY.items() if b > 0)  # a name added after the first batch
+    b = FUZZ_ADDED_BY[x]
+    batch_records = sorted(i for i, j in FUZZ_BATCH_INDEX.items() if b <= j < b + NAME_REPEAT_RECORDS)
+    lo, hi = FUZZ_SPANS[batch_records[0]][0], FUZZ_SPANS[batch_records[-1]][1]
+    data = bytearray(FUZZ_DATA)
+    data[lo:hi] = bytes(hi - lo)
+    r = check_damaged(tmp_path / "n.llmtop", bytes(data))  # checks every kernel's name, lost or not
+    assert r.lost_names >= 1
+    assert any(f"kernel names were only in corrupt records: their kernels show as {LOST_NAME.format('N')}"
+               in line for line in r.problems())
+    # one batch record fewer lost: every name survives in a later record's repeats
+    hi = FUZZ_SPANS[batch_records[-2]][1]
+    data = bytearray(FUZZ_DATA)
+    data[lo:hi] = bytes(hi - lo)
+    r = check_damaged(tmp_path / "n.llmtop", bytes(data))
+    assert r.lost_names == 0 and len(r.problems()) == 1
+
+
+def test_repeated_names_are_bounded_and_gaps_in_the_input_stay_consistent(tmp_path: Path) -> None:
+    from llmtop.codec import NAMES_JSON, decode_batch_payload
+    from llmtop.traces.open import open_trace
+
+    long_names = [f"{i:04d}:" + "x" * 300 for i in range(200)]  # ~60 KB of names in one batch
+    k = np.zeros(1, KERNEL_DTYPE)
+    items = [EventBatch(names_base=0, new_names=long_names), EventBatch(k, names_base=200, new_names=["new"]),
+             # a producer that skipped names 201-203 (never the pipeline's): nothing to repeat there
+             EventBatch(k, names_base=204, new_names=["after_gap"])]
+    items[2].kernels["name"] = 204
+    p = tmp_path / "names.llmtop"
+    with RecordingWriter(p, SourceInfo(kind="live"), compress_level=0) as w:
+        for i, it in enumerate(items):
+            w.write(it, 10 * (i + 1))
+    data = p.read_bytes()
+    _, spans = record_spans(data)
+    raw = [decode_batch_payload(data[s + REC_HEAD_SIZE : e], NAMES_JSON) for s, e in spans]
+    repeats = raw[1].new_names[: 200 - raw[1].names_base]
+    assert len(repeats) > 0 and sum(len(n) + 3 for n in repeats) <= NAME_REPEAT_BYTES
+    assert raw[1].new_names[-1] == "new" and raw[2].new_names[-1] == "after_gap"
+    assert raw[2].names_base == 204  # nothing repeated from before the gap it cannot know
+    with RecordingReader(p) as r:
+        got = [b for _, b in r]
+        assert r.lost_names == 3
+    assert [(b.names_base, len(b.new_names)) for b in got] == [(0, 200), (200, 1), (201, 4)]
+    assert got[2].new_names == ["<lost name 201>", "<lost name 202>", "<lost name 203>", "after_gap"]
+    res = open_trace(p)  # the consumer's name table never sees a gap (it used to raise ValueError)
+    assert sum(len(b) for b in res.batches) == 2 and res.names[204] == "after_gap"
+
+
+@pytest.mark.parametrize("name", ["reference_v1_raw.llmtop", "reference_v1.llmtop"])
+def test_version_1_damage_skips_what_it_can(tmp_path: Path, name: str) -> None:
+    """Version 1 has no sync markers: a record with a bad checksum is skipped when its length leads to an
+    intact record; a damaged length leaves the rest unread, said in one line; never an exception."""
+    data = (REFERENCE_DIR / name).read_bytes()
+    pos = 16 + int.from_bytes(data[12:16], "little") + 4
+    starts = []
+    while pos < len(data):
+        starts.append(pos)
+        pos += 20 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+    p = tmp_path / name
+    bad = bytearray(data)
+    bad[starts[1] + 22] ^= 0x01  # the counter's payload
+    p.write_bytes(bytes(bad))
+    with RecordingReader(p) as r:
+        got = list(r)
+    assert [type(i) for _, i in got] == [EventBatch, Marker, EventBatch, EventBatch]
+    assert r.problems() == [f"{name}: record 2 of 5 corrupt: skipped; 4 kept"]
+    bad = bytearray(data)
+    bad[starts[1] + 4] ^= 0x01  # the counter's length
+    p.write_bytes(bytes(bad))
+    with RecordingReader(p) as r:
+        got = list(r)
+    assert len(got) == 1 and r.corrupt == [[2, 2]]
+    assert r.problems()[0] == f"{name}: record 2 corrupt: skipped; 1 kept"
+    assert "cannot be read: a version 1 recording has no sync markers" in r.problems()[1]
+    # a byte changed anywhere in the records (every third): no exception, and what comes back is items of the
+    # file in order (v1 does not check a record's type, flags or time: those changes can go unseen)
+    want = [type(i) for i, _ in reference_items()]
+    for off in range(starts[0], len(data), 3):
+        bad = bytearray(data)
+        bad[off] ^= 0xA5
+        p.write_bytes(bytes(bad))
+        with RecordingReader(p) as r:
+            got = [type(i) for _, i in r]
+        rest = iter(want)
+        assert all(t in rest for t in got) and all(line and "\n" not in line for line in r.problems())

@@ -144,6 +144,7 @@ def test_two_processes_are_merged_into_one_report(tmp_path: Path) -> None:
     assert rep["tokens"]["generated"] == sum(t["generated"] for t in truth) == 11, (r.stderr, rep["tracks"])
     assert rep["tokens"]["prompt_tokens"] == sum(t["prompt"] for t in truth) == 21
     assert len(rep["source"]["extra"]["processes"]) == 2
+    assert rep["warnings"] == [] and rep["skipped"] == {}  # the keys scripts read, present when empty
     assert len(rep["tracks"]) == 2
     assert "2 processes were instrumented" in r.stderr
     kept = sorted(tmp_path.glob("two.llmtop.*"))  # one recording per process

@@ -232,7 +232,7 @@ def test_cuda_unavailable_is_one_line():
 def test_cuda_matches_cpu_and_events_resolve(pair):
     _, lm = pair
     cpu = Engine(lm, TorchOps(KernelRecorder(), device="cpu"))
-    gpu_ops = TorchOps(KernelRecorder(), device="cuda", dtype="float32")
+    gpu_ops = TorchOps(KernelRecorder(), device="cuda", dtype="float32", tf32=False)  # exact float32
     gpu = Engine(lm, gpu_ops)
     a = cpu.generate(["hello"], 16, chat=False)[0]
     b = gpu.generate(["hello"], 16, chat=False)[0]
@@ -243,4 +243,6 @@ def test_cuda_matches_cpu_and_events_resolve(pair):
     for s in batch.steps:
         ks = batch.kernels[batch.kernels["step"] == s["step"]]
         assert len(ks) == 1 + 2 * 15 + 3
-        assert np.all(ks["dur_ns"] > 0) and ks["dur_ns"].sum() <= s["dur_ns"]
+        # shared events: an op's span may round to 0 ns at the events' ~0.5 us resolution, never below
+        assert np.all(ks["dur_ns"] >= 0) and 0 < ks["dur_ns"].sum() <= s["dur_ns"]
+        assert (ks["start_ns"] >= s["start_ns"]).all()

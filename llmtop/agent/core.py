@@ -294,7 +294,7 @@ class Agent:
         except OSError as e:
             s.close()
             raise LlmtopError(f"agent cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
-        s.listen(16)
+        s.listen(128)  # a burst of connections waits in the kernel, not in SYN retries, while accepted
         s.settimeout(0.2)
         self._sock = s
         self.port = s.getsockname()[1]
@@ -414,12 +414,12 @@ class Agent:
     def _drop_pending(self, conn: socket.socket, sel: selectors.BaseSelector,
                       pending: dict[socket.socket, _Pending], refused: bool = True) -> None:
         pending.pop(conn, None)
+        if refused:
+            self.refused += 1
         with contextlib.suppress(KeyError, ValueError, OSError):
             sel.unregister(conn)
         with contextlib.suppress(OSError):
             conn.close()
-        if refused:
-            self.refused += 1
 
     def _hello_ready(self, conn: socket.socket, sel: selectors.BaseSelector,
                      pending: dict[socket.socket, _Pending]) -> None:

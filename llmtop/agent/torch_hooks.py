@@ -16,6 +16,14 @@ time; on CUDA it records a pooled event pair (CudaEventRecorder, resolved by the
 query(), never a sync). Shapes only: m = rows of the input, n/k from the weight. A model being
 instrumented must not be torch.compile'd (the wrappers would break its graphs).
 
+CUDA: each wrapper records on the stream (cached per step) of the device that holds its module's
+parameters; function ops (attention, rope) on their decoder layer's device. A model split over GPUs gets one
+event lane per device, each resolved against its own anchor. Events come from a pool sized from the model at
+install and reused; pairs, not shared events, because the user's code between two timed modules launches
+kernels of its own (residual adds, cache updates) that belong to no op. The step's wall is max(host span,
+GPU span): an end event is recorded when the step closes, so a forward whose kernels outlive its return is
+not under-reported.
+
 Steps: one per top-level forward of the model. Phase, batch, tokens and context come from the inputs'
 shapes (and, on CPU, the attention mask's ones). A finished forward's step stays open until the next
 top-level forward starts, `close_step()` is called, or transformers' generate returns, so the host work
@@ -29,6 +37,7 @@ is left unpatched, with one note; so are models whose hooks never fire (one note
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import weakref
@@ -120,37 +129,30 @@ def _plain_cpu(orig: Any, rec: Any, nid: int, opc: int, layer: int) -> Any:
     return forward
 
 
-def _matmul_cuda(orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int) -> Any:
-    ev, k1 = rec.event, k or 1
+def _matmul_cuda(orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int,
+                 mark: Any = None) -> Any:
+    """`mark`: the recorder's mark for the module's device (CudaEventRecorder.mark / mark_on); rows carry
+    the two event indices until the drain resolves them."""
+    mark, k1 = mark or rec.mark, k or 1
 
     def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
-        s = ev()
-        s.record()
+        s = mark()
         y = orig(x, *args, **kwargs)
-        e = ev()
-        e.record()
-        evs = rec._events
-        evs.append(s)
-        evs.append(e)
-        rec.rows.append((nid, opc, layer, 0, 0, x.numel() // k1, n, k))
+        e = mark()
+        rec.rows.append((nid, opc, layer, s, e, x.numel() // k1, n, k))
         return y
 
     return forward
 
 
-def _plain_cuda(orig: Any, rec: Any, nid: int, opc: int, layer: int) -> Any:
-    ev = rec.event
+def _plain_cuda(orig: Any, rec: Any, nid: int, opc: int, layer: int, mark: Any = None) -> Any:
+    mark = mark or rec.mark
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        s = ev()
-        s.record()
+        s = mark()
         y = orig(*args, **kwargs)
-        e = ev()
-        e.record()
-        evs = rec._events
-        evs.append(s)
-        evs.append(e)
-        rec.rows.append((nid, opc, layer, 0, 0, 0, 0, 0))
+        e = mark()
+        rec.rows.append((nid, opc, layer, s, e, 0, 0, 0))
         return y
 
     return forward
@@ -198,23 +200,21 @@ def _function_wrapper(op: str, ids: tuple[int, int] | None = None) -> Any:
 
 
 def _matmul_arg(orig: Any, rec: Any, nid: int, opc: int, layer: int, n: int, k: int, arg: int,
-                cuda: bool) -> Any:
+                cuda: bool, mark: Any = None) -> Any:
     """A matmul whose activations are positional argument `arg` (vLLM: logits_processor(lm_head, h)).
     Off the per-layer hot path (once per step), so one wrapper serves CPU and CUDA."""
     k1 = k or 1
+    if cuda:
+        mark = mark or rec.mark
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         x = args[arg] if len(args) > arg else None
         m = x.numel() // k1 if hasattr(x, "numel") else 0
         if cuda:
-            s = rec.event()
-            s.record()
+            s = mark()
             y = orig(*args, **kwargs)
-            e = rec.event()
-            e.record()
-            rec._events.append(s)
-            rec._events.append(e)
-            rec.rows.append((nid, opc, layer, 0, 0, m, n, k))
+            e = mark()
+            rec.rows.append((nid, opc, layer, s, e, m, n, k))
             return y
         t0 = _pc()
         y = orig(*args, **kwargs)
@@ -309,10 +309,12 @@ class TorchInstrumentation:
             self.device, self.dtype = torch.device("cpu"), ""
         self.cuda = self.device.type == "cuda"
         rec = agent.recorder
+        self._layer_marks: list[Any] | None = None  # CUDA, model over several GPUs: each layer's mark
         if self.cuda:
             from llmtop.kernels.cuda_events import CudaEventRecorder
 
-            rec = CudaEventRecorder(agent.names, track=rec.track)
+            rec = CudaEventRecorder(agent.names, track=rec.track, pool_size=0,
+                                    device=getattr(self.device, "index", None))
             agent.add_recorder(rec)
         self.recorder = rec
         self._torch = torch
@@ -332,6 +334,8 @@ class TorchInstrumentation:
         try:
             if self.compiled is None:
                 self._install(model, ops, rec)
+                if self.cuda:
+                    self._size_pool(ops)
         except BaseException:
             self.remove()
             raise
@@ -342,15 +346,21 @@ class TorchInstrumentation:
         torch = self._torch
         matmul, plain = (_matmul_cuda, _plain_cuda) if self.cuda else (_matmul_cpu, _plain_cpu)
         self._set_forward(model, self._model_forward(model.forward))
+        if self.cuda:
+            self._layer_marks = [self._mark_args(layer) for layer in self.layers]
+            if all(not m for m in self._layer_marks):
+                self._layer_marks = None  # one device: function ops use the recorder's default lane
         if ops == "layers":
             nid, opc = rec.kernel_id(LAYER_KERNEL, "other")
             for i, layer in enumerate(self.layers):
-                self._set_forward(layer, plain(layer.forward, rec, nid, opc, i))
+                self._set_forward(layer, plain(layer.forward, rec, nid, opc, i, *self._mark_args(layer)))
         else:
             for i, layer in enumerate(self.layers):
                 self._set_forward(layer, _layer_marker(layer.forward, self.state, i))
             plan = plan_ops(model, self.layers)
             self.n_timed = len(plan)
+            # calls per step: a module shared by the layers runs once per layer (sizes the CUDA event pool)
+            self._calls = sum(len(self.layers) if spec.layer == SHARED else 1 for spec in plan)
             for spec in plan:
                 m, f = spec.module, spec.module.forward
                 if spec.name == ATTENTION_CORE:  # prefill or decode, by the phase of the running step
@@ -361,13 +371,14 @@ class TorchInstrumentation:
                 if spec.layer == SHARED:  # one module called from every layer: the layer at call time
                     w = _function_wrapper("", (nid, opc))(f)
                 elif spec.arg:
-                    w = _matmul_arg(f, rec, nid, opc, spec.layer, spec.n, spec.k, spec.arg, self.cuda)
+                    w = _matmul_arg(f, rec, nid, opc, spec.layer, spec.n, spec.k, spec.arg, self.cuda,
+                                    *self._mark_args(m))
                 elif not spec.n:
-                    w = plain(f, rec, nid, opc, spec.layer)
+                    w = plain(f, rec, nid, opc, spec.layer, *self._mark_args(m))
                 elif not self.cuda and type(m) is torch.nn.Linear and "forward" not in m.__dict__:
                     w = _linear_cpu(m, f, rec, nid, opc, spec.layer, spec.n, spec.k)
                 else:
-                    w = matmul(f, rec, nid, opc, spec.layer, spec.n, spec.k)
+                    w = matmul(f, rec, nid, opc, spec.layer, spec.n, spec.k, *self._mark_args(m))
                 self._set_forward(m, w)
             self._patch_functions(model)
         gen = sys.modules.get("transformers.generation.utils")
@@ -381,7 +392,32 @@ class TorchInstrumentation:
             return
         nid, opc = self.recorder.kernel_id(name, op_class)
         plain = _plain_cuda if self.cuda else _plain_cpu
-        self._set_forward(mod, plain(mod.forward, self.recorder, nid, opc, NO_LAYER))
+        self._set_forward(mod, plain(mod.forward, self.recorder, nid, opc, NO_LAYER, *self._mark_args(mod)))
+
+    # -- CUDA: which device's stream each wrapper records on, and the event pool --------------------------
+    def _mark_args(self, mod: Any) -> tuple:
+        """() on CPU; on CUDA (mark,) for the device holding `mod`'s parameters (or buffers), or () when that
+        is the model's own device (the wrappers then use the recorder's default lane)."""
+        if not self.cuda:
+            return ()
+        dev = None
+        for t in (*mod.parameters(), *mod.buffers()):
+            dev = getattr(t, "device", None)
+            break
+        idx = getattr(dev, "index", None) if getattr(dev, "type", None) == "cuda" else None
+        if idx is None or idx == getattr(self.device, "index", None):
+            return ()
+        return (functools.partial(self.recorder.mark_on, self.recorder.lane(idx)),)
+
+    def _size_pool(self, ops: str) -> None:
+        """Events per step from the model: a pair per timed module and per attention/rope call of each layer,
+        an anchor and an end per device; for STEPS_IN_FLIGHT // 2 steps (the agent drains at 20 Hz)."""
+        from llmtop.kernels.cuda_events import STEPS_IN_FLIGHT
+
+        L = len(self.layers)
+        calls = L if ops == "layers" else getattr(self, "_calls", self.n_timed) + 2 * L
+        per_step = 2 * calls + 2 * len(self.recorder.devices) + 8
+        self.recorder.reserve(per_step, STEPS_IN_FLIGHT // 2)
 
     def _set_forward(self, mod: Any, fwd: Any) -> None:
         d = mod.__dict__
@@ -555,19 +591,20 @@ class TorchInstrumentation:
 
     # -- function ops (attention, rope), called by the process-wide wrappers --------------------------------
     def _time_fn_cuda(self, nid: int, opc: int, orig: Any, args: tuple, kwargs: dict) -> Any:
+        """A function op (attention, rope) on the stream of its decoder layer's device."""
         st, rec = self.state, self.recorder
+        layer, marks = st.layer, self._layer_marks
+        mark = rec.mark
+        if marks is not None and 0 <= layer < len(marks) and marks[layer]:
+            mark = marks[layer][0]
         st.busy = True
         try:
-            s = rec.event()
-            s.record()
+            s = mark()
             y = orig(*args, **kwargs)
-            e = rec.event()
-            e.record()
+            e = mark()
         finally:
             st.busy = False
-        rec._events.append(s)
-        rec._events.append(e)
-        rec.rows.append((nid, opc, st.layer, 0, 0, 0, 0, 0))
+        rec.rows.append((nid, opc, layer, s, e, 0, 0, 0))
         return y
 
 

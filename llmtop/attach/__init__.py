@@ -3,6 +3,11 @@
 Targets: llmtop://host:port (or tcp://, or host:port) is an llmtop agent and fills every pane;
 http(s)://host:port[/metrics] is a server's Prometheus endpoint (vLLM, SGLang, TGI, llama.cpp) and fills the
 request-level numbers. `target_rows(pipeline)` gives one row per target plus a total for the TUI.
+
+`attach_once` (`llmtop attach --once`) collects for a while and reports; each row says whether its target
+ever answered (`reached`) and how long it was disconnected after that (`disconnected_s`, `outages`), every
+outage is a line of the report's top-level `warnings`, and `require_reached` raises `Unreached` (exit 2)
+when no target answered at all. Remote text arrives with its control characters escaped (link.py).
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmtop.attach.agent_client import CONNECTED, AgentCollector, NameStream, agent_url
+from llmtop.attach.link import LinkLog, outage_lines, safe_text
 from llmtop.attach.prometheus import PrometheusCollector, start_profile, stop_profile
 from llmtop.collectors.pipeline import Pipeline
 from llmtop.errors import LlmtopError
@@ -37,6 +43,17 @@ class TargetRow:
     itl_p95_s: float
     dropped: int  # events lost on the way (agent buffer + local queue)
     rejected: int  # malformed / oversized frames or bodies
+    reached: bool = False  # the target answered at least once (a welcome, a /metrics body we could read)
+    disconnected_s: float = 0.0  # seconds disconnected after the first answer (NaN on the total row)
+    outages: list[dict[str, Any]] = field(default_factory=list)  # {start_s, duration_s, ongoing}
+
+    @property
+    def status(self) -> str:
+        """The link as a report says it: never "connected" alone over an outage it lived through."""
+        if self.kind == "total" or not self.outages:
+            return self.link
+        n = len(self.outages)
+        return f"{self.link}; disconnected {self.disconnected_s:.1f} s" + (f" ({n} outages)" if n > 1 else "")
 
 
 def build_attach_pipeline(
@@ -46,8 +63,10 @@ def build_attach_pipeline(
     token: str | None = None,
     interval: float = 1.0,
     pipeline: Pipeline | None = None,
+    backoff: tuple[float, float] | None = None,
 ) -> Pipeline:
-    """A Pipeline (not started) with one collector per URL; its source is kept current as targets answer."""
+    """A Pipeline (not started) with one collector per URL; its source is kept current as targets answer.
+    `backoff`: (first, longest) wait between reconnect attempts (default: each collector's own)."""
     if not urls:
         raise LlmtopError("attach needs at least one URL")
     p = pipeline or Pipeline(aggregator)
@@ -66,10 +85,11 @@ def build_attach_pipeline(
     labels: set[str] = set()
     for i, url in enumerate(urls):
         u = url.strip()
+        kw: dict[str, Any] = {"backoff": backoff} if backoff is not None else {}
         if agent_url(u):
-            c: Any = AgentCollector(u, token, stream=stream, on_source=make_on_source(i))
+            c: Any = AgentCollector(u, token, stream=stream, on_source=make_on_source(i), **kw)
         elif u.startswith(("http://", "https://")):
-            c = PrometheusCollector(u, interval=interval, on_source=make_on_source(i))
+            c = PrometheusCollector(u, interval=interval, on_source=make_on_source(i), **kw)
         else:
             raise LlmtopError(
                 f"cannot attach to {url!r}: use llmtop://host:port or http(s)://host:port/metrics"
@@ -108,6 +128,15 @@ def _nan(d: dict[str, float], k: str) -> float:
     return float(d.get(k, math.nan))
 
 
+def _link_fields(links: LinkLog) -> dict[str, Any]:
+    now = time.monotonic()
+    return {
+        "reached": links.reached,
+        "disconnected_s": links.disconnected_s(now),
+        "outages": [asdict(o) for o in links.outages(now)],
+    }
+
+
 def target_rows(pipeline: Pipeline) -> list[TargetRow]:
     """One row per attach collector, then a "total" row (sums; percentiles are not summable: NaN)."""
     rows: list[TargetRow] = []
@@ -132,6 +161,7 @@ def target_rows(pipeline: Pipeline) -> list[TargetRow]:
                     math.nan,
                     c.dropped_remote_total + c.dropped_events,
                     c.rejected_frames,
+                    **_link_fields(c.links),
                 )
             )
         elif isinstance(c, PrometheusCollector):
@@ -153,6 +183,7 @@ def target_rows(pipeline: Pipeline) -> list[TargetRow]:
                     _nan(v, "itl_p95_s"),
                     c.dropped_events,
                     c.rejected,
+                    **_link_fields(c.links),
                 )
             )
     if len(rows) > 1:
@@ -179,6 +210,8 @@ def target_rows(pipeline: Pipeline) -> list[TargetRow]:
                 math.nan,
                 sum(r.dropped for r in rows),
                 sum(r.rejected for r in rows),
+                any(r.reached for r in rows),
+                math.nan,
             )
         )
     return rows
@@ -187,14 +220,51 @@ def target_rows(pipeline: Pipeline) -> list[TargetRow]:
 def attach_report(
     pipeline: Pipeline, rows: list[TargetRow] | None = None, **snapshot_kw: Any
 ) -> dict[str, Any]:
-    """The usual report dict plus an "attach" section with the target rows (NaN -> None for JSON)."""
+    """The usual report dict plus an "attach" section with the target rows (NaN -> None for JSON; each
+    with its `status`) and the targets' outages, refusals and never-reached ones in top-level `warnings`
+    (the key report.render prints above the tables and keeps in JSON)."""
     rep = dict(pipeline.snapshot(**snapshot_kw).report)
     rows = target_rows(pipeline) if rows is None else rows
     rep["attach"] = [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
+        {**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()},
+         "status": r.status}
         for r in rows
     ]
+    warnings = [str(w) for w in rep.get("warnings") or []]
+    rep["warnings"] = list(dict.fromkeys(warnings + target_warnings(rows)))
     return rep
+
+
+def target_warnings(rows: list[TargetRow]) -> list[str]:
+    """One line per outage, per target that never answered, per target that sent what we refused."""
+    out: list[str] = []
+    for r in rows:
+        if r.kind == "total":
+            continue
+        label = safe_text(r.label)
+        if not r.reached:
+            out.append(f"{label}: never reached ({safe_text(r.error or r.link)})")
+        out += outage_lines(label, r.outages)
+        if r.rejected:
+            what = "frames" if r.kind == "agent" else "responses"
+            out.append(f"{label}: {r.rejected} malformed or oversized {what} refused")
+    return out
+
+
+class Unreached(LlmtopError):
+    """`llmtop attach --once` reached none of its targets (unreachable, refused, not a metrics endpoint)."""
+
+    exit_code = 2
+
+
+def require_reached(report: dict[str, Any], duration_s: float | None = None) -> None:
+    """Raise Unreached unless some target of an attach report answered at least once."""
+    rows = [r for r in report.get("attach") or [] if r.get("kind") != "total"]
+    if any(r.get("reached") for r in rows):
+        return
+    during = f" in {duration_s:g} s" if duration_s is not None else ""
+    why = "; ".join(f"{r.get('label')} ({r.get('error') or r.get('link') or 'no answer'})" for r in rows)
+    raise Unreached(safe_text(f"no target answered{during}: {why or 'no targets'}"))
 
 
 def attach_once(
@@ -205,8 +275,12 @@ def attach_once(
     duration_s: float = 3.0,
     interval: float = 1.0,
 ) -> dict[str, Any]:
-    """`llmtop attach --once`: collect for `duration_s` (at least two scrapes, so rates exist), report."""
-    p = build_attach_pipeline(urls, aggregator, token=token, interval=interval)
+    """`llmtop attach --once`: collect for `duration_s` (at least two scrapes, so rates exist), report.
+
+    Reconnects are tried at least every second (an outage's measured length is off by less than that);
+    the caller decides what a report whose targets never answered means (`require_reached`)."""
+    p = build_attach_pipeline(urls, aggregator, token=token, interval=interval,
+                              backoff=(0.2, max(1.0, min(interval, 5.0))))
     p.start()
     try:
         time.sleep(max(duration_s, 0.0))
@@ -239,12 +313,15 @@ def profile_targets(pipeline: Pipeline) -> list[str]:
 
 __all__ = [
     "TargetRow",
+    "Unreached",
     "attach_once",
     "attach_report",
     "build_attach_pipeline",
     "link_summary",
     "profile_targets",
+    "require_reached",
     "start_profile",
     "stop_profile",
     "target_rows",
+    "target_warnings",
 ]

@@ -4,6 +4,8 @@ Each connection has its own remote name table; ids are re-mapped into one local 
 attach collector of the pipeline, so a server restart (new ids) or several agents feeding one
 Aggregator never mix names up. Agent clocks are shifted onto this process's perf_counter_ns by the
 offset measured at the handshake (zero on the same host, up to network latency elsewhere).
+Everything the agent sends as text (kernel names, the source, counter names, refusals) has its control
+characters escaped on arrival, so no view can hand a remote escape sequence to the terminal.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import numpy as np
 
 from llmtop.agent import wire
 from llmtop.agent.core import parse_addr
+from llmtop.attach.link import LinkLog, safe_text
 from llmtop.collectors.base import Collector
 from llmtop.events import DECODE, CounterSample, EventBatch, Marker, NameTable, SourceInfo
+from llmtop.numfmt import printable
 
 CONNECTING, CONNECTED, DISCONNECTED, REFUSED = "connecting", "connected", "disconnected", "refused"
 
@@ -69,6 +73,7 @@ class AgentCollector(Collector):
         self.rate_window_s = rate_window_s
         self.link = CONNECTING
         self.link_error: str | None = None
+        self.links = LinkLog()  # first answer and outages, for the --once report
         self.source: SourceInfo | None = None
         self.connects = 0
         self.rejected_frames = 0  # malformed / oversized / unknown frames (each closes the connection)
@@ -99,15 +104,18 @@ class AgentCollector(Collector):
                 self._session(t_cpu)
                 delay = self.backoff[0]  # a session that got going resets the backoff
             except _Refused as e:
-                self.link, self.link_error = REFUSED, str(e)
+                self.link, self.link_error = REFUSED, safe_text(e)
                 delay = self.backoff[1]  # a refusal will not fix itself quickly
+                self._lost()
             except wire.WireError as e:
                 self.rejected_frames += 1
-                self.link, self.link_error = DISCONNECTED, f"bad frame: {e}"
+                self.link, self.link_error = DISCONNECTED, safe_text(f"bad frame: {e}")
+                self._lost()
             except (OSError, ConnectionError) as e:
                 was = self.link
                 self.link = DISCONNECTED
-                self.link_error = str(e) or type(e).__name__
+                self.link_error = safe_text(str(e) or type(e).__name__)
+                self._lost()
                 if was == CONNECTED:
                     delay = self.backoff[0]
                     self._mark(f"{self.label}: disconnected")
@@ -117,6 +125,14 @@ class AgentCollector(Collector):
             if self.wait(delay):
                 break
             delay = min(delay * 2, self.backoff[1])
+
+    def _lost(self) -> None:
+        if not self.stopping:  # stop() closing the socket is no outage
+            self.links.down()
+
+    def fail(self, e: BaseException | str) -> None:
+        super().fail(e)
+        self.error = safe_text(self.error or "")
 
     def stop(self) -> None:
         super().stop()
@@ -143,6 +159,7 @@ class AgentCollector(Collector):
         sock.settimeout(self.connect_timeout)
         sock.sendall(wire.encode_hello(self.token))
         version, status, clock, msg = wire.read_welcome(sock)
+        msg = safe_text(msg)
         if status == wire.BAD_TOKEN:
             raise _Refused(f"agent refused the token ({msg or 'wrong token'})")
         if status != wire.OK or version != wire.VERSION:
@@ -153,6 +170,7 @@ class AgentCollector(Collector):
         self._remote_dropped_before += self.remote_dropped
         self.remote_dropped = 0
         self.link, self.link_error = CONNECTED, None
+        self.links.up()
         if self.connects > 1:
             self._mark(f"{self.label}: reconnected")
         remote = NameTable()
@@ -171,22 +189,31 @@ class AgentCollector(Collector):
                     raise wire.WireError(str(e)) from None
                 if len(remote) > len(remap):
                     with self.stream.lock:
-                        extra = [self.stream.names.intern(n) for n in remote.names[len(remap) :]]
+                        extra = [self.stream.names.intern(printable(n)) for n in remote.names[len(remap) :]]
                     remap = np.concatenate([remap, np.array(extra, dtype=np.uint32)])
                 self._deliver(b, remap, offset)
-            elif ftype == wire.SOURCE:
-                self._set_source(SourceInfo.from_dict(wire.decode_json(payload)))
+            elif ftype in (wire.SOURCE, wire.STATUS, wire.COUNTER):
+                self._json_frame(ftype, payload, offset)
+            self.account_cpu(t_cpu)
+
+    def _json_frame(self, ftype: int, payload: bytes, offset: int) -> None:
+        """A SOURCE, STATUS or COUNTER frame; a value of the wrong type is a bad frame, not a crash."""
+        try:
+            d = printable(wire.decode_json(payload))
+            if ftype == wire.SOURCE:
+                self._set_source(SourceInfo.from_dict(d))
             elif ftype == wire.STATUS:
-                self.remote_dropped = int(wire.decode_json(payload).get("dropped", 0))
-            elif ftype == wire.COUNTER:
-                d = wire.decode_json(payload)
+                self.remote_dropped = int(d.get("dropped", 0))
+            else:
                 vals = {str(k): float(v) for k, v in dict(d.get("values") or {}).items()}
                 sample = CounterSample(
                     f"{self.label}:{d.get('source', 'agent')}", int(d.get("t_ns", 0)) + offset, vals
                 )
                 if self._queue is not None:
                     self._queue.put(sample)
-            self.account_cpu(t_cpu)
+        except (ValueError, TypeError, AttributeError, OverflowError) as e:
+            what = {wire.SOURCE: "source", wire.STATUS: "status"}.get(ftype, "counter")
+            raise wire.WireError(f"bad {what} frame: {type(e).__name__}") from None
 
     def _set_source(self, src: SourceInfo) -> None:
         extra = {**src.extra, "url": self.url, "remote_kind": src.kind, "link": CONNECTED}

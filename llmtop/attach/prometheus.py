@@ -3,6 +3,9 @@
 Each scrape emits one CounterSample (source "server:<label>") with the numbers of `metrics.derive`:
 rates and percentiles since the previous scrape, current gauges, lifetime totals. Such a source has
 no kernels: the SourceInfo's extra carries `capabilities` and `missing` for the kernel panes to show.
+A target that answers with an HTTP error or a body that is not a server's metrics is "refused" until it
+has given one good scrape; model names and error text from the server have their control characters
+escaped before anything shows them.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from llmtop.attach.agent_client import CONNECTED, CONNECTING, DISCONNECTED
+from llmtop.attach.agent_client import CONNECTED, CONNECTING, DISCONNECTED, REFUSED
+from llmtop.attach.link import LinkLog, safe_text
 from llmtop.attach.metrics import MAX_METRICS_BYTES, Scrape, capabilities, derive, parse_metrics, parse_slots
 from llmtop.collectors.base import Collector
 from llmtop.collectors.replay import FoldTarget, LoadSummary, load_into
 from llmtop.errors import LlmtopError
 from llmtop.events import CounterSample, Marker, SourceInfo
+from llmtop.numfmt import printable
 
 
 def metrics_url(url: str) -> str:
@@ -39,11 +44,15 @@ def base_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
 
 
+class HttpStatusError(LlmtopError):
+    """The target answered with an HTTP status other than 200 (404: not a metrics endpoint)."""
+
+
 def _fetch(client: Any, url: str, limit: int = MAX_METRICS_BYTES) -> bytes:
     """GET with a hard size cap, read in chunks so a huge body is refused without holding it."""
     with client.stream("GET", url) as r:
         if r.status_code != 200:
-            raise LlmtopError(f"{url}: HTTP {r.status_code}")
+            raise HttpStatusError(f"{url}: HTTP {r.status_code}")
         buf = bytearray()
         for chunk in r.iter_bytes():
             buf += chunk
@@ -89,6 +98,7 @@ class PrometheusCollector(Collector):
         self.backoff = backoff
         self.link = CONNECTING
         self.link_error: str | None = None
+        self.links = LinkLog()  # first good scrape and outages, for the --once report
         self.flavor: str | None = None
         self.source: SourceInfo | None = None
         self.latest: dict[str, float] = {}
@@ -106,7 +116,7 @@ class PrometheusCollector(Collector):
                 kind="attach",
                 backend=sc.flavor,
                 device="remote",
-                model=", ".join(sc.models),
+                model=printable(", ".join(sc.models)),
                 timing="server metrics",
                 extra={
                     "url": self.url,
@@ -140,23 +150,42 @@ class PrometheusCollector(Collector):
                     if self.link == DISCONNECTED:
                         self._mark(f"{self.label}: reconnected")
                     self.link, self.link_error = CONNECTED, None
+                    self.links.up()
                     delay = self.backoff[0]
                     assert self._queue is not None
                     self.emit(CounterSample(f"server:{self.label}", time.perf_counter_ns(), vals))
                     wait = self.interval
+                except HttpStatusError as e:  # it answers, but not with metrics (404, 503 while restarting)
+                    self._lost(safe_text(e), answered=True)
+                    wait = self.interval
                 except LlmtopError as e:  # a body we refuse: count it, keep the old numbers
                     self.rejected += 1
-                    self.link_error = str(e)
+                    self.link_error = safe_text(e)
+                    if self.link != CONNECTED:
+                        self.link = DISCONNECTED if self.links.reached else REFUSED
                     wait = self.interval
                 except (httpx.HTTPError, OSError) as e:
-                    if self.link == CONNECTED:
-                        self._mark(f"{self.label}: disconnected")
-                    self.link, self.link_error = DISCONNECTED, f"{type(e).__name__}: {e}"
-                    self._history.clear()  # rates restart after the gap
+                    self._lost(safe_text(f"{type(e).__name__}: {e}"))
                     wait, delay = delay, min(delay * 2, self.backoff[1])
                 self.account_cpu(t_cpu)
                 if self.wait(wait):
                     break
+
+    def _lost(self, why: str, *, answered: bool = False) -> None:
+        """A failed scrape: disconnected (an outage once it had given metrics), or refused when it never
+        has and `answered` something else (an HTTP error)."""
+        if self.stopping:
+            return
+        if self.link == CONNECTED:
+            self._mark(f"{self.label}: disconnected")
+        self.links.down()
+        refused = answered and not self.links.reached
+        self.link, self.link_error = (REFUSED if refused else DISCONNECTED), why
+        self._history.clear()  # rates restart after the gap
+
+    def fail(self, e: BaseException | str) -> None:
+        super().fail(e)
+        self.error = safe_text(self.error or "")
 
     def _mark(self, text: str) -> None:
         if self._queue is not None:
@@ -196,6 +225,7 @@ def load_profile_trace(path: str, aggregator: FoldTarget) -> LoadSummary:
 
 
 __all__ = [
+    "HttpStatusError",
     "PrometheusCollector",
     "base_url",
     "load_profile_trace",

@@ -38,7 +38,7 @@ class EngineSpec:
 
     model: str = "default"
     backend: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 on CUDA, float32 elsewhere (kernels/factory.py)
     threads: int | None = None
     adapter: str | None = None  # --backend wgpu: substring of the adapter's "device (backend)"
     timing: bool = True

@@ -304,8 +304,8 @@ def _live_setup(producer: Collector, source: SourceInfo, aggregator: Sink, *, re
     p.add(producer)
     if process:
         p.add(ProcessCollector(pid=pid))
-    if gpu:
-        p.add(GpuCollector())  # UNAVAILABLE (with its reason) when there is no NVIDIA GPU
+    if gpu:  # the engine's own GPU (by UUID, CUDA backend); UNAVAILABLE, with its reason, without NVIDIA
+        p.add(GpuCollector(uuid=source.extra.get("device_uuid")))
     return p
 
 
@@ -345,11 +345,12 @@ def child_pipeline(spec: EngineSpec, aggregator: Sink, *, record: str | None = N
         raise
 
 
-def replay_pipeline(path: str, aggregator: Sink, *, speed: float = 1.0) -> tuple[Pipeline, ReplaySource]:
+def replay_pipeline(path: str, aggregator: Sink, *, speed: float = 1.0,
+                    kernel_names: str = "demangled") -> tuple[Pipeline, ReplaySource]:
     """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource)."""
     from llmtop.collectors.replay import ReplaySource
 
-    src = ReplaySource.open(path, speed=speed)
+    src = ReplaySource.open(path, speed=speed, kernel_names=kernel_names)
     p = Pipeline(aggregator)
     p.set_source(src.source)
     p.add(src)

@@ -6,7 +6,7 @@ from llmtop.errors import UsageError
 from llmtop.kernels.base import KernelRecorder, Ops
 
 BACKENDS = ("auto", "cpu", "cuda", "wgpu")
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # auto: bfloat16 on CUDA, float32 elsewhere
 
 
 def pick_backend() -> str:
@@ -36,7 +36,8 @@ def make_ops(backend: str, dtype: str = "float32", *, threads: int | None = None
     if backend == "wgpu":
         from llmtop.kernels.wgpu_backend import WgpuOps
 
-        return WgpuOps(KernelRecorder(enabled=timing), dtype, timing="auto" if timing else "off",
+        return WgpuOps(KernelRecorder(enabled=timing), "float32" if dtype == "auto" else dtype,
+                       timing="auto" if timing else "off",
                        adapter=adapter)
     if adapter is not None:
         raise UsageError("adapter selection applies to the wgpu backend only")

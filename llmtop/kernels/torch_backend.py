@@ -4,9 +4,19 @@ Timing. Every op exists twice: a raw variant (`_x_raw`) and a timed one. The con
 public names (`self.linear`, ...) to one or the other, so with timing off the hot path runs no timer
 code at all and with timing on it pays one timer pair and one `recorder.add` per op, no branches.
 - CPU: ops are synchronous, so `time.perf_counter_ns` around the call is the kernel time.
-- CUDA: a pair of `torch.cuda.Event`s from a preallocated pool around the launch; `CudaEventRecorder`
-  resolves them lazily on the collector thread (query(), never synchronize) and maps GPU times onto
-  the host `perf_counter_ns` clock through an anchor event recorded at `begin_step` (cuda_events.py).
+- CUDA: `torch.cuda.Event`s from a pool sized from the model, shared between consecutive ops (n + 1
+  events for n ops) on the stream cached for the step; `CudaEventRecorder` resolves them lazily on the
+  collector thread (query(), never synchronize) and maps GPU times onto the host `perf_counter_ns`
+  clock through an anchor event recorded at `begin_step` (cuda_events.py). An op's time is a span of
+  the GPU timeline: GPU idle time waiting for the host's launches is included (see cuda_events.py).
+
+CUDA and the decode loop. Nothing in a step synchronizes but the sampled token's read-back: ids,
+positions and gather indices go host -> device as non-blocking copies from pinned memory (torch's
+caching host allocator keeps each block until its copy has completed), and sampling reads its result
+back through pinned memory and one event wait (torch_sampling.readback_cuda).
+Defaults on CUDA: dtype "auto" is bfloat16 (float32 elsewhere); float32 matmuls may use TF32
+(`tf32=True`); the engine runs one untimed warm-up forward before the first timed step
+(`needs_warmup`, `untimed()`), so cuBLAS set-up and lazily loaded kernels stay out of the timings.
 
 Sampling follows the shared spec (sampling.py, torch half in torch_sampling.py); RoPE inverse
 frequencies come from llmtop/model/rope.py, with torch's pow so the tables match transformers bit for bit.
@@ -31,7 +41,13 @@ from llmtop.errors import LlmtopError
 from llmtop.events import DECODE, NO_LAYER
 from llmtop.kernels.base import KernelRecorder, Ops, SamplingParams
 from llmtop.kernels.cuda_events import CudaEventRecorder, CudaTimedOps
-from llmtop.kernels.torch_sampling import sample_logits
+from llmtop.kernels.torch_sampling import (
+    host_arrays,
+    readback_cuda,
+    sample_device,
+    sample_finish,
+    sample_logits,
+)
 from llmtop.model.config import ModelConfig
 from llmtop.model.rope import rope_inv_freq as _rope_inv_freq
 
@@ -40,6 +56,12 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+AUTO_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}  # dtype "auto": what inference runs on each device
+
+
+def resolve_dtype(device: str, dtype: str) -> str:
+    """dtype "auto" -> bfloat16 on CUDA, float32 on CPU; other names unchanged."""
+    return AUTO_DTYPE.get(device, "float32") if dtype == "auto" else dtype
 
 _pc = time.perf_counter_ns
 
@@ -83,6 +105,28 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     return _rope_inv_freq(cfg, power=_torch_pow)
 
 
+def cuda_device_uuid(index: int | None = None) -> str | None:
+    """The CUDA device's UUID as torch reports it (hex, without NVML's "GPU-" / "MIG-" prefix, which it
+    cannot tell apart), so the GPU gauges can pick the same device whatever CUDA_VISIBLE_DEVICES renumbered
+    (collectors/gpu.py compares them prefix-blind); None when torch does not report one."""
+    try:
+        i = torch.cuda.current_device() if index is None else index
+        return str(torch.cuda.get_device_properties(i).uuid) or None
+    except Exception:  # older torch, no UUID attribute, no device
+        return None
+
+
+def events_per_step(n_layers: int) -> int:
+    """CUDA events one timed step records at most: an anchor, 15 per layer and 4 more ops (embedding,
+    final_norm, lm_head, sampling) sharing ends, 2 cut starts (position tables, last-token gather), an end."""
+    return 1 + 15 * n_layers + 4 + 2 + 1
+
+
+def _h2d_host(a: np.ndarray) -> torch.Tensor:
+    """Index array -> int64 tensor on the host (CPU backend: no copy for int64 input)."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+
 def cuda_unavailable_reason() -> str | None:
     """None when the CUDA backend can run, else a one-line reason."""
     if torch.version.cuda is None:
@@ -111,7 +155,7 @@ class _StepPositions:
         self.key = (positions.shape, positions.tobytes())
         B, T = positions.shape
         dev = ops.device
-        pos = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)).to(dev)
+        pos = ops._h2d(positions)  # CUDA: a non-blocking copy from pinned memory
         self.cos = ops._cos[pos][:, :, None]  # (B, T, 1, 1, hd/2)
         self.sin = ops._sin2[pos][:, :, None]  # (B, T, 1, 2, hd/2): [-sin, sin]
         self.cis = ops._cis[pos][:, :, None] if ops._cis is not None else None  # (B, T, 1, hd/2)
@@ -148,7 +192,9 @@ class TorchOps(CudaTimedOps, Ops):
         device: str = "cpu",
         dtype: str = "float32",
         threads: int | None = None,
+        tf32: bool = True,
     ) -> None:
+        dtype = resolve_dtype(device, dtype)
         if dtype not in DTYPES:
             raise LlmtopError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
         if device == "cuda":
@@ -161,7 +207,8 @@ class TorchOps(CudaTimedOps, Ops):
             recorder = KernelRecorder()
         if device == "cuda" and not isinstance(recorder, CudaEventRecorder):
             # CUDA timings arrive late: swap in the resolving recorder, keeping names and settings.
-            recorder = CudaEventRecorder(recorder.names, enabled=recorder.enabled, track=recorder.track)
+            recorder = CudaEventRecorder(recorder.names, enabled=recorder.enabled, track=recorder.track,
+                                         pool_size=0, device=torch.cuda.current_device())
         super().__init__(recorder)
         if threads is not None:
             if threads < 1:
@@ -171,9 +218,19 @@ class TorchOps(CudaTimedOps, Ops):
         self.dtype = DTYPES[dtype]
         self.dtype_name = dtype
         self.backend = device
+        self.device_uuid: str | None = None
+        self.tf32 = False
         if device == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # an index: events and streams
             self.device_name = torch.cuda.get_device_name(self.device)
-            self.timing = "cuda events"
+            self.device_uuid = cuda_device_uuid(self.device.index)
+            self.timing = "cuda events (GPU-timeline spans)"
+            if self.dtype == torch.float32:
+                # TF32 matmuls: what float32 inference on Ampere+ runs with (tf32=False: exact float32).
+                # The flags are process-wide; this is the engine's process.
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                torch.backends.cudnn.allow_tf32 = tf32
+                self.tf32 = tf32
         else:
             self.device_name = _cpu_name(torch.get_num_threads())
             self.timing = "perf_counter_ns"
@@ -182,8 +239,7 @@ class TorchOps(CudaTimedOps, Ops):
         if recorder.enabled and device == "cpu" and type(recorder).add is not KernelRecorder.add:
             raise TypeError("CPU timing appends rows to the recorder directly; override _resolve, not add")
         self._ids = recorder.ids
-        self._serial_decode_attn = device == "cpu"
-        self._row_norm = device == "cpu"  # _rms_row reads a scalar on the host: a sync on CUDA
+        self._configure(cuda=device == "cuda")
         self._cx = False  # complex RoPE over interleaved q/k rows (set by load_weights)
         self._cis: torch.Tensor | None = None
         self._cfg: ModelConfig | None = None
@@ -191,6 +247,39 @@ class TorchOps(CudaTimedOps, Ops):
         self._v_cache: list[torch.Tensor] = []
         self._pos: _StepPositions | None = None
         self._bind(timed=recorder.enabled, cuda=device == "cuda")
+
+    def _configure(self, *, cuda: bool) -> None:
+        """Device-dependent code paths. cuda=True: no host scalar reads, no blocking copies (h2d through
+        pinned memory, read-back through one event wait), K/V expanded for fused prefill attention."""
+        self._serial_decode_attn = not cuda
+        self._row_norm = not cuda  # _rms_row reads a scalar on the host: a sync on CUDA
+        self._h2d = self._h2d_pinned if cuda else _h2d_host
+        self._readback = readback_cuda if cuda else host_arrays
+        self._expand_gqa = cuda
+        self._cuda_timed = cuda and self.recorder.enabled
+        self.needs_warmup = cuda
+
+    def _h2d_pinned(self, a: np.ndarray) -> torch.Tensor:
+        """Index array -> int64 device tensor without a sync: staged in pinned memory (torch's caching
+        host allocator, which keeps the block until this copy completes), copied with non_blocking."""
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def source_extra(self) -> dict[str, Any]:
+        """Facts for SourceInfo.extra: the CUDA device's UUID (the GPU gauges follow it) and TF32."""
+        if self.device.type != "cuda":
+            return {}
+        return {"device_uuid": self.device_uuid, "tf32": self.tf32}
+
+    @contextlib.contextmanager
+    def untimed(self) -> Any:
+        """Run the ops untimed inside the block (the engine's warm-up forward), then rebind as before."""
+        bound = {op: self.__dict__[op] for op in self._OPS}
+        self._bind(timed=False, cuda=False)
+        try:
+            yield self
+        finally:
+            self.__dict__.update(bound)
 
     # -- binding --------------------------------------------------------------------------
     _OPS = ("embedding", "rmsnorm", "linear", "rope", "kv_write", "attention", "silu_mul", "add", "sample")
@@ -262,6 +351,9 @@ class TorchOps(CudaTimedOps, Ops):
         self._hq, self._hkv = cfg.n_heads, cfg.n_kv_heads
         self._group = cfg.n_heads // cfg.n_kv_heads
         self._scale = 1.0 / math.sqrt(cfg.head_dim)
+        if self._cuda_timed:
+            # events per step: anchor + one per op (shared ends) + the cuts' starts + end; see cuda_events.py
+            self.recorder.reserve(events_per_step(cfg.n_layers))
         return out
 
     def _transposed(self, weights: dict[str, np.ndarray], name: str, arr: np.ndarray, share: bool) -> Any:
@@ -333,7 +425,7 @@ class TorchOps(CudaTimedOps, Ops):
 
     # -- raw ops ----------------------------------------------------------------------------
     def _embedding_raw(self, ids: np.ndarray, table: Any) -> Any:
-        return F.embedding(torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device), table)
+        return F.embedding(self._h2d(ids), table)
 
     def _rmsnorm_raw(self, x: Any, weight: Any, eps: float, *, name: str, layer: int) -> Any:
         if x.dtype == torch.float32:
@@ -407,8 +499,19 @@ class TorchOps(CudaTimedOps, Ops):
                 o = F.scaled_dot_product_attention(qh, k, v, attn_mask=p.mask, scale=self._scale)
             return o.view(B, 1, self._hq * self._hd)
         qh = q.view(B, T, self._hq, self._hd).transpose(1, 2)
+        gqa = self._group > 1
+        if gqa and self._expand_gqa and (self.dtype == torch.float32 or p.mask is not None):
+            # CUDA's fused kernel for float32 and for masks (memory-efficient attention) does not take
+            # grouped K/V, so SDPA would fall back to the math path that materialises (B, H, T, S) scores;
+            # repeating K/V to the query heads costs O(B H S hd) and keeps the fused kernel. (Flash
+            # attention takes grouped K/V: half dtypes without a mask keep enable_gqa.)
+            # (expand + reshape: one copy kernel, never the host round trip a tensor-repeats path takes)
+            full = (B, self._hkv, self._group, S, self._hd)
+            k = k[:, :, None].expand(full).reshape(B, self._hq, S, self._hd)
+            v = v[:, :, None].expand(full).reshape(B, self._hq, S, self._hd)
+            gqa = False
         o = F.scaled_dot_product_attention(
-            qh, k, v, attn_mask=p.mask, is_causal=p.causal, scale=self._scale, enable_gqa=True
+            qh, k, v, attn_mask=p.mask, is_causal=p.causal, scale=self._scale, enable_gqa=gqa
         )
         return o.transpose(1, 2).reshape(B, T, self._hq * self._hd)
 
@@ -422,11 +525,16 @@ class TorchOps(CudaTimedOps, Ops):
         B, T, _ = x.shape
         if T == 1:
             return x
-        idx = torch.from_numpy(np.asarray(index, dtype=np.int64)).to(self.device)
+        if self._cuda_timed:
+            self.recorder.cut()  # a gather queued between two ops: the next op gets its own start event
+        idx = self._h2d(index)
         return x[torch.arange(B, device=self.device), idx].unsqueeze(1)
 
     def _sample_raw(self, logits: Any, params: SamplingParams, generator: Any) -> np.ndarray:
-        return sample_logits(logits[:, -1, :], params, generator)
+        last = logits[:, -1, :]
+        if self._readback is host_arrays:
+            return sample_logits(last, params, generator)
+        return sample_finish(last, sample_device(last, params), params, generator, readback=self._readback)
 
     # -- timed ops, CPU ---------------------------------------------------------------------
     # Each body is its `_x_raw` twin inlined, so the timed path differs from the untimed one only by
@@ -520,10 +628,14 @@ class TorchOps(CudaTimedOps, Ops):
 
 
 __all__ = [
+    "AUTO_DTYPE",
     "DTYPES",
     "CudaEventRecorder",
     "TorchOps",
+    "cuda_device_uuid",
     "cuda_unavailable_reason",
+    "events_per_step",
+    "resolve_dtype",
     "rope_inv_freq",
     "sample_logits",
 ]

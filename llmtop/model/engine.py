@@ -3,6 +3,11 @@
 Each prefill and decode step is bracketed by `recorder.begin_step/end_step`, so step events carry
 exact wall times (TTFT = the prefill step, TPOT = a decode step) and every kernel in between
 belongs to exactly one step.
+
+Warm-up. A backend that sets `needs_warmup` (torch on CUDA) gets one untimed prefill and decode step of
+the first request's shapes before its first timed step (`ops.untimed()`), so library set-up (cuBLAS
+handles, lazily loaded kernels, the caching allocators) is not measured as the first TTFT. The source
+says which: extra["warmup"] is "warm" (done before the first timed step) or "cold".
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class Generation:
 class Engine:
     """Runs generations of one loaded model on one `Ops` backend."""
 
-    def __init__(self, loaded: Any, ops: Ops, *, max_batch: int = 1, max_context: int | None = None) -> None:
+    def __init__(self, loaded: Any, ops: Ops, *, max_batch: int = 1, max_context: int | None = None,
+                 warmup: bool | None = None) -> None:
         cfg = loaded.config
         if max_batch < 1:
             raise LlmtopError(f"max_batch must be >= 1, got {max_batch}")
@@ -54,6 +60,10 @@ class Engine:
         self.eos_ids = frozenset(int(t) for t in eos)
         self._pad_id = next(iter(sorted(self.eos_ids)), 0)
         self._step = 0  # step numbers run over the engine's lifetime, so they never repeat
+        # warm-up: None = what the backend asks for; it runs once, inside the first generate
+        want = bool(getattr(ops, "needs_warmup", False)) if warmup is None else warmup
+        self.warmup = want and hasattr(ops, "untimed")
+        self.warmed = False
 
     # -- tokens ------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, chat: bool = True) -> list[int]:
@@ -125,6 +135,8 @@ class Engine:
         run_ctx = getattr(self.ops, "run_context", None)
         with run_ctx() if run_ctx is not None else contextlib.nullcontext():
             self.ops.alloc_kv_cache(B, kv_len)
+            if self.warmup and not self.warmed:
+                self._warm_up(lens, last_pos, sampling)
             self._loop(encoded, lens, budget, last_pos, gens, sampling, stop_event, on_tokens)
         for g in gens:
             g.text = self.decode_tokens(g.token_ids)
@@ -138,6 +150,21 @@ class Engine:
         if bad:
             raise LlmtopError(f"token id {bad[0]} is outside the vocabulary of {self.cfg.vocab_size}")
         return out
+
+    def _warm_up(self, lens: np.ndarray, last_pos: np.ndarray, sampling: SamplingParams) -> None:
+        """One untimed prefill + decode step with the first request's shapes (pad ids), on this thread (cuBLAS
+        handles are per thread). It writes only cache slots the real prefill and first decode step overwrite
+        before any query reads them, and draws from its own generator, so results are unchanged."""
+        ops, fwd = self.ops, self.model.forward
+        B, T = len(lens), int(lens.max())
+        ids = np.full((B, T), self._pad_id, dtype=np.int32)
+        positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
+        gen = ops.make_generator(0)
+        with ops.untimed():  # type: ignore[attr-defined]
+            ops.sample(fwd(ids, positions, (lens - 1).astype(np.int32), PREFILL), sampling, gen)
+            pos = np.minimum(lens, last_pos).astype(np.int32).reshape(B, 1)
+            ops.sample(fwd(ids[:, :1].copy(), pos, np.zeros(B, dtype=np.int32), DECODE), sampling, gen)
+        self.warmed = True
 
     def _loop(
         self,
@@ -222,14 +249,17 @@ class Engine:
             device=ops.device_name,
             model=self.loaded.source,
             dtype=ops.dtype_name,
-            timing=ops.timing if ops.recorder.enabled else "off",
+            # ", warm": an untimed warm-up runs before the first timed step (the text header shows it)
+            timing=(ops.timing + (", warm" if self.warmup else "")) if ops.recorder.enabled else "off",
             max_context=self.max_context,
             n_layers=self.cfg.n_layers,
             extra={
                 "model_name": self.cfg.name,
                 "random_weights": bool(getattr(self.loaded, "random_weights", False)),
                 "max_batch": self.max_batch,
+                "warmup": "warm" if self.warmup else "cold",
                 **({"adapter": ops.adapter_summary()} if hasattr(ops, "adapter_summary") else {}),
+                **(ops.source_extra() if hasattr(ops, "source_extra") else {}),  # CUDA: device_uuid, tf32
             },
         )
 

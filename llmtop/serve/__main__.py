@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from llmtop.errors import LlmtopError
-from llmtop.serve.app import add_serve_arguments, serve_main
+from llmtop.serve.server import add_serve_arguments, serve_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,124 +1,171 @@
-"""`llmtop serve`: OpenAI-style HTTP (Starlette on uvicorn) over the scheduler, the agent and /metrics.
+"""`llmtop serve`'s HTTP side: OpenAI-style routes (Starlette) over the scheduler.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (stream=true -> server-sent events, ending
 with `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (Prometheus text, vLLM names).
+
+Every field is validated before anything is queued (`validate.py`); a refused request gets a 400, 401, 404,
+413 or 503 with OpenAI's error body `{"error": {"message", "type", "param", "code"}}` and leaves no
+traceback in the log. With an API key, the /v1 routes need `Authorization: Bearer KEY` (as in vLLM; /health
+and /metrics stay open for probes and scrapers). A client that disconnects, streaming or not, has its
+request cancelled: the scheduler drops its row at the engine's next step. The process side (arguments,
+signals, the agent) is `server.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import hmac
 import json
-import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from llmtop.errors import LlmtopError
-from llmtop.kernels.base import SamplingParams
-from llmtop.kernels.factory import make_ops
 from llmtop.serve.metrics import CONTENT_TYPE, ServeMetrics
-from llmtop.serve.scheduler import Request, Scheduler
+from llmtop.serve.scheduler import Overloaded, Request, Scheduler, ShuttingDown
+from llmtop.serve.validate import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    chat_messages,
+    check_model,
+    check_n,
+    error_body,
+    max_tokens_from,
+    parse_json,
+    prompt_text,
+    sampling_from,
+    stream_flags,
+)
 
 FINISH = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
 
-
-class BadRequest(Exception):
-    pass
+__all__ = ["BadRequest", "build_app"]
 
 
-def _num(
-    body: dict, key: str, default: Any, typ: type, lo: float | None = None, hi: float | None = None
+def build_app(
+    engine: Any,
+    scheduler: Scheduler,
+    metrics: ServeMetrics,
+    model_name: str,
+    *,
+    api_key: str | None = None,
+    aliases: Iterable[str] = (),
 ) -> Any:
-    v = body.get(key, default)
-    if v is None:
-        v = default
-    if (typ is int and isinstance(v, bool)) or not isinstance(v, (int, float)):
-        raise BadRequest(f"{key} must be a number")
-    v = typ(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise BadRequest(f"{key} out of range: {v}")
-    return v
-
-
-def sampling_from(body: dict) -> SamplingParams:
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest("seed must be an integer")
-    top_p = _num(body, "top_p", 1.0, float, 0.0, 1.0)
-    if top_p <= 0:
-        raise BadRequest("top_p must be > 0")
-    return SamplingParams(
-        temperature=_num(body, "temperature", 0.0, float, 0.0, 100.0),
-        top_k=_num(body, "top_k", 0, int, 0, None),
-        top_p=top_p,
-        seed=seed,
-    )
-
-
-def build_app(engine: Any, scheduler: Scheduler, metrics: ServeMetrics, model_name: str) -> Any:
+    """The Starlette app. `model_name` is what /v1/models lists and responses carry; requests may name it
+    or one of `aliases` (any other model is a 404). `api_key`: required as a bearer token on /v1."""
     from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect
     from starlette.requests import Request as HttpRequest
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
 
-    def error(status: int, msg: str) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"message": msg, "type": "invalid_request_error", "code": status}}, status_code=status
-        )
+    names = frozenset({model_name, *aliases})
+    key = api_key.encode("utf-8") if api_key else None
 
-    def chat_ids(messages: Any) -> list[int]:
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list")
-        msgs = []
-        for m in messages:
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("content"), str)
-                or not isinstance(m.get("role"), str)
-            ):
-                raise BadRequest("each message needs string role and content")
-            msgs.append({"role": m["role"], "content": m["content"]})
+    def error(status: int, msg: str, param: str | None = None, code: str | None = None,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(error_body(msg, status, param, code), status_code=status, headers=headers)
+
+    def unauthorized(http: HttpRequest) -> Response | None:
+        if key is None:
+            return None
+        scheme, _, given = http.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "replace"), key):
+            return None
+        return error(401, "Incorrect API key provided: send it as `Authorization: Bearer KEY`.", None,
+                     "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_body(http: HttpRequest) -> bytes:
+        declared = http.headers.get("content-length", "")
+        too_large = BadRequest(f"request body over {MAX_BODY_BYTES} bytes", None, "request_too_large", 413)
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in http.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def tokenize(make: Any, param: str) -> list[int]:
+        """The prompt's token ids; a tokenizer or chat template that chokes on the input is a 400."""
+        try:
+            ids = list(make())
+        except BadRequest:
+            raise
+        except Exception as e:  # jinja TemplateError (roles must alternate), lone surrogates, ...
+            raise BadRequest(f"cannot build the prompt: {type(e).__name__}: {e}", param) from None
+        if not ids:
+            raise BadRequest("the prompt has no tokens", param)
+        return ids
+
+    def chat_ids(msgs: list[dict[str, str]]) -> list[int]:
         tok = engine.tokenizer
         if tok is not None and getattr(engine.cfg, "chat_template", None):
             return list(tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True)))
         return engine.encode_prompt("\n".join(m["content"] for m in msgs), chat=False)
 
+    def parse(body: dict, chat: bool) -> tuple[list[int], int, Any, bool, bool]:
+        check_model(body, names, model_name)
+        check_n(body)
+        stream, include_usage = stream_flags(body)
+        sampling = sampling_from(body)
+        if chat:
+            msgs = chat_messages(body.get("messages"))
+            prompt_ids = tokenize(lambda: chat_ids(msgs), "messages")
+        else:
+            prompt = prompt_text(body)
+            prompt_ids = tokenize(lambda: engine.encode_prompt(prompt, chat=False), "prompt")
+        max_tokens = max_tokens_from(body, chat, len(prompt_ids), engine.max_context)
+        return prompt_ids, max_tokens, sampling, stream, include_usage
+
+    class _RequestStream(StreamingResponse):
+        """Server-sent events that cancel their request however the response ends (the client went away
+        mid-stream, the send failed, the server cancelled the task)."""
+
+        def __init__(self, req: Request, content: Any) -> None:
+            super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            self.req = req
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                if self.req.finish_reason is None:
+                    self.req.cancel("client disconnected")
+
     async def handle(http: HttpRequest, chat: bool) -> Response:
+        denied = unauthorized(http)
+        if denied is not None:
+            return denied
         try:
-            body = await http.json()
-        except (ValueError, UnicodeDecodeError):
-            return error(400, "body is not JSON")
-        if not isinstance(body, dict):
-            return error(400, "body must be a JSON object")
-        try:
-            if chat:
-                prompt_ids = chat_ids(body.get("messages"))
-                max_tokens = _num(body, "max_completion_tokens", body.get("max_tokens") or 16, int, 1, None)
-            else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1:
-                    prompt = prompt[0]
-                if not isinstance(prompt, str):
-                    raise BadRequest("prompt must be a string")
-                prompt_ids = engine.encode_prompt(prompt, chat=False)
-                max_tokens = _num(body, "max_tokens", 16, int, 1, None)
-            sampling = sampling_from(body)
-            stream = bool(body.get("stream", False))
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+            body = parse_json(await read_body(http))
+            prompt_ids, max_tokens, sampling, stream, include_usage = parse(body, chat)
         except BadRequest as e:
-            return error(400, str(e))
+            return error(e.status, e.message, e.param, e.code)
+        except ClientDisconnect:  # gone while sending the body: nobody to answer
+            return Response(status_code=400)
 
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         def sink(kind: str, payload: Any) -> None:  # scheduler thread -> event loop
-            loop.call_soon_threadsafe(q.put_nowait, (kind, payload))
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, (kind, payload))
+            except RuntimeError:  # the loop is closed: the server is going away
+                req.cancel("server stopping")
 
         req = Request(prompt_ids, max_tokens, sampling, sink)
         try:
             scheduler.submit(req)
+        except ShuttingDown as e:
+            return error(503, str(e), None, "server_shutting_down")
+        except Overloaded as e:
+            return error(503, str(e), None, "server_overloaded")
         except LlmtopError as e:
-            return error(503 if "overloaded" in str(e) else 400, str(e))
+            return error(400, str(e))
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
 
@@ -132,20 +179,17 @@ def build_app(engine: Any, scheduler: Scheduler, metrics: ServeMetrics, model_na
 
         def choice(text: str, finish: str | None, delta: bool) -> dict[str, Any]:
             if chat:
-                key = "delta" if delta else "message"
-                return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": finish}
+                key_ = "delta" if delta else "message"
+                return {"index": 0, key_: {"role": "assistant", "content": text}, "finish_reason": finish}
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
         if not stream:
-            try:
-                while True:
-                    kind, payload = await q.get()
-                    if kind == "error":
-                        return error(500, payload)
-                    if kind == "done":
-                        break
-            finally:
-                req.cancelled = req.finish_reason is None
+            outcome = await _until_done_or_gone(http, q, req)
+            if outcome is None:  # the client went away; its request is cancelled, nobody reads this
+                return Response(status_code=499)
+            kind, payload = outcome
+            if kind == "error":
+                return error(req.error_status, payload, None, None)
             return JSONResponse(
                 {
                     "id": req.id,
@@ -181,18 +225,16 @@ def build_app(engine: Any, scheduler: Scheduler, metrics: ServeMetrics, model_na
                         if include_usage:
                             data["usage"] = usage()
                     else:
-                        data = {"error": {"message": payload, "type": "server_error"}}
+                        data = error_body(payload, req.error_status)
                     yield f"data: {json.dumps(data)}\n\n"
                     if kind != "token":
                         break
                 yield "data: [DONE]\n\n"
             finally:  # the client went away: stop generating for it
                 if req.finish_reason is None:
-                    req.cancelled = True
+                    req.cancel("client disconnected")
 
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        return _RequestStream(req, events())
 
     async def completions(http: HttpRequest) -> Response:
         return await handle(http, chat=False)
@@ -201,6 +243,9 @@ def build_app(engine: Any, scheduler: Scheduler, metrics: ServeMetrics, model_na
         return await handle(http, chat=True)
 
     async def models(http: HttpRequest) -> Response:
+        denied = unauthorized(http)
+        if denied is not None:
+            return denied
         return JSONResponse(
             {
                 "object": "list",
@@ -234,118 +279,28 @@ def build_app(engine: Any, scheduler: Scheduler, metrics: ServeMetrics, model_na
     )
 
 
-def run_server(
-    backend: str = "cpu",
-    model: str = "default",
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    max_batch: int = 8,
-    agent_addr: str | None = None,
-    agent_token: str | None = None,
-    threads: int | None = None,
-    max_context: int | None = None,
-    model_name: str | None = None,
-    log_level: str = "warning",
-) -> int:
-    """Load the model, start scheduler + agent, serve HTTP until SIGINT/SIGTERM. Returns an exit code."""
-    import os
+async def _until_done_or_gone(http: Any, q: asyncio.Queue, req: Request) -> tuple[str, Any] | None:
+    """Wait for the request's ("done" | "error", payload), or for its client to disconnect (-> None, and the
+    request is cancelled). The body is read already, so the next ASGI message is the disconnect."""
 
-    import uvicorn
+    async def result() -> tuple[str, Any]:
+        while True:
+            kind, payload = await q.get()
+            if kind in ("done", "error"):
+                return kind, payload
 
-    import llmtop.agent as agent_mod
-    from llmtop.model.engine import Engine
-    from llmtop.model.loader import load_model
+    async def gone() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
 
-    if not 0 <= port <= 65535:
-        raise LlmtopError(f"bad port {port}")
-    if max_batch < 1:
-        raise LlmtopError(f"--max-batch must be >= 1, got {max_batch}")
-    _check_port(host, port)  # fail before the (slow) model load, with one line instead of uvicorn's log
-    loaded = load_model(model)
-    engine = Engine(loaded, make_ops(backend, threads=threads), max_batch=max_batch, max_context=max_context)
-    name = model_name or getattr(loaded.config, "name", "") or str(model)
-    # The agent is on by default (127.0.0.1:7070, or $LLMTOP_AGENT); "off" disables it.
-    agent_addr = agent_addr or os.environ.get(agent_mod.ENV_ADDR) or agent_mod.DEFAULT_ADDR
-    agent = None
-    if agent_addr.lower() not in ("off", "none", "no", "0"):
-        token = agent_token or os.environ.get(agent_mod.ENV_TOKEN) or None
-        agent = agent_mod.start(agent_addr, token, engine=engine)
-    if agent is not None:
-        src = agent.source
-        src.extra["serve"] = f"http://{host}:{port}"
-        agent.set_source(src)
-    metrics = ServeMetrics(name)
-    sched = Scheduler(engine, metrics, max_batch=max_batch, agent=agent)
-    sched.start()
-    app = build_app(engine, sched, metrics, name)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    agent_note = f", agent on llmtop://{agent.address}" if agent is not None else ""
-    print(
-        f"llmtop serve: {name} on http://{host}:{port} ({backend}, max batch {max_batch}){agent_note}",
-        file=sys.stderr,
-        flush=True,
-    )
+    getter, watcher = asyncio.ensure_future(result()), asyncio.ensure_future(gone())
     try:
-        server.run()
+        done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        sched.stop()
-        if agent is not None:
-            agent.close()
-    return 0 if server.started else 1
-
-
-def _check_port(host: str, port: int) -> None:
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise LlmtopError(f"cannot resolve --host {host}: {e}") from None
-    fam, _, _, _, addr = infos[0]
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as e:
-            raise LlmtopError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-
-
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="cpu", help="cpu, cuda or wgpu (default cpu)")
-    p.add_argument("--model", default="default", help="model spec (default: the shipped SmolLM2)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-context", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument(
-        "--agent",
-        default=None,
-        metavar="HOST:PORT",
-        help="llmtop agent address (default: $LLMTOP_AGENT or 127.0.0.1:7070; off to disable)",
-    )
-    p.add_argument("--agent-token", default=None, help="shared token (default: $LLMTOP_AGENT_TOKEN)")
-    p.add_argument("--log-level", default="warning")
-
-
-def serve_main(args: argparse.Namespace) -> int:
-    """Entry point for `llmtop serve` (args from add_serve_arguments). Raises LlmtopError on bad input."""
-    import os
-
-    token = args.agent_token or os.environ.get("LLMTOP_AGENT_TOKEN") or None
-    return run_server(
-        args.backend,
-        args.model,
-        args.host,
-        args.port,
-        max_batch=args.max_batch,
-        agent_addr=args.agent,
-        agent_token=token,
-        threads=args.threads,
-        max_context=args.max_context,
-        model_name=args.served_model_name,
-        log_level=args.log_level,
-    )
+        getter.cancel()
+        watcher.cancel()
+        if req.finish_reason is None:  # the client went away, or this handler was cancelled
+            req.cancel("client disconnected" if watcher.done() and not watcher.cancelled() else "cancelled")
+    if getter in done:
+        return getter.result()
+    return None

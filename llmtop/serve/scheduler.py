@@ -6,11 +6,20 @@ callback hands every generated token to its request as it is sampled and stops r
 away, so the engine's own loop (and its recorder steps, which the agent and the TUI read) is the only
 decode loop. Requests that arrive meanwhile wait for the next batch; finished or cancelled rows stop
 counting but keep the batch shape.
+
+Isolation: a request can never fail another one. `submit` bounds what a request may ask for (its
+max_tokens is clamped to the context, its sampling must be finite and in range); a sink that raises
+(its client's side broke) cancels only its own request; and when `Engine.generate` raises for a batch
+of several requests before they got tokens, each is rerun alone, so only the request that fails on its
+own gets the error. A cancelled request (its client went away, or `abort_all` at shutdown) leaves the
+batch at the next step: `on_tokens` runs after every engine step and stops its row.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 import threading
 import time
 from collections import deque
@@ -22,6 +31,15 @@ from llmtop.errors import LlmtopError
 from llmtop.kernels.base import SamplingParams
 
 _ids = itertools.count(1)
+log = logging.getLogger("llmtop.serve")
+
+
+class Overloaded(LlmtopError):
+    """Too many waiting requests (HTTP 503)."""
+
+
+class ShuttingDown(LlmtopError):
+    """The server is stopping and takes no new requests (HTTP 503)."""
 
 
 @dataclass(eq=False)
@@ -41,6 +59,14 @@ class Request:
     first_t: float | None = None
     last_t: float | None = None
     finish_reason: str | None = None
+    abort_reason: str | None = None  # why it was cancelled: "client disconnected", "shutdown", ...
+    error_status: int = 500  # HTTP status of an ("error", message): 400 when the engine refused the request
+
+    def cancel(self, reason: str) -> None:
+        """Stop generating for this request at the next engine step (any thread)."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self.cancelled = True
 
 
 class Scheduler:
@@ -73,15 +99,29 @@ class Scheduler:
         self._last_counters = 0.0
         self.batches = 0
         self.error: str | None = None
+        self.aborted = 0  # requests finished with "abort" (client gone, shutdown)
+        self._closed = False  # abort_all ran: no new requests, no new batches
+        self._current: list[Request] = []
 
     # -- API (any thread) ------------------------------------------------------------------
     def submit(self, req: Request) -> None:
+        """Queue a request; LlmtopError (nothing queued) when it asks for something out of bounds,
+        Overloaded or ShuttingDown when the server cannot take it."""
         ctx = self.engine.max_context
+        if not isinstance(req.prompt_ids, list) or not req.prompt_ids:
+            raise LlmtopError("a prompt needs at least one token")
         if len(req.prompt_ids) >= ctx:
             raise LlmtopError(f"prompt is {len(req.prompt_ids)} tokens; the context is {ctx}")
+        mt = req.max_tokens
+        if isinstance(mt, bool) or not isinstance(mt, int) or mt < 0:
+            raise LlmtopError(f"max_tokens must be a non-negative integer, got {mt!r}")
+        req.max_tokens = min(mt, ctx)  # the engine stops a row at the context anyway; keep it int64-sized
+        _check_sampling(req.sampling)
         with self._cond:
+            if self._closed:
+                raise ShuttingDown("server is shutting down")
             if len(self._waiting) >= self.max_waiting:
-                raise LlmtopError("server overloaded: too many waiting requests")
+                raise Overloaded("server overloaded: too many waiting requests")
             self._waiting.append(req)
             self._cond.notify()
         self._gauges()
@@ -95,39 +135,65 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        """Abort everything (running rows leave the engine within one step) and join the thread."""
+        self.abort_all("shutdown")
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def abort_all(self, reason: str = "shutdown") -> int:
+        """Refuse new requests, cancel the running batch (the engine stops within one step) and finish
+        every waiting request with "abort". Returns how many requests were cancelled. Any thread."""
+        with self._cond:
+            self._closed = True
+            self._stop.set()
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+        running = [r for r in self._current if r.finish_reason is None]
+        for r in running:
+            r.cancel(reason)
+        for r in waiting:
+            if r.finish_reason is None:
+                r.cancel(reason)
+                self._finish(r, "abort")
+        self._gauges(force=True)
+        return len(running) + len(waiting)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests accepted and not finished: the running batch's live rows plus the waiting ones."""
+        return sum(r.finish_reason is None for r in self._current) + len(self._waiting)
+
     # -- scheduler thread ------------------------------------------------------------------
     def _take(self) -> list[Request]:
+        dropped: list[Request] = []
+        batch: list[Request] = []
         with self._cond:
             while not self._waiting and not self._stop.is_set():
                 self._cond.wait(0.5)
-            while self._waiting and self._waiting[0].cancelled:
-                self._waiting.popleft()
-            if not self._waiting:
-                return []
-            end = time.monotonic() + self.gather_s
-            while len(self._waiting) < self.max_batch and not self._stop.is_set():
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            first = self._waiting[0]
-            batch, rest = [], deque()
-            while self._waiting:
-                r = self._waiting.popleft()
-                if r.cancelled:
-                    continue
-                if len(batch) < self.max_batch and r.sampling == first.sampling:
-                    batch.append(r)
-                else:
-                    rest.append(r)
-            self._waiting = rest
-            return batch
+            if self._waiting and not self._stop.is_set():
+                end = time.monotonic() + self.gather_s
+                while len(self._waiting) < self.max_batch and not self._stop.is_set():
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            if not self._stop.is_set():
+                first = next((r for r in self._waiting if not r.cancelled), None)
+                rest: deque[Request] = deque()
+                while self._waiting:
+                    r = self._waiting.popleft()
+                    if r.cancelled:
+                        dropped.append(r)
+                    elif first is not None and len(batch) < self.max_batch and r.sampling == first.sampling:
+                        batch.append(r)
+                    else:
+                        rest.append(r)
+                self._waiting = rest
+                self._current = batch
+        for r in dropped:  # cancelled while waiting: never ran, but counted and answered
+            self._finish(r, "abort")
+        return batch
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -137,18 +203,51 @@ class Scheduler:
             self.running = len(batch)
             self._gauges()
             try:
-                self._run(batch)
-            except Exception as e:  # one bad batch must not kill the server
-                self.error = f"{type(e).__name__}: {e}"
-                for r in batch:
-                    if r.finish_reason is None:
-                        r.finish_reason = "error"
-                        r.sink("error", self.error)
+                self._run_isolated(batch)
             finally:
                 self.running = 0
                 self._kv_used = 0
                 self.batches += 1
+                self._current = []
                 self._gauges(force=True)
+        self.abort_all("shutdown")  # whatever still waits is answered, never left hanging
+
+    def _run_isolated(self, batch: list[Request]) -> None:
+        """Run a batch; when it raises, rerun alone each request that got no token yet, so the error lands
+        on the request that causes it and not on its batch mates."""
+        try:
+            self._run(batch)
+            return
+        except Exception as e:  # one bad batch must not kill the server
+            err = e
+        retry = [r for r in batch if r.finish_reason is None and not r.token_ids and not r.cancelled]
+        if len(batch) == 1 or not retry:
+            retry = []
+        for r in batch:
+            if r.finish_reason is None and r not in retry:
+                self._fail(r, err)
+        if retry:
+            log.warning("a batch of %d failed (%s); rerunning %d request(s) one by one",
+                        len(batch), _describe(err), len(retry))
+        for r in retry:
+            if self._stop.is_set():
+                self._finish(r, "abort")
+                continue
+            self._current = [r]
+            try:
+                self._run([r])
+            except Exception as e:
+                self._fail(r, e)
+
+    def _fail(self, r: Request, err: BaseException) -> None:
+        msg = _describe(err)
+        if isinstance(err, LlmtopError):  # the engine refused this request's input: the client's fault
+            r.error_status = 400
+        else:
+            self.error = msg
+            log.warning("request %s failed: %s", r.id, msg)
+        r.finish_reason = "error"
+        self._send(r, "error", msg)
 
     def _emit(self, r: Request, tok: int, now: float) -> None:
         eng = self.engine
@@ -164,13 +263,24 @@ class Scheduler:
         if r.first_t is None:
             r.first_t = now
         r.last_t = now
-        r.sink("token", (tok, delta))
+        self._send(r, "token", (tok, delta))
+
+    def _send(self, r: Request, kind: str, payload: Any) -> None:
+        """Hand an event to a request's sink; a sink that raises cancels its own request and nothing else."""
+        try:
+            r.sink(kind, payload)
+        except Exception as e:
+            r.cancel(f"its sink failed: {_describe(e)}")
 
     def _finish(self, r: Request, reason: str) -> None:
         r.finish_reason = reason
+        if reason == "abort":
+            self.aborted += 1
+            log.info("request %s aborted after %d token(s): %s", r.id, len(r.token_ids),
+                     r.abort_reason or "server stopping")
         if self.metrics is not None:
             self.metrics.finished(r, time.perf_counter() - r.arrival)
-        r.sink("done", reason)
+        self._send(r, "done", reason)
 
     def _run(self, reqs: list[Request]) -> None:
         eng = self.engine
@@ -188,16 +298,27 @@ class Scheduler:
                 if tok is None or not live[b]:
                     continue
                 r = reqs[b]
-                if r.cancelled:  # the client went away: drop this token, free the row
+                try:
+                    if r.cancelled:  # the client went away: drop this token, free the row
+                        live[b] = False
+                        stop.append(b)
+                        self._finish(r, "abort")
+                        continue
+                    self._emit(r, tok, now)
+                    used[b] += 1
+                    if r.cancelled and finished[b] is None:  # its sink failed on this token
+                        live[b] = False
+                        stop.append(b)
+                        self._finish(r, "abort")
+                        continue
+                    if finished[b] is not None:
+                        live[b] = False
+                        self._finish(r, reasons[finished[b]])
+                except Exception as e:  # this row's detokenizing or bookkeeping failed: only this row
                     live[b] = False
                     stop.append(b)
-                    self._finish(r, "abort")
-                    continue
-                self._emit(r, tok, now)
-                used[b] += 1
-                if finished[b] is not None:
-                    live[b] = False
-                    self._finish(r, reasons[finished[b]])
+                    if r.finish_reason is None:
+                        self._fail(r, e)
             self._kv_used = sum(u for u, alive in zip(used, live, strict=True) if alive)
             self._gauges()
             return stop
@@ -214,6 +335,12 @@ class Scheduler:
                 self._finish(r, "length" if g.finish_reason == "length" else "abort")
 
     def _gauges(self, force: bool = False) -> None:
+        try:
+            self._publish_gauges(force)
+        except Exception as e:  # a gauge must never fail a request
+            log.debug("gauges: %s", _describe(e))
+
+    def _publish_gauges(self, force: bool) -> None:
         cap = self.max_batch * self.engine.max_context
         kv = self._kv_used / cap if cap else 0.0
         if self.metrics is not None:
@@ -224,3 +351,19 @@ class Scheduler:
             self.agent.publish_counters(
                 "serve", {"running": self.running, "waiting": len(self._waiting), "kv_cache": kv}
             )
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, LlmtopError) else f"{type(e).__name__}: {e}"
+
+
+def _check_sampling(sp: SamplingParams) -> None:
+    t, p, k, seed = sp.temperature, sp.top_p, sp.top_k, sp.seed
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise LlmtopError(f"temperature must be a finite number >= 0, got {t!r}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+        raise LlmtopError(f"top_p must be in (0, 1], got {p!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise LlmtopError(f"top_k must be an integer >= 0, got {k!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise LlmtopError(f"seed must be an integer in [0, 2**64), got {seed!r}")

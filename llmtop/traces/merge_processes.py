@@ -79,8 +79,11 @@ def merge_recordings(paths: Sequence[Path]) -> TraceFile:
                 item = dataclasses.replace(item, names_base=sent, new_names=list(new))
                 sent += len(new)
             yield t, item
-        for f in files:
+        for f in files:  # readers fill these while their records iterate
             warnings.extend(f.warnings)
+            merged.skipped += f.skipped
+            for k, v in f.skipped_by.items():
+                merged.skipped_by[k] = merged.skipped_by.get(k, 0) + v
 
     first = files[0].source
     extra = {**first.extra, "tracks": tracks,
@@ -88,8 +91,8 @@ def merge_recordings(paths: Sequence[Path]) -> TraceFile:
                             "instrumented": f.source.extra.get("instrumented", "")}
                            for r, f in zip(remaps, files, strict=True)]}
     source = SourceInfo(**{**dataclasses.asdict(first), "extra": extra})
-    return TraceFile(Path(paths[0]).parent, source, "llmtop", records(), warnings,
-                     skipped=sum(f.skipped for f in files))
+    merged = TraceFile(Path(paths[0]).parent, source, "llmtop", records(), warnings)
+    return merged
 
 
 __all__ = ["merge_recordings"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import heapq
 import importlib
+import inspect
 import pkgutil
 import zlib
 from collections import Counter
@@ -31,6 +32,7 @@ from llmtop.traces.recording import batch_time_ns
 from llmtop.traces.registry import ImportResult, TraceFormat, read_head, registered
 
 __all__ = [
+    "KERNEL_NAME_STYLES",
     "ImportResult",
     "TraceFile",
     "TracePaths",
@@ -46,6 +48,9 @@ __all__ = [
 ]
 
 MAX_TRACKS = 65536  # KERNEL_DTYPE.track is uint16
+# `--names`: which kernel names a format that records several kinds shows (nsys: demangledName, as
+# `nsys stats` prints them, or shortName, which merges template instances); the first is the default
+KERNEL_NAME_STYLES = ("demangled", "short")
 # what any reader may raise on bad input (a format adds its libraries' errors in TraceFormat.errors)
 _BAD_INPUT: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, UnicodeError, MemoryError)
 
@@ -97,10 +102,33 @@ def detect_format(path: str | Path) -> str:
     return format_of(path).name
 
 
-def _read(p: Path, fmt: TraceFormat, names: NameTable) -> ImportResult:
-    """One file read into `names`. Bad input -> LlmtopError with one line."""
+@functools.cache
+def _takes_kernel_names(read: Any) -> bool:
     try:
-        return fmt.read(p, names)
+        return "kernel_names" in inspect.signature(read).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _read(
+    p: Path, fmt: TraceFormat, names: NameTable, kernel_names: str = KERNEL_NAME_STYLES[0]
+) -> ImportResult:
+    """One file read into `names`. Bad input -> LlmtopError with one line.
+
+    kernel_names: a KERNEL_NAME_STYLES entry, passed to readers whose `read` takes a `kernel_names`
+    keyword (formats with one kind of name record them as they are).
+    """
+    if kernel_names not in KERNEL_NAME_STYLES:
+        raise LlmtopError(f"unknown kernel name style {kernel_names!r} (choose from "
+                          f"{', '.join(KERNEL_NAME_STYLES)})")
+    try:
+        if _takes_kernel_names(fmt.read):
+            return fmt.read(p, names, kernel_names=kernel_names)
+        res = fmt.read(p, names)
+        if kernel_names != KERNEL_NAME_STYLES[0]:
+            res.warnings.append(f"--names {kernel_names}: {fmt.label} files record one kind of kernel name; "
+                                "shown as recorded")
+        return res
     except LlmtopError:
         raise
     except (*_BAD_INPUT, *fmt.errors) as e:
@@ -108,10 +136,10 @@ def _read(p: Path, fmt: TraceFormat, names: NameTable) -> ImportResult:
         raise LlmtopError(f"{p}: cannot import {fmt.name} trace: {type(e).__name__}: {first}") from None
 
 
-def open_trace(path: str | Path) -> ImportResult:
+def open_trace(path: str | Path, *, kernel_names: str = KERNEL_NAME_STYLES[0]) -> ImportResult:
     """Read a trace file (format chosen by its content). Bad input -> LlmtopError with one line."""
     p = Path(path)
-    return _read(p, format_of(p), NameTable())
+    return _read(p, format_of(p), NameTable(), kernel_names)
 
 
 # -- several files -----------------------------------------------------------------------------
@@ -154,7 +182,7 @@ def _first_ns(b: EventBatch) -> int:
     return min(starts) if starts else -(1 << 62)  # a names-only batch goes first
 
 
-def open_traces(paths: Sequence[str | Path]) -> ImportResult:
+def open_traces(paths: Sequence[str | Path], *, kernel_names: str = KERNEL_NAME_STYLES[0]) -> ImportResult:
     """Several foreign traces (files and/or directories of them) as one ImportResult.
 
     Each file is imported on its own (its launches, steps and layers are matched within the file), into
@@ -168,13 +196,15 @@ def open_traces(paths: Sequence[str | Path]) -> ImportResult:
     names = NameTable()
     per_file: list[tuple[Path, str, SourceInfo, list[EventBatch]]] = []
     skipped = 0
+    skipped_by: Counter[str] = Counter()
     for p in files:
         fmt = format_of(p)
         if not fmt.mergeable:
             raise LlmtopError(f"{p}: {fmt.label}s cannot be merged with other files; give it alone")
-        res = _read(p, fmt, names)
+        res = _read(p, fmt, names, kernel_names)
         per_file.append((p, fmt.name, res.source, list(res.batches)))
         skipped += res.skipped
+        skipped_by.update(res.skipped_by)
         warnings.extend(f"{p.name}: {x}" for x in res.warnings)
 
     file_rank = [_rank_of(src) for _, _, src, _ in per_file]
@@ -235,7 +265,8 @@ def open_traces(paths: Sequence[str | Path]) -> ImportResult:
             "warnings": warnings,
         },
     )
-    return ImportResult(source=source, batches=merged, skipped=skipped, warnings=warnings, names=names)
+    return ImportResult(source=source, batches=merged, skipped=skipped, warnings=warnings, names=names,
+                        skipped_by=dict(skipped_by))
 
 
 def _rank_of(src: SourceInfo) -> int:
@@ -268,37 +299,39 @@ class TraceFile:
     warnings: list[str] = field(default_factory=list)
     skipped: int = 0  # events an importer could not map
     names: NameTable | None = None  # an importer's name table (its batches carry new_names as well)
+    skipped_by: dict[str, int] = field(default_factory=dict)  # why (ImportResult.skipped_by)
 
 
 TracePaths = str | Path | Sequence[str | Path]
 
 
-def open_trace_file(path: TracePaths) -> TraceFile:
+def open_trace_file(path: TracePaths, *, kernel_names: str = KERNEL_NAME_STYLES[0]) -> TraceFile:
     """Open a llmtop recording, or any trace a registered format reads; LlmtopError otherwise.
 
     Several paths, or a directory, are foreign traces merged by `open_traces` (one track per rank,
-    device and stream); `TraceFile.path` is then the directory or the first file.
+    device and stream); `TraceFile.path` is then the directory or the first file. kernel_names: one of
+    KERNEL_NAME_STYLES (`--names`).
     """
     if not isinstance(path, str | Path):
         paths = list(path)
         if len(paths) != 1:
             if not paths:
                 raise LlmtopError("no trace files given")
-            return _trace_file(Path(paths[0]), open_traces(paths))
+            return _trace_file(Path(paths[0]), open_traces(paths, kernel_names=kernel_names))
         path = paths[0]
     p = Path(path)
     if p.is_dir():
-        return _trace_file(p, open_traces([p]))
+        return _trace_file(p, open_traces([p], kernel_names=kernel_names))
     if not p.exists():
         raise LlmtopError(f"no such file: {p}")
-    return _trace_file(p, open_trace(p))
+    return _trace_file(p, open_trace(p, kernel_names=kernel_names))
 
 
 def _trace_file(p: Path, res: ImportResult) -> TraceFile:
     # res.warnings is the reader's own list: lazy readers append to it while their records iterate
     records = res.records if res.records is not None else timed_batches(res.batches)
     return TraceFile(p, res.source, res.format or res.source.backend or "import", records, res.warnings,
-                     res.skipped, res.names)
+                     res.skipped, res.names, res.skipped_by)
 
 
 def timed_batches(batches: Iterable[EventBatch]) -> Iterator[tuple[int, Item]]:

@@ -46,7 +46,10 @@ class ImportResult:
     format has timed items of its own (our recordings: batches, counters and markers with their record
     times), is the primary stream and `batches` the EventBatches among it: both draw on one pass over
     the file, so iterate one of them. `format` is what reports call the file's format ("llmtop" for
-    recordings); empty means the source's backend.
+    recordings); empty means the source's backend. `skipped` counts the records left out of every
+    number; `skipped_by` says why, reason -> count (snake_case reasons such as `malformed_record`,
+    `negative_duration`; a lazy reader fills it while iterating); what `skipped` has beyond its sum is
+    reported as `unmapped`. `warnings` are one-line notes on anything skipped, repaired or guessed.
     """
 
     source: SourceInfo
@@ -56,6 +59,7 @@ class ImportResult:
     names: NameTable = field(default_factory=NameTable)
     format: str = ""
     records: Iterator[tuple[int, Item]] | None = None
+    skipped_by: dict[str, int] = field(default_factory=dict)
 
 
 Sniff = Callable[[bytes], bool]

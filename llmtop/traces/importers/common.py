@@ -42,6 +42,10 @@ class KernelColumns:
     launch: np.ndarray  # int64 ns: host-side time used to place the kernel in steps/layers; -1 unknown
     host: np.ndarray  # int64 host key of the launch, -1 unknown
     layer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # NO_LAYER when unknown
+    # op class id per kernel (mapping.op_class_for / op_class_column: from the launching CPU op and the
+    # enclosing annotation); empty or -1 = from the kernel name alone (mapping.op_class_of). Each name
+    # then gets the class of most of its time (build_batches)
+    op_class: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def assign_steps(k: KernelColumns, steps: list[StepRange]) -> np.ndarray:
@@ -139,6 +143,14 @@ def build_batches(
         cls[li] = op_class_of(k.names[li])
     rows["name"] = gid[local_ids]
     rows["op_class"] = cls[local_ids]
+    if len(k.op_class) == n and n:
+        # per launch (launcher, annotation, name), then one class per name: the class holding most of its
+        # time (the aggregator keeps one class per name, layer and phase; a table row reads one class)
+        given = k.op_class[order]
+        per_launch = np.where(given >= 0, given, rows["op_class"]).astype(np.int64)
+        by_time = np.zeros((len(gid), len(OP_CLASS_ID)))
+        np.add.at(by_time, (local_ids, per_launch), k.dur[order] + 1.0)
+        rows["op_class"] = by_time.argmax(axis=1)[local_ids]
     rows["start_ns"] = k.start[order]
     rows["dur_ns"] = k.dur[order]
     rows["track"] = k.track[order]

@@ -16,7 +16,9 @@ from llmtop.traces.registry import ImportResult, TraceFormat, register
 
 
 def read(path: Path, names: NameTable) -> ImportResult:
-    """The file's items lazily; a cut-short tail ends them cleanly and adds one warning."""
+    """The file's items lazily. Damage adds its one-line warnings and `skipped` counts once the items
+    are through: `corrupt_record` (records skipped for a failed checksum) and `impossible_values` (rows
+    no source can produce). A cut-short tail is a warning only (the records before it are all there)."""
     reader = RecordingReader(path)
     res = ImportResult(source=reader.source, batches=(), names=names, format="llmtop")
 
@@ -28,12 +30,15 @@ def read(path: Path, names: NameTable) -> ImportResult:
                     item, bad = drop_invalid(item)
                     dropped += bad
                 yield t_ns, item
-            if reader.truncated:
-                res.warnings.append(reader.truncated)
+            res.warnings.extend(reader.problems())
+            if reader.corrupt_records:
+                res.skipped_by["corrupt_record"] = reader.corrupt_records
             if dropped:
+                res.skipped_by["impossible_values"] = dropped
                 res.warnings.append(f"{path.name}: skipped {dropped} events with impossible values (negative "
                                     "or absurd durations, unknown phase or op class)")
-            if reader.records_read == 0 and not reader.truncated:
+            res.skipped = sum(res.skipped_by.values())
+            if reader.records_read == 0 and not reader.truncated and not reader.corrupt_records:
                 res.warnings.append(f"{path.name}: the recording holds no events (only its header)")
 
     def batches(items: Iterator[tuple[int, Item]]) -> Iterator[EventBatch]:

@@ -1,13 +1,18 @@
 """How foreign trace records map onto our events: one table of rules, shared by every importer.
 
-- `op_class_of(name)`: op class from a kernel / op name (first matching rule wins, so fused kernels are
-  classed by their dominant work: an attention kernel that mentions gemm is attention, a matmul fused
-  with a norm is matmul, an add fused into a norm is a norm).
+- `op_class_for(kernel, launcher, annotation)`: op class of one kernel launch from what launched it (its
+  correlated CPU op: `aten::addmm`, `_C::rms_norm`, `c10d::allreduce_`, ...), then the annotation or module
+  around the launch (`nn.Module: LlamaRMSNorm`, an NVTX range), then the kernel name; `other` only when
+  none of them knows. Copies and collectives are what their kernel name says whoever launched them.
+- `op_class_of(name)`: the name-only path (first matching rule wins, so fused kernels are classed by their
+  dominant work: an attention kernel that mentions gemm is attention, a matmul fused with a norm is
+  matmul, an add fused into a norm is a norm, an all-reduce fused with a norm is comm).
 - `layer_of(name)`: decoder-layer index from a name (`nn.Module: LlamaDecoderLayer_12`, `layers.12`,
   `block_12`, `blk.12`, `L12`), or NO_LAYER.
 - `parse_step(name)`: step facts from a step annotation (`ProfilerStep#N`, vLLM `execute_context_N(T)_
   generation_M(T)`, SGLang `step[DECODE bs=32]`, ...), or None.
-- `Intervals`: point-in-range lookup used to put kernels into steps and layers.
+- `Intervals`: point-in-range lookup used to put kernels into steps and layers; `innermost` for the
+  innermost of nested ranges (the annotation a kernel was launched in).
 """
 
 from __future__ import annotations
@@ -21,37 +26,204 @@ import numpy as np
 
 from llmtop.events import DECODE, NO_LAYER, NS_LIMIT, OP_CLASS_ID, PREFILL
 
-# (op class, pattern) in priority order; patterns run on the lower-cased name.
-OP_CLASS_RULES: tuple[tuple[str, str], ...] = (
-    ("memcpy", r"memcpy|memset|kv_?cache_?write|store_kvcache|kv_write|kv_rearrange|reshape_and_cache"),
-    ("attention", r"flash|fmha|paged_attention|attention|sdpa|batch_decode|batch_prefill|mha_|_attn_fwd"),
-    ("sampling", r"argmax|topk|top_k|top_p|sampl|multinomial"),
-    (
-        "matmul",
-        r"gemm|gemv|cutlass|cublas|hipblas|matmul|nt_matmul|cijk_|xmma|wgmma|aten::(?:mm|bmm|addmm|linear)\b|_mm\b"
-        r"|\blinear\b|conv|scudnn|fused_ffn|_proj\b|lm_head",
-    ),
-    ("norm", r"norm"),
-    ("rope", r"rope(?!r)|rotary"),
-    ("embedding", r"embed|gather"),
-    (
-        "elementwise",
-        r"elementwise|silu|gelu|relu|swiglu|act_and_mul|activation|softmax|dropout|(?<![a-z])add(?![a-z])"
-        r"|(?<![a-z])mul(?![a-z])|aten::(?:add|mul|sub|div|neg|copy_|fill_|cat|where|clamp|exp|pow)"
-        r"|copy|fill|residual|scale",
-    ),
+# -- op classes --------------------------------------------------------------------------------------
+# Patterns run on the lower-cased name. Pieces shared by the three tables below:
+_COMM = (
+    r"nccl|rccl|nvshmem|(?<![a-z])mpi_|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|multimem"
+    r"|cross_device_reduce|quickreduce|quick_?all_?reduce|custom_?ar(?![a-z])|one_?shot_?all|two_?shot_?all"
+    r"|deep_?ep|sendrecv|send_?recv"
 )
-_OP_RULES = tuple((OP_CLASS_ID[c], re.compile(p)) for c, p in OP_CLASS_RULES)
+# MoE routing (gating softmax, top-k of experts, token sort/permute, the weighted sum back): no class of
+# its own; "other" rather than the norm (`routingRenormalize`) or sampling (`topkGating`) its words suggest
+_MOE_ROUTING = (
+    r"routing|router|moe_?align|moe_?sum|topk_?gating|gating_?softmax|topk_?softmax|moe_fused_gate"
+    r"|grouped_?topk|fused_?topk|count_and_sort_expert|expert_?(?:ids|offsets|counts?|map)|expandinputrows"
+    r"|finalize_?moe|moe::dev::finalize|moe_?permute|moe_?unpermute|permute_?tokens|unpermute"
+)
+_ATTENTION = (
+    r"flash(?!infer)|fmha|paged_?attention|attention|sdpa|scaled_dot_product|batch_?decode|batch_?prefill"
+    r"|single_?decode|single_?prefill|mha_|(?<![a-z])mha(?![a-z])|attn_fwd|attn_bwd|merge_attn|unified_attn"
+    r"|(?<![a-z])mla(?![a-z])|flashmla|(?<![a-z])xqa|sage_?(?:fwd|attn|quant)|sageattn|varlen_fwd"
+    r"|fwd_kvcache|_fa[23]_c::"
+)
+_MATMUL = (
+    r"(?<!fb)gemm|gemv|cutlass|cublas|hipblas|nvjet|(?<![a-z])bmm|matmul|nt_matmul|cijk_|xmma|wgmma|hgmma|marlin"
+    r"|machete|triton_tem_|fused_moe_kernel|aten::(?:mm|bmm|addmm|baddbmm|addbmm|linear|einsum|_scaled_mm"
+    r"|_scaled_grouped_mm|_grouped_mm|_int_mm)\b|_mm\b|\blinear\b|conv|scudnn|im2d?2?col|fused_ffn|_proj\b"
+    r"|lm_head|(?<![a-z])fc(?![a-z])"
+)
+_NORM = r"norm(?!al(?!iz))"  # rmsnorm, layer_norm, groupnorm; not normal_ (random numbers)
+_NOT_NORM = r"vector_norm|linalg|frobenius|norm_float_order"  # a reduction, not a normalization layer
+_ROPE = r"rope(?!r)|rotary|rotate_half|pos_encoding"
+_EMBEDDING = r"embed|gather|index_?select|split_eb_"
+_SAMPLING = r"argmax|topk|top_k|top_p|(?<!up)(?<!down)(?<!re)sampl(?:e|ing|er)|multinomial"
+_ELEMENTWISE = (
+    r"elementwise|silu|gelu|relu|swiglu|act_and_mul|activation|softmax|dropout|sigmoid|tanh|axpy|transpose"
+    r"|nchwtonhwc|nhwctonchw|quant|cvt_|(?<![a-z])(?:add|mul|sub|div|divide|neg|abs|exp|log2?|pow|sqrt|rsqrt"
+    r"|clamp|clip|where|cast|cat|fill|reciprocal|threshold|nan_to_num|eq|ne|gt|ge|lt|le)(?![a-z])"
+    r"|aten::(?:add|mul|sub|div|neg|copy_|fill_|cat|where|clamp|exp|pow)|copy|fill|residual|scale"
+)
+
+# Kernel (or op) names, in priority order.
+OP_CLASS_RULES: tuple[tuple[str, str], ...] = (
+    ("comm", _COMM),
+    ("memcpy", r"memcpy|memset|kv_?cache_?write|store_kvcache|kv_write|kv_rearrange|reshape_and_cache"
+               r"|(?<![a-z])dma(?![a-z])"),
+    ("attention", _ATTENTION),
+    ("matmul", _MATMUL),
+    ("other", _MOE_ROUTING),
+    ("sampling", _SAMPLING),
+    ("other", _NOT_NORM),
+    ("norm", _NORM),
+    ("rope", _ROPE),
+    ("embedding", _EMBEDDING),
+    ("elementwise", _ELEMENTWISE),
+)
+# Triton kernels that Inductor generated (`triton_poi_fused_addmm_gelu_view_26`): pointwise (poi) and
+# reduction (red, per) kernels name the ops they fused, in alphabetical order. `addmm` there is the bias
+# add of a matmul that ran elsewhere, so the matmul rules must not see it.
+_INDUCTOR = re.compile(r"^triton_(?:poi|red|per)_fused")
+INDUCTOR_RULES: tuple[tuple[str, str], ...] = (
+    ("norm", r"layer_norm|rms_norm|group_norm|batch_norm|rsqrt|(?<![a-z])mean_.*(?<![a-z])pow(?![a-z])"),
+    ("rope", r"rotary|rope(?!r)|(?<![a-z])cos_.*(?<![a-z])sin(?![a-z])"),
+    ("sampling", r"argmax|multinomial|topk"),
+    ("embedding", r"embedding"),
+    ("elementwise", r"."),
+)
+# What launched the kernel (the CPU op correlated with the launch) decides first, but only for ops whose
+# class holds for every kernel they launch: a GEMM's layout copies are the matmul, an FFT or im2col inside
+# a cuDNN convolution is the convolution. Elementwise ATen ops (aten::add) decide nothing here: inside an
+# RMSNorm module an add is part of the norm.
+LAUNCHER_RULES: tuple[tuple[str, str], ...] = (
+    ("comm", _COMM + r"|c10d::|record_param_comms|symm_mem"),
+    ("other", _MOE_ROUTING),
+    ("attention", _ATTENTION),
+    ("matmul", r"aten::(?:mm|addmm|bmm|baddbmm|addbmm|linear|matmul|einsum|_scaled_mm|_scaled_grouped_mm"
+               r"|_grouped_mm|_int_mm|conv\w*|_convolution\w*|cudnn_convolution\w*|miopen_convolution\w*"
+               r"|convolution\w*)$|gemm|gemv|scaled_mm|cutlass|marlin|machete|fused_moe|fused_experts"
+               r"|grouped_mm|_mm$"),
+    ("norm", r"(?:rms|layer|group|batch|instance)_?norm"),
+    ("rope", _ROPE),
+    ("embedding", r"aten::embedding|embedding_bag|split_embedding|vocab_?parallel_?embedding"),
+    ("memcpy", r"reshape_and_cache|kv_?cache|store_kvcache|set_kv_buffer|concat_and_cache"),
+    ("sampling", r"(?<!up)(?<!down)(?<!re)sampl(?:e|ing|er)|multinomial"),
+)
+# The annotation or module around the launch (`nn.Module: LlamaRMSNorm_3`, an NVTX or record_function
+# range): the structural classes only. A module that mixes classes (an MLP, a MoE block, a decoder layer)
+# says nothing, and neither do step annotations or torch.compile's `## Call CompiledFxGraph <hash>`.
+ANNOTATION_RULES: tuple[tuple[str, str], ...] = (
+    ("comm", _COMM + r"|c10d::|record_param_comms"),
+    ("other", r"router|moe_?gate|topk_?router|gating"),
+    ("norm", r"(?:rms|layer|group|batch|instance)_?norm"),
+    ("rope", r"rotary|rope(?!r)"),
+    ("attention", _ATTENTION + r"|(?<![a-z])attn(?![a-z_])"),
+    ("matmul", r"linear|lm_?head|(?<![a-z])(?:q|k|v|o|qkv|gate|up|down|gate_up|out)_proj(?![a-z])"
+               r"|conv|(?<![a-z])fc\d*(?![a-z])|gemm|matmul"),
+    ("embedding", r"embed"),
+    ("sampling", r"(?<!up)(?<!down)(?<!re)sampl(?:e|ing|er)"),
+    ("elementwise", r"siluandmul|geluandmul|mulandsilu|act_?fn|activation"
+                    r"|(?<![a-z])(?:silu|gelu|relu)(?![a-z])"),
+)
+_DEFINITE = re.compile(r"^(?:memcpy|memset)\b|" + _COMM)  # copies and collectives, whoever launched them
+_ANNOTATION_SKIP = re.compile(r"^## |compiledfxgraph|torch-compiled region")
+
+
+def _compile(rules: tuple[tuple[str, str], ...]) -> tuple[tuple[int, re.Pattern[str]], ...]:
+    return tuple((OP_CLASS_ID[c], re.compile(p)) for c, p in rules)
+
+
+_OP_RULES = _compile(OP_CLASS_RULES)
+_INDUCTOR_RULES = _compile(INDUCTOR_RULES)
+_LAUNCHER_RULES = _compile(LAUNCHER_RULES)
+_ANNOTATION_RULES = _compile(ANNOTATION_RULES)
 _OTHER = OP_CLASS_ID["other"]
+
+
+def _first(rules: tuple[tuple[int, re.Pattern[str]], ...], low: str) -> int | None:
+    for cls, pat in rules:
+        if pat.search(low):
+            return cls
+    return None
 
 
 @lru_cache(maxsize=65536)
 def op_class_of(name: str) -> int:
+    """Op class id from a kernel or op name alone (`other` when no rule matches)."""
     low = name.lower()
-    for cls, pat in _OP_RULES:
-        if pat.search(low):
+    cls = _first(_INDUCTOR_RULES if _INDUCTOR.match(low) else _OP_RULES, low)
+    return _OTHER if cls is None else cls
+
+
+@lru_cache(maxsize=65536)
+def launcher_class(launcher: str) -> int | None:
+    """The class a launching CPU op imposes on every kernel it launches, or None."""
+    return _first(_LAUNCHER_RULES, launcher.lower()) if launcher else None
+
+
+_PIECES = re.compile(r"[:.\s]+")
+
+
+@lru_cache(maxsize=65536)
+def annotation_class(annotation: str) -> int | None:
+    """The class an enclosing annotation / module name gives the kernels launched in it, or None. A module
+    path says most at its end: `model.layers.0.self_attn.qkv_proj: QKVParallelLinear` is a matmul."""
+    low = annotation.lower()
+    if not low or _ANNOTATION_SKIP.search(low) or parse_step(annotation) is not None:
+        return None
+    for piece in reversed(_PIECES.split(low)):
+        cls = _first(_ANNOTATION_RULES, piece) if piece else None
+        if cls is not None:
             return cls
-    return _OTHER
+    return _first(_ANNOTATION_RULES, low)
+
+
+@lru_cache(maxsize=262144)
+def op_class_for(kernel: str, launcher: str = "", annotation: str = "") -> int:
+    """Op class id of one kernel launch: copies and collectives by their name; then the launching CPU op
+    (`launcher`, e.g. `aten::addmm`), the innermost enclosing annotation or module (`annotation`), the
+    kernel name, and last any class the launcher's own name suggests (`aten::add` -> elementwise);
+    `other` only when none of them knows."""
+    low = kernel.lower()
+    if _DEFINITE.search(low):
+        return op_class_of(kernel)
+    cls = launcher_class(launcher)
+    if cls is None:
+        cls = annotation_class(annotation)
+    if cls is None:
+        cls = op_class_of(kernel)
+        if cls == _OTHER and launcher:
+            cls = op_class_of(launcher)
+    return cls
+
+
+def op_class_column(
+    names: list[str],
+    name: np.ndarray,
+    launchers: list[str] | None = None,
+    launcher: np.ndarray | None = None,
+    annotations: list[str] | None = None,
+    annotation: np.ndarray | None = None,
+) -> np.ndarray:
+    """`op_class_for` over columns: kernel name ids into `names`, launcher and annotation ids into their
+    lists (-1 = none). Each distinct (name, launcher, annotation) triple is classified once."""
+    n = len(name)
+    lau = launcher if launcher is not None and len(launcher) == n else np.full(n, -1, dtype=np.int64)
+    ann = annotation if annotation is not None and len(annotation) == n else np.full(n, -1, dtype=np.int64)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    lnames, anames = launchers or [], annotations or []
+    nl, na = len(lnames) + 1, len(anames) + 1
+    if (len(names) + 1) * nl * na < 1 << 62:  # one int64 key per launch: a 1-d unique is much faster
+        keys, inv = np.unique((name.astype(np.int64) * nl + lau + 1) * na + ann + 1, return_inverse=True)
+        triples = np.stack([keys // na // nl, keys // na % nl - 1, keys % na - 1], axis=1)
+    else:
+        triples, inv = np.unique(np.stack([name, lau, ann], axis=1).astype(np.int64), axis=0,
+                                 return_inverse=True)
+    cls = np.array([
+        op_class_for(names[a], lnames[b] if b >= 0 else "", anames[c] if c >= 0 else "")
+        for a, b, c in triples.tolist()
+    ], dtype=np.int64)
+    return cls[inv.reshape(-1)]
 
 
 _LAYER_RES = (
@@ -180,6 +352,35 @@ class Intervals:
         ok &= t < self.ends[idx_c]
         out[ok] = self.values[idx_c[ok]]
         return out
+
+
+def innermost(starts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> Intervals:
+    """Nested [start, end) ranges (NVTX push/pop, record_function) flattened so that `lookup(t)` gives
+    the innermost range holding t (where `Intervals` keeps the outermost). A range that outlives the
+    range it starts in is cut at its parent's end."""
+    order = np.lexsort((-ends, starts))
+    out: list[tuple[int, int, int]] = []
+    stack: list[tuple[int, int]] = []  # (end, value), innermost last
+    cur = 0
+    for s, e, v in zip(starts[order].tolist(), ends[order].tolist(), values[order].tolist(), strict=True):
+        while stack and stack[-1][0] <= s:
+            end, val = stack.pop()
+            if end > cur:
+                out.append((cur, end, val))
+            cur = max(cur, end)
+        if stack and s > cur:
+            out.append((cur, s, stack[-1][1]))
+        if stack:
+            e = min(e, stack[-1][0])
+        stack.append((e, v))
+        cur = s
+    while stack:
+        end, val = stack.pop()
+        if end > cur:
+            out.append((cur, end, val))
+        cur = max(cur, end)
+    a = np.array(out, dtype=np.int64).reshape(-1, 3)
+    return Intervals(a[:, 0], a[:, 1], a[:, 2])
 
 
 def us_to_ns(v: object) -> int:

@@ -2,15 +2,21 @@
 
 Opened read-only. Columns are looked up with PRAGMA table_info, so old (text in NVTX_EVENTS.text, names
 in StringIds via shortName/demangledName) and new exports (NVTX textId, `name` columns, missing tables)
-both work. Kernels, memcpys and memsets become rows; track = (device, stream). The runtime call with the
-same correlationId gives the host thread and time of the launch, which place the kernel in NVTX ranges:
+both work. Kernels, memcpys and memsets become rows; track = (device, stream). Kernel names are the
+demangled names, as `nsys stats --report cuda_gpu_kern_sum` prints them, so template instances stay
+apart (`kernel_names="short"`: shortName, which merges them). The runtime call with the same
+correlationId gives the host thread and time of the launch, which place the kernel in NVTX ranges:
 ranges named like steps (mapping.parse_step) are steps, else the outermost ranges that launch kernels;
-ranges with layer tokens give layers, then layer tokens in kernel names.
+ranges with layer tokens give layers, then layer tokens in kernel names. The innermost range around the
+launch classes the kernel (mapping.op_class_for): a range named like a CPU op (`aten::addmm, seq = 3`,
+from torch's emit_nvtx) is its launcher, any other its annotation; the demangled name does the rest.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +24,32 @@ import numpy as np
 from llmtop.errors import LlmtopError
 from llmtop.events import NO_LAYER, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
-from llmtop.traces.importers.mapping import Intervals, StepFacts, layer_of, merge_facts, parse_step
+from llmtop.traces.importers.mapping import (
+    Intervals,
+    StepFacts,
+    innermost,
+    layer_of,
+    merge_facts,
+    op_class_column,
+    parse_step,
+)
 from llmtop.traces.registry import ImportResult, TraceFormat, register
 
 NVTX_RANGE_TYPES = (59, 60, 70, 71)  # push/pop, start/end (and their payload variants)
+# kernel name columns by --names style, best first (old exports lack some)
+NAME_COLUMNS = {"demangled": ("demangledName", "shortName", "mangledName"),
+                "short": ("shortName", "demangledName", "mangledName")}
+_CPU_OP = re.compile(r"^([A-Za-z_][\w.]*::[\w.]+)(?:,|$)")  # emit_nvtx: "aten::addmm, seq = 12, sizes = ..."
 
 
 def _cols(con: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
 
-def import_nsys(path: Path, names: NameTable) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
+def import_nsys(
+    path: Path, names: NameTable, kernel_names: str = "demangled"
+) -> tuple[SourceInfo, list[EventBatch], Counter[str], list[str]]:
+    """(source, batches, skipped records by reason, warnings)."""
     uri = "file:" + str(path.resolve()).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
     try:
         con = sqlite3.connect(uri, uri=True)
@@ -36,14 +57,14 @@ def import_nsys(path: Path, names: NameTable) -> tuple[SourceInfo, list[EventBat
     except sqlite3.DatabaseError as e:
         raise LlmtopError(f"{path}: unreadable SQLite file ({e})") from None
     try:
-        return _read(con, tables, path, names)
+        return _read(con, tables, path, names, NAME_COLUMNS.get(kernel_names, NAME_COLUMNS["demangled"]))
     finally:
         con.close()
 
 
 def _read(
-    con: sqlite3.Connection, tables: set[str], path: Path, names: NameTable
-) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
+    con: sqlite3.Connection, tables: set[str], path: Path, names: NameTable, name_cols: tuple[str, ...]
+) -> tuple[SourceInfo, list[EventBatch], Counter[str], list[str]]:
     kernel_tables = [
         t
         for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET")
@@ -64,28 +85,44 @@ def _read(
             local_names.append(s)
         return i
 
-    cols_k: dict[str, list[np.ndarray]] = {c: [] for c in ("name", "start", "dur", "dev", "stream", "corr")}
-    skipped = 0
+    keys = ("name", "cname", "start", "dur", "dev", "stream", "corr")
+    cols_k: dict[str, list[np.ndarray]] = {c: [] for c in keys}
+    skipped: Counter[str] = Counter()
+
+    def kernel_name(v: object) -> str:
+        return strings.get(v, f"kernel#{v}") if isinstance(v, int) else str(v)
+
     for t in kernel_tables:
         c = _cols(con, t)
         need = {"start", "end", "deviceId", "streamId", "correlationId"}
         if not need <= c:
-            warnings.append(f"{t} lacks {sorted(need - c)}; skipped")
+            n_rows = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            warnings.append(f"{t} lacks {sorted(need - c)}: its {n_rows} records were skipped")
+            skipped["table_without_times"] += n_rows
             continue
         if t.endswith("KERNEL"):
-            name_col = next((n for n in ("shortName", "demangledName", "mangledName") if n in c), None)
-            if name_col is None:
-                warnings.append(f"{t} has no name column; skipped")
+            have = [n for n in name_cols if n in c]
+            if not have:
+                n_rows = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                warnings.append(f"{t} has no name column: its {n_rows} kernels were skipped")
+                skipped["kernel_without_name"] += n_rows
                 continue
-            name_expr = name_col
+            if have[0] != name_cols[0]:
+                warnings.append(f"{t} has no {name_cols[0]} column: kernel names are its {have[0]}")
+            # shown name; the class comes from the demangled name, which says the most
+            name_expr = have[0]
+            class_expr = next((n for n in NAME_COLUMNS["demangled"] if n in c), have[0])
         elif t.endswith("MEMCPY"):
-            name_expr = "copyKind" if "copyKind" in c else "NULL"
+            name_expr = class_expr = "copyKind" if "copyKind" in c else "NULL"
         else:
-            name_expr = "NULL"
+            name_expr = class_expr = "NULL"
         q = (
-            f"SELECT {name_expr}, start, end, deviceId, streamId, correlationId FROM {t} "
+            f"SELECT {name_expr}, start, end, deviceId, streamId, correlationId, {class_expr} FROM {t} "
             "WHERE start IS NOT NULL AND end IS NOT NULL"
         )
+        n_null = con.execute(f"SELECT count(*) FROM {t} WHERE start IS NULL OR end IS NULL").fetchone()[0]
+        if n_null:
+            skipped["missing_time"] += n_null
         cur = con.execute(q)
         copy_kinds = {1: "Memcpy HtoD", 2: "Memcpy DtoH", 8: "Memcpy DtoD", 10: "Memcpy PtoP"}
         while True:
@@ -94,21 +131,25 @@ def _read(
                 break
             ok_rows = []
             for r in rows:
-                if not all(isinstance(v, int) for v in r[1:5]) or r[2] < r[1]:
-                    skipped += 1
+                if not all(isinstance(v, int) for v in r[1:5]):
+                    skipped["malformed_record"] += 1
+                    continue
+                if r[2] < r[1]:
+                    skipped["negative_duration"] += 1
                     continue
                 if t.endswith("KERNEL"):
-                    nm = strings.get(r[0], f"kernel#{r[0]}") if isinstance(r[0], int) else str(r[0])
+                    nm = kernel_name(r[0])
+                    cn = nm if r[6] == r[0] else kernel_name(r[6])
                 elif t.endswith("MEMCPY"):
-                    nm = copy_kinds.get(r[0], "Memcpy") if isinstance(r[0], int) else "Memcpy"
+                    nm = cn = copy_kinds.get(r[0], "Memcpy") if isinstance(r[0], int) else "Memcpy"
                 else:
-                    nm = "Memset"
+                    nm = cn = "Memset"
                 ok_rows.append(
-                    (lid(nm), r[1], r[2] - r[1], r[3], r[4], r[5] if isinstance(r[5], int) else -1)
+                    (lid(nm), lid(cn), r[1], r[2] - r[1], r[3], r[4], r[5] if isinstance(r[5], int) else -1)
                 )
             if ok_rows:
                 a = np.array(ok_rows, dtype=np.int64)
-                for j, key in enumerate(("name", "start", "dur", "dev", "stream", "corr")):
+                for j, key in enumerate(keys):
                     cols_k[key].append(a[:, j])
     if not cols_k["start"]:
         raise LlmtopError(f"{path}: Nsight Systems export without kernel/memcpy/memset records")
@@ -139,6 +180,9 @@ def _read(
     # NVTX ranges
     steps: list[StepRange] = []
     layer = np.full(len(k["start"]), NO_LAYER, dtype=np.int64)
+    launcher = np.full(len(k["start"]), -1, dtype=np.int64)  # innermost CPU-op range: index into labels
+    annotation = np.full(len(k["start"]), -1, dtype=np.int64)  # innermost other range
+    labels: list[str] = []
     step_source = "none"
     if "NVTX_EVENTS" in tables:
         c = _cols(con, "NVTX_EVENTS")
@@ -154,6 +198,7 @@ def _read(
             label = tx if isinstance(tx, str) else strings.get(tx_id, "") if isinstance(tx_id, int) else ""
             if isinstance(s, int) and isinstance(e, int) and e >= s:
                 rng.append((s, e, label, g if isinstance(g, int) else 0))
+        _innermost_ranges(rng, launch, host, launcher, annotation, labels)
         lay = [(s, e, layer_of(lb), g) for s, e, lb, g in rng if layer_of(lb) != NO_LAYER]
         for g in {r[3] for r in lay}:
             sel = [r for r in lay if r[3] == g]
@@ -191,8 +236,10 @@ def _read(
 
     tk = np.stack([k["dev"], k["stream"]], axis=1)
     uniq, track = np.unique(tk, axis=0, return_inverse=True)
+    op_class = op_class_column(local_names, k["cname"], labels, launcher, labels, annotation)
     kc = KernelColumns(
-        local_names, k["name"], k["start"], k["dur"], track.reshape(-1).astype(np.int64), launch, host, layer
+        local_names, k["name"], k["start"], k["dur"], track.reshape(-1).astype(np.int64), launch, host, layer,
+        op_class,
     )
     batches, info = build_batches(kc, steps, names)
 
@@ -209,8 +256,13 @@ def _read(
         warnings.append(f"no layer ranges: {n_layers} layers inferred from the repeating kernel pattern")
     if not steps:
         warnings.append("no NVTX ranges around kernel launches: kernels have no step")
-    if skipped:
-        warnings.append(f"{skipped} records with missing or malformed fields were skipped")
+    if info["kernels_outside_steps"] and steps:
+        warnings.append(f"{info['kernels_outside_steps']} of {info['kernels']} kernels and copies were "
+                        "launched outside every step range: they count in the kernel table, not in per-step "
+                        "figures")
+    for reason, n in sorted(skipped.items()):
+        if reason in ("missing_time", "malformed_record", "negative_duration"):
+            warnings.append(f"{n} records skipped: {reason.replace('_', ' ')}")
     source = SourceInfo(
         kind="import",
         backend="nsys",
@@ -224,8 +276,9 @@ def _read(
             "tracks": [
                 {"track": i, "device": int(d), "stream": int(s)} for i, (d, s) in enumerate(uniq.tolist())
             ],
-            "skipped": skipped,
+            "skipped": sum(skipped.values()),
             "warnings": warnings,
+            "kernel_names": name_cols[0],
             "schema_version": version,
             "step_source": step_source,
             "kernels_outside_steps": info["kernels_outside_steps"],
@@ -242,9 +295,34 @@ def sniff(head: bytes) -> bool:
     return head.startswith(SQLITE_MAGIC)
 
 
-def read(path: Path, names: NameTable) -> ImportResult:
-    source, batches, skipped, warnings = import_nsys(path, names)
-    return ImportResult(source, batches, skipped, warnings, names)
+def read(path: Path, names: NameTable, kernel_names: str = "demangled") -> ImportResult:
+    source, batches, skipped, warnings = import_nsys(path, names, kernel_names)
+    return ImportResult(source, batches, sum(skipped.values()), warnings, names, skipped_by=dict(skipped))
+
+
+def _innermost_ranges(
+    rng: list[tuple[int, int, str, int]], launch: np.ndarray, host: np.ndarray, launcher: np.ndarray,
+    annotation: np.ndarray, labels: list[str],
+) -> None:
+    """Fill `launcher` / `annotation` (indices into `labels`) with the innermost NVTX range around each
+    kernel's launch on its thread: CPU-op ranges (emit_nvtx) and other ranges separately."""
+    label_id: dict[str, int] = {}
+    per: dict[tuple[int, bool], list[tuple[int, int, int]]] = {}
+    for s, e, lb, g in rng:
+        m = _CPU_OP.match(lb)
+        text = m.group(1) if m else lb
+        i = label_id.get(text)
+        if i is None:
+            i = label_id[text] = len(labels)
+            labels.append(text)
+        per.setdefault((g, m is not None), []).append((s, e, i))
+    for (g, is_op), rows in per.items():
+        m = (host == g) & (launch >= 0)
+        if not m.any():
+            continue
+        a = np.array(rows, dtype=np.int64)
+        out = launcher if is_op else annotation
+        out[m] = innermost(a[:, 0], a[:, 1], a[:, 2]).lookup(launch[m], -1)
 
 
 FORMAT = register(TraceFormat("nsys", "nsys SQLite", sniff, read, priority=5, gzip=False,
