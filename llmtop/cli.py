@@ -228,7 +228,10 @@ def run_once(args: argparse.Namespace) -> int:
     prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
     res = once(build_engine(args), prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
                sampling=_sampling(args), chat=not args.no_chat, record=args.record, window_s=args.window)
-    print(render_once(res, args.format, wide=args.wide), end="")
+    print(render_once(res, args.format, wide=args.wide), end="", flush=True)
+    if res.recording_error:  # the report above is whole; the file is not: a script must not trust it
+        print(f"llmtop: error: {res.recording_error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtop.collectors.engine import EngineCollector
-from llmtop.collectors.pipeline import live_pipeline
+from llmtop.collectors.pipeline import RECORDING_STOPPED, live_pipeline
 from llmtop.errors import LlmtopError
 from llmtop.kernels.base import SamplingParams
 from llmtop.model.engine import Engine, Generation
@@ -28,6 +28,7 @@ class OnceResult:
     generations: list[Generation]
     prompts: list[str]
     wall_s: float
+    recording_error: str | None = None  # --record failed mid-run (disk full): the report is still whole
 
 
 def run_once(engine: Engine, prompts: list[str], *, batch: int, max_new_tokens: int,
@@ -49,12 +50,18 @@ def run_once(engine: Engine, prompts: list[str], *, batch: int, max_new_tokens: 
         if isinstance(failure, LlmtopError):
             raise failure
         errors = pipeline.status().errors
+        rec_err = [e for e in errors if e.startswith(RECORDING_STOPPED)]
+        errors = [e for e in errors if not e.startswith(RECORDING_STOPPED)]
         if failure is not None or errors:
             raise LlmtopError("; ".join(errors) or f"{type(failure).__name__}: {failure}")
     finally:
         engine.ops.close()
     wall = time.perf_counter() - t0
-    return OnceResult(dict(agg.snapshot(mode="cumulative").report), gens, prompts, wall)
+    report = dict(agg.snapshot(mode="cumulative").report)
+    if rec_err:  # the measurement is whole; only the file is short: say so where scripts look
+        report = with_notes(report, [f"{rec_err[0]}; the report is complete, the recording holds what was "
+                                     "written before"])
+    return OnceResult(report, gens, prompts, wall, rec_err[0] if rec_err else None)
 
 
 def render_once(res: OnceResult, fmt: str, *, wide: bool = False) -> str:

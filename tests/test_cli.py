@@ -334,3 +334,28 @@ def test_once_record_survives_sigterm_and_sigkill(tmp_path: Path, sig: str) -> N
     rc, out, err = run_cli("report", str(rec), "--format", "json")
     assert rc == 0, err
     assert json.loads(out)["tokens"]["decode_steps"] > 0
+
+
+def test_once_record_on_a_full_disk_still_prints_the_whole_report(tmp_path: Path) -> None:
+    """The recording's file hits a size limit mid-run (RLIMIT_FSIZE: writes fail with EFBIG, as on a full
+    disk; Python ignores SIGXFSZ): --once still prints the whole report, names the failure under
+    `warnings` and on stderr, exits 1, and the file keeps what was written before."""
+    import resource
+
+    rec = tmp_path / "full.llmtop"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    p = subprocess.run([sys.executable, "-m", "llmtop", "--once", "--backend", "cpu", "--prompt",
+                        "Count to one hundred.", "--max-new-tokens", "48", "--ignore-eos", "--format", "json",
+                        "--record", str(rec)], capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert p.returncode == 1, p.stderr
+    rep = json.loads(p.stdout)  # stdout is a pipe: not under the file size limit
+    assert rep["tokens"]["generated"] == 48
+    assert any("File too large" in w and "report is complete" in w for w in rep["warnings"])
+    assert p.stderr.strip().splitlines()[-1].startswith("llmtop: error: recording stopped")
+    assert "Traceback" not in p.stderr
+    assert 0 < rec.stat().st_size <= 8192
+    rc, out, err = run_cli("report", str(rec), "--format", "json")
+    assert rc == 0 and json.loads(out)["warnings"], err  # what was written reads, cut short

@@ -62,6 +62,9 @@ class Recorder(Protocol):
     def close(self) -> None: ...
 
 
+RECORDING_STOPPED = "recording stopped"  # prefix of the error a failed --record writer leaves (disk full)
+
+
 @dataclass(slots=True, frozen=True)
 class PipelineStatus:
     """Everything the header and the device strip show about the pipeline, built in one place."""
@@ -247,7 +250,7 @@ class Pipeline:
                 for item in items:
                     self.writer.write(item)
             except (LlmtopError, OSError) as e:
-                self._error(f"recording stopped: {e}")
+                self._error(f"{RECORDING_STOPPED}: {e}")
                 self.writer.close()
                 self.writer = None
 

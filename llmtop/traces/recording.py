@@ -32,6 +32,7 @@ name; names lost anyway come back as `<lost name N>` so that later batches stay 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -148,9 +149,14 @@ class RecordingWriter:
         self._dirty = False
         self._last_flush = time.monotonic()
         self._closed = False
-        self._write_raw(_FILE_HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(hdr)) + hdr
-                        + _U32.pack(zlib.crc32(hdr)))
-        self.flush()
+        self.error: str | None = None  # the first write/flush failure (disk full): later writes refuse
+        try:
+            self._write_raw(_FILE_HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(hdr)) + hdr
+                            + _U32.pack(zlib.crc32(hdr)))
+            self.flush()
+        except OSError as e:
+            self._f.close()
+            raise LlmtopError(f"cannot write recording {self.path}: {e.strerror or e}") from None
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="llmtop-record-flush", daemon=True)
         self._flusher.start()
@@ -221,7 +227,13 @@ class RecordingWriter:
                 self._flush_locked()
 
     def _flush_locked(self) -> None:
-        self._f.flush()  # to the OS: survives kill -9 of this process (not a power cut)
+        if self.error is not None:
+            raise LlmtopError(self.error)
+        try:
+            self._f.flush()  # to the OS: survives kill -9 of this process (not a power cut)
+        except OSError as e:  # disk full, file size limit: remembered, and every later write refuses
+            self.error = f"cannot write recording {self.path}: {e.strerror or e}"
+            raise LlmtopError(self.error) from None
         self._dirty = False
         self._last_flush = time.monotonic()
 
@@ -236,7 +248,10 @@ class RecordingWriter:
                 if self._closed:
                     return
                 if self._dirty and time.monotonic() - self._last_flush >= self.flush_interval / 2:
-                    self._flush_locked()
+                    try:
+                        self._flush_locked()
+                    except LlmtopError:  # kept in self.error: the next write() reports it
+                        return
 
     def close(self) -> None:
         self._stop.set()
@@ -244,8 +259,14 @@ class RecordingWriter:
             if self._closed:
                 return
             self._closed = True
-            self._f.flush()
-            self._f.close()
+            try:
+                if self.error is None:
+                    self._f.flush()
+            except OSError as e:
+                self.error = f"cannot write recording {self.path}: {e.strerror or e}"
+            finally:
+                with contextlib.suppress(OSError):  # a close that flushes into a full disk
+                    self._f.close()
         if self._flusher is not threading.current_thread():
             self._flusher.join(1.0)
 
