@@ -189,7 +189,7 @@ def test_nsys_sqlite_against_sql() -> None:
         n, tot = n + c, tot + (s or 0)
     top_kernel = con.execute(
         "SELECT s.value, SUM(k.end - k.start) AS t FROM CUPTI_ACTIVITY_KIND_KERNEL k "
-        "JOIN StringIds s ON s.id = k.shortName GROUP BY s.value ORDER BY t DESC LIMIT 1"
+        "JOIN StringIds s ON s.id = k.demangledName GROUP BY s.value ORDER BY t DESC LIMIT 1"
     ).fetchone()[0]
     n_kernels = con.execute("SELECT COUNT(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
     saxpy_ranges = con.execute(
@@ -385,3 +385,133 @@ def test_gzip_files_are_sniffed_inside_where_the_format_says_so(tmp_path: Path) 
     with pytest.raises(LlmtopError, match="not an llmtop recording") as e:
         open_trace_file(r)
     assert "\n" not in str(e.value)
+
+
+# -- what launched a kernel decides its op class (issue 13) -------------------------------------------
+def _x(cat: str, name: str, ts: float, dur: float, pid: int = 1, tid: int = 1, **args: object) -> dict:
+    e: dict = {"ph": "X", "cat": cat, "name": name, "pid": pid, "tid": tid, "ts": ts, "dur": dur}
+    if args:
+        e["args"] = args
+    return e
+
+
+def test_launching_cpu_op_and_enclosing_annotation_decide_the_op_class(tmp_path: Path) -> None:
+    k = {"device": 0, "stream": 7}
+    events = [
+        _x("cpu_op", "aten::linear", 100, 50),
+        _x("cpu_op", "aten::t", 101, 2),  # a sibling that ended before the launch
+        _x("cpu_op", "aten::addmm", 105, 20),
+        _x("cuda_runtime", "cudaLaunchKernel", 110, 3, correlation=1),  # innermost: aten::addmm
+        _x("cuda_runtime", "cudaLaunchKernel", 130, 3, correlation=2),  # innermost: aten::linear
+        _x("user_annotation", "my_rms_norm_block", 200, 50),
+        _x("cuda_runtime", "cudaLaunchKernel", 210, 3, correlation=3),  # no cpu_op: the annotation
+        _x("cpu_op", "aten::add", 300, 10),
+        _x("cuda_runtime", "cudaLaunchKernel", 302, 3, correlation=4),  # the launcher's own class, last
+        _x("gpu_user_annotation", "attention_region", 390, 40, pid=0, tid=7, **k),
+        _x("kernel", "kernel_a", 120, 5, pid=0, tid=7, correlation=1, **k),
+        _x("kernel", "kernel_b", 140, 5, pid=0, tid=7, correlation=2, **k),
+        _x("kernel", "kernel_c", 220, 5, pid=0, tid=7, correlation=3, **k),
+        _x("kernel", "kernel_e", 310, 5, pid=0, tid=7, correlation=4, **k),
+        _x("kernel", "kernel_d", 400, 5, pid=0, tid=7, correlation=99, **k),  # no launch: gpu annotation
+    ]
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"traceEvents": events}))
+    ks, _, names = collect(open_trace(p))
+    got = {names[int(r["name"])]: int(r["op_class"]) for r in ks}
+    want = {"kernel_a": "matmul", "kernel_b": "matmul", "kernel_c": "norm", "kernel_d": "attention",
+            "kernel_e": "elementwise"}
+    assert got == {n: OP_CLASS_ID[c] for n, c in want.items()}
+
+
+def test_device_work_of_other_accelerators(tmp_path: Path) -> None:
+    """MTIA, XPU and HPU categories are device work; a device-looking category that llmtop does not
+    know is named in a warning with its count, and counted under skipped."""
+    mtia = [
+        _x("cpu_op", "aten::mm", 100, 50, pid=5, tid=5),
+        _x("mtia_runtime", "runFunction - job_prep_and_submit_for_execution", 110, 5, pid=5, tid=5,
+           correlation=1),
+        _x("mtia_ccp_events", "fc-dtype_Float", 120, 7, pid=9, tid=4, correlation=1, stream=102),
+        _x("mtia_ccp_events", "dma_request", 130, 3, pid=9, tid=801, direction="DEVICE_TO_HOST"),
+        _x("mtia_insight", "some_device_counter", 130, 3, pid=9, tid=4),
+        _x("mtia_insight", "some_device_counter", 140, 3, pid=9, tid=4),
+        _x("npu_thing", "x", 150, 3, pid=9, tid=4),
+        _x("cuda_sync", "cudaDeviceSynchronize", 160, 1, pid=5, tid=5),  # host side: not named
+    ]
+    p = tmp_path / "mtia.json"
+    p.write_text(json.dumps({"deviceProperties": [], "traceEvents": mtia}))
+    r = open_trace(p)
+    ks, _, names = collect(r)
+    assert sorted(names[int(i)] for i in ks["name"]) == ["dma_request", "fc-dtype_Float"]
+    cls = {names[int(k["name"])]: int(k["op_class"]) for k in ks}
+    assert cls == {"fc-dtype_Float": OP_CLASS_ID["matmul"], "dma_request": OP_CLASS_ID["memcpy"]}
+    assert r.source.device.startswith("MTIA")
+    assert r.skipped_by == {"unknown_device_category": 3}
+    w = [x for x in r.warnings if "look like device work" in x]
+    assert len(w) == 1 and "'mtia_insight' (2)" in w[0] and "'npu_thing' (1)" in w[0]
+    assert "cuda_sync" not in w[0]
+
+    xpu = [
+        _x("cpu_op", "aten::addmm", 100, 50),
+        _x("xpu_runtime", "piKernelLaunch", 110, 5, correlation=7),
+        _x("kernel", "gemm_kernel", 120, 7, pid=0, tid=3, correlation=7, device=0, stream=3),
+        _x("gpu_memcpy", "Memcpy M2D", 130, 2, pid=0, tid=3, correlation=8, device=0, stream=3),
+    ]
+    p = tmp_path / "xpu.json"
+    p.write_text(json.dumps({"deviceProperties": [{"id": 0, "name": "Intel(R) Data Center GPU Max 1550"}],
+                             "traceEvents": xpu}))
+    r = open_trace(p)
+    ks, _, names = collect(r)
+    assert len(ks) == 2 and r.source.device == "Intel(R) Data Center GPU Max 1550" and not r.skipped_by
+
+    rocm = [  # the kernel runs after its step ended: only the hip_runtime launch puts it in the step
+        _x("user_annotation", "ProfilerStep#1", 90, 70),
+        _x("cpu_op", "aten::mm", 100, 50),
+        _x("hip_runtime", "hipExtModuleLaunchKernel", 110, 5, correlation=3),
+        _x("kernel", "kernel_x", 300, 7, pid=2, tid=1, correlation=3, device=0, stream=1),
+    ]
+    p = tmp_path / "rocm.json"
+    p.write_text(json.dumps({"traceEvents": rocm}))
+    ks, st, _ = collect(open_trace(p))
+    assert len(ks) == 1 and int(ks["op_class"][0]) == OP_CLASS_ID["matmul"]  # from aten::mm
+    assert len(st) == 1 and ks["step"][0] == st["step"][0]
+
+    only_unknown = [_x("cpu_op", "aten::mm", 100, 50), _x("hpu_graph_kernel", "k", 110, 5, pid=2, tid=1)]
+    p = tmp_path / "cpu.json"
+    p.write_text(json.dumps({"traceEvents": only_unknown}))
+    r = open_trace(p)
+    assert any("'hpu_graph_kernel' (1)" in x and "only the CPU side" in x for x in r.warnings)
+    assert r.skipped_by == {"unknown_device_category": 1}
+
+
+def test_rank_from_distributed_info_after_the_events(tmp_path: Path) -> None:
+    k = {"device": 0, "stream": 7}
+    events = [_x("cuda_runtime", "cudaLaunchKernel", 10, 1, correlation=1),
+              _x("kernel", "gemm", 12, 2, pid=0, tid=7, correlation=1, **k)]
+    for order in ("before", "after"):
+        doc = {"traceEvents": events, "distributedInfo": {"rank": 3, "world_size": 4}}
+        if order == "before":
+            doc = {"distributedInfo": doc["distributedInfo"], "traceEvents": events}
+        p = tmp_path / f"{order}.json"
+        p.write_text(json.dumps(doc))
+        r = open_trace(p)
+        assert sum(len(b.kernels) for b in r.batches) == 1
+        assert r.source.extra["ranks"] == [3] and [t["rank"] for t in r.source.extra["tracks"]] == [3]
+
+
+def test_kernels_without_correlation_follow_their_ac2g_flow(tmp_path: Path) -> None:
+    """Old traces: the kernel's launch is found through the flow that ends on it."""
+    events = [
+        _x("user_annotation", "ProfilerStep#1", 90, 70),
+        _x("cpu_op", "aten::mm", 100, 50),
+        _x("cuda_runtime", "cudaLaunchKernel", 110, 5, correlation=41),
+        {"ph": "s", "id": 41, "pid": 1, "tid": 1, "ts": 110, "cat": "ac2g", "name": "ac2g"},
+        _x("kernel", "kernel_x", 300, 7, pid=0, tid=7),  # no args: device/stream from pid/tid
+        {"ph": "f", "id": 41, "pid": 0, "tid": 7, "ts": 300, "cat": "ac2g", "name": "ac2g", "bp": "e"},
+        _x("kernel", "kernel_y", 400, 7, pid=0, tid=7),  # no flow: no launch, no launcher
+    ]
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(events))
+    ks, st, names = collect(open_trace(p))
+    got = {names[int(k["name"])]: (int(k["step"]), int(k["op_class"])) for k in ks}
+    assert got["kernel_x"] == (int(st["step"][0]), OP_CLASS_ID["matmul"])  # the launch placed it, aten::mm
+    assert got["kernel_y"][1] == OP_CLASS_ID["other"]

@@ -9,7 +9,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -218,3 +220,97 @@ def test_control_characters_in_names_never_reach_the_terminal(tmp_path: Path) ->
         assert r.returncode == 0, r.stderr
         assert not any(c in r.stdout for c in "\x1b\x07\x9b"), fmt
         assert "gemm" in r.stdout
+
+
+# -- the JSON reader on damaged documents (issue 13) ---------------------------------------------------
+def _complete_prefix(text: str) -> int:
+    """How many traceEvents elements are complete in a cut Object-form document (stdlib, one by one)."""
+    dec = json.JSONDecoder()
+    i = text.index("[", text.index('"traceEvents"')) + 1
+    n = 0
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return n
+        try:
+            _, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return n
+        n += 1
+
+
+def test_cut_anywhere_keeps_every_complete_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Object and Array form cut at many places (with small chunks): the events before the cut, a warning."""
+    from llmtop.traces import json_stream
+    from llmtop.traces.json_stream import WalkStatus, walk
+
+    monkeypatch.setattr(json_stream, "CHUNK_BYTES", 300)
+    events = json.loads(HTA_RAW)["traceEvents"][:60]
+    text = json.dumps({"schemaVersion": 1, "deviceProperties": [{"id": 0, "name": "}, {"}],
+                       "traceEvents": events, "traceName": "x"}, indent=1)
+    for cut in range(0, len(text), 97):
+        st = WalkStatus()
+        got = [x for k, v in walk(text[:cut].encode(), "traceEvents", Any, ("deviceProperties",), st)
+               if k == "items" for x in v]
+        if '"traceEvents"' in text[:cut] and "[" in text[text.index('"traceEvents"'):cut]:
+            assert got == events[: _complete_prefix(text[:cut])], cut
+            assert st.truncated, cut
+    arr = json.dumps(events)
+    for cut in range(1, len(arr), 131):
+        st = WalkStatus()
+        got = [x for k, v in walk(arr[:cut].encode(), "traceEvents", Any, (), st) if k == "items" for x in v]
+        assert st.truncated and got == events[: len(got)] and len(got) >= len(events) * cut // len(arr) - 2
+
+
+def test_a_large_truncated_trace_imports_its_prefix_quickly(tmp_path: Path) -> None:
+    """The recovery path is linear: a 20 MB document cut in the middle of its events."""
+    ev = ('{"ph": "X", "cat": "kernel", "name": "gemm_%d", "pid": 0, "tid": 7, "ts": %d.250, "dur": 1.5, '
+          '"args": {"correlation": %d, "device": 0, "stream": 7, "grid": [1, 1, 1]}}')
+    body = ",\n".join(ev % (i % 5, i * 3, i) for i in range(150_000))
+    text = '{"deviceProperties": [{"id": 0, "name": "G"}], "traceEvents": [' + body + '], "x": [{"a": 1}]}'
+    cut = text[: len(text) // 2]
+    p = tmp_path / "cut.json.gz"
+    p.write_bytes(gzip.compress(cut.encode(), compresslevel=1))
+    t = time.perf_counter()
+    r = open_trace(p)
+    n = sum(len(b.kernels) for b in r.batches)
+    assert n == _complete_prefix(cut) and n > 70_000
+    assert r.skipped_by.get("truncated_record") == 1 and any("truncated" in w for w in r.warnings)
+    assert time.perf_counter() - t < 60  # about 2 s here
+
+
+def test_gzip_members_and_damage(tmp_path: Path) -> None:
+    """Concatenated gzip members are one document; a cut or corrupt member keeps what came before."""
+    from llmtop.traces.json_stream import read_bytes
+
+    raw = HTA_RAW
+    p = tmp_path / "multi.json.gz"
+    p.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    assert read_bytes(p) == (raw, None)
+    assert sum(len(b.kernels) for b in open_trace(p).batches) == 98
+    p.write_bytes(gzip.compress(raw) + b"\0" * 16)  # zero padding after the member
+    assert read_bytes(p) == (raw, None)
+    z = gzip.compress(raw)
+    p.write_bytes(z[: len(z) // 2])
+    data, err = read_bytes(p)
+    assert raw.startswith(data) and len(data) > 0 and "truncated" in err
+    p.write_bytes(z[:2000] + bytes(255 - b for b in z[2000:2100]) + z[2100:])
+    data, err = read_bytes(p)
+    assert raw.startswith(data) and err and "corrupt" in err
+
+
+@settings(max_examples=200, deadline=None)
+@given(vals=hs.lists(hs.one_of(
+    hs.builds(lambda w, f, neg: f"{'-' if neg else ''}{w}.{f:03d}", hs.integers(0, 10**17),
+              hs.integers(0, 999), hs.booleans()),
+    hs.sampled_from(["1.5", "1e3", "12.3e4", "-0.000", "abc", "1_0.000", " 1.000", "9" * 19 + ".000"]),
+    hs.integers(-10**6, 10**6), hs.none()), max_size=20))
+def test_bulk_times_equal_the_careful_path(vals: list) -> None:
+    """Kineto's bulk µs-text -> ns conversion gives what us_to_ns gives, or defers to it."""
+    from llmtop.traces.importers.kineto import _ns, _times
+
+    got = _times(vals)
+    if got is None:
+        return
+    assert got.tolist() == [_ns(v) for v in vals]

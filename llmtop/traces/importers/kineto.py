@@ -1,16 +1,27 @@
 """Kineto / torch.profiler / Chrome-trace JSON (plain or gzip, Object or Array form) -> EventBatches.
 
-Streaming: the file is decoded in text chunks; each chunk's complete events are parsed by one C-level
-`json` call (falling back to per-event `raw_decode` when a chunk boundary guess is wrong), and only
-compact int64 columns are kept, so memory stays far below the size of the JSON. Floats are kept as
-their decimal text (`parse_float=str`) and µs-with-ns-fraction timestamps are converted to int ns by
-splitting on '.', with no float rounding.
+Reading (json_stream.py): the document is decompressed whole and decoded with msgspec in chunks of a
+few MB into typed structs holding only the fields used here (ph, cat, name, pid, tid, ts, dur, id and
+args.correlation/device/stream; everything else is skipped in C), so the live objects stay a few MB
+while the compact int64 columns grow. Any key order, any whitespace; a truncated or corrupt document
+imports what came before it with a warning. Floats arrive as their decimal text (`float_hook=str`)
+and µs-with-ns-fraction timestamps become int ns without float rounding.
 
 Mapping (see mapping.py for the name rules):
-- kernels: `kernel`, `gpu_memcpy`, `gpu_memset` (and legacy `Kernel`, `Memcpy`, `Memset`) events; track =
-  (rank, device, stream). CUDA-graph replays give one row per kernel even though they share a launch.
-- launch: the `cuda_runtime`/`Runtime`/`cuda_driver` event with the kernel's `args.correlation` (or its
-  `ac2g` flow); its host time places the kernel in steps and CPU-side layer ranges.
+- device work, by Kineto category: kernels (`kernel`, legacy `Kernel`, MTIA `mtia_ccp_events`),
+  copies (`gpu_memcpy`, `Memcpy`, `mlu_memcpy`, `gcu_memcpy`) and fills (`gpu_memset`, `Memset`,
+  `mlu_memset`, `gcu_memset`): CUDA, ROCm (same categories, hip* runtime names), XPU, MTIA and the
+  PrivateUse1 backends that reuse them. Track = (rank, device, stream). CUDA-graph replays give one
+  row per kernel even though they share a launch. An `X` event in any other category that looks like
+  device work (its name says gpu/kernel/device/mtia/hpu/xpu/..., or it carries args.stream) is left
+  out, counted under `skipped` and named in a warning — never a silent "CPU-only".
+- launch: the runtime event (`cuda_runtime`, `cuda_driver`, `Runtime`, ROCm's `hip_runtime`,
+  `mtia_runtime`, `xpu_runtime`, `xpu_driver`, `hpu_op`, `privateuse1_runtime`/`_driver`, ...) with the
+  kernel's `args.correlation` (or its `ac2g` flow); its host time places the kernel in steps and
+  CPU-side layer ranges. The innermost `cpu_op` around the launch on the same thread is the kernel's
+  launcher and the innermost user annotation / `nn.Module` range around it (else the
+  `gpu_user_annotation` around the kernel) its context; both go to mapping.op_class_for (sorted
+  intervals and binary lifting, not a scan per kernel).
 - steps: user annotations understood by `parse_step` (outermost wins; a range holding several step ranges
   is a container and its children are the steps); else annotations naming `forward`; else top-level
   `nn.Module:` python_function calls; else outermost annotations that launch kernels.
@@ -25,31 +36,119 @@ Mapping (see mapping.py for the name rules):
 
 from __future__ import annotations
 
-import json
+import contextlib
+import re
 from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, NS_LIMIT, EventBatch, NameTable, SourceInfo
+from llmtop.events import NO_LAYER, NS_LIMIT, OP_CLASS_ID, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import (
     Intervals,
     StepFacts,
     layer_of,
     merge_facts,
+    op_class_for,
     parse_step,
     us_to_ns,
 )
-from llmtop.traces.json_stream import JsonArrayReader, TextSource
+from llmtop.traces.json_stream import WalkStatus, read_bytes, walk
 from llmtop.traces.registry import ImportResult, TraceFormat, head_text, register
 
-_DEVICE_CATS = {"kernel": 0, "Kernel": 0, "gpu_memcpy": 1, "Memcpy": 1, "gpu_memset": 2, "Memset": 2}
-_RUNTIME_CATS = {"cuda_runtime", "Runtime", "cuda_driver"}
-_ANNOT_CATS = {"user_annotation", "python_function", "gpu_user_annotation"}
+# Kineto's ActivityType names (libkineto/include/ActivityType.h) -> 0 kernel, 1 copy, 2 fill
+_DEVICE_CATS = {
+    "kernel": 0, "Kernel": 0, "mtia_ccp_events": 0,
+    "gpu_memcpy": 1, "Memcpy": 1, "mlu_memcpy": 1, "gcu_memcpy": 1, "GCU_MEMCPY": 1,
+    "gpu_memset": 2, "Memset": 2, "mlu_memset": 2, "gcu_memset": 2, "GCU_MEMSET": 2,
+}  # fmt: skip
+# host-side launches that carry the correlation id of the device work they start
+_RUNTIME_CATS = {
+    "cuda_runtime", "Runtime", "cuda_driver", "hip_runtime", "hip_driver", "mtia_runtime", "xpu_runtime",
+    "xpu_driver", "hpu_op",
+    "privateuse1_runtime", "privateuse1_driver", "mlu_runtime", "gcu_runtime", "gcu_driver", "glow_runtime",
+}  # fmt: skip
+_ANNOT_CATS = {"user_annotation", "python_function", "gpu_user_annotation", "mlu_user_annotation"}
 _CPU_OP_CATS = {"cpu_op", "Operator"}
+# host-side or bookkeeping categories that are understood and not needed
+_HOST_CATS = {
+    "cuda_sync", "cuda_event", "xpu_sync", "mlu_notifier", "overhead", "Trace", "cpu_instant_event",
+    "external_correlation", "cuda_profiler_range", "mlu_profiler_range", "gpu_pm_counter", "mtia_counters",
+    "collective_comm", "fwdbwd", "ac2g", "mtia_workloadd", "xpu_scope_profiler",
+}  # fmt: skip
+_DEVICE_LOOKING = re.compile(
+    r"gpu|kernel|device|mem(?:cpy|set)|mtia|hpu|xpu|npu|mlu|gcu|tpu|dma|ccp|accel|cuda|hip|rocm|stream", re.I
+)
+_TOP_KEYS = ("distributedInfo", "deviceProperties", "host_name")
+_PENDING_RANK = -(1 << 40)  # rows of the file being read, before its distributedInfo is known
+
+
+class _Args(msgspec.Struct, gc=False):
+    correlation: Any = None
+    device: Any = None
+    stream: Any = None
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The fields of a trace event the importer reads; msgspec skips every other key in C."""
+
+    ph: Any = None
+    cat: Any = None
+    name: Any = None
+    pid: Any = None
+    tid: Any = None
+    ts: Any = None
+    dur: Any = None
+    id: Any = None
+    args: _Args | str | int | float | bool | list | None = None
+
+
+# ts, dur (int64 ns), pid ids, tid ids, name ids of a list of events
+_Columns = tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]
+# one element of traceEvents: any JSON value (non-objects are counted and skipped)
+_Item = _Event | str | int | float | bool | list | None
+
+
+def _on_streams(evs: list[_Event]) -> bool:
+    """Whether any of these events names a device stream (HTA's test for device work)."""
+    return any(type(e.args) is _Args and e.args.stream is not None for e in evs)
+
+
+_TIMES = re.compile(r"(?:-?[0-9]{1,16}\.[0-9]{3},)*")  # 'µs.nnn,' repeated (at most 19 digits)
+
+
+def _times(vals: list[Any]) -> np.ndarray | None:
+    """Kineto's 'µs.nnn' texts -> int64 ns all at once (one join, one regex check, one C parse of the
+    text with the dots taken out); None when any value needs `_ns`'s careful path."""
+    try:
+        text = ",".join(vals) + ","
+    except TypeError:  # an int, a null, a nested value
+        return None
+    if not vals:
+        return np.zeros(0, dtype=np.int64)
+    if _TIMES.fullmatch(text) is None:
+        return None
+    a = np.fromstring(text.replace(".", ""), dtype=np.int64, sep=",")  # saturates on overflow
+    if ((a >= NS_LIMIT) | (a <= -NS_LIMIT)).any():
+        return None  # beyond the int64 ns columns (a corrupt digit run): `_ns` says which
+    return a
+
+
+def _ns(v: Any) -> int:
+    """us_to_ns with a fast path for Kineto's usual 'µs.nnn' text."""
+    if type(v) is str and v[-4:-3] == ".":
+        try:
+            r = int(v[:-4] + v[-3:])
+        except ValueError:
+            return us_to_ns(v)
+        if -NS_LIMIT < r < NS_LIMIT:
+            return r
+    return us_to_ns(v)
 
 
 class _Collector:
@@ -60,24 +159,29 @@ class _Collector:
         self.name_ids: dict[str, int] = {}
         self.keys: dict[Any, int] = {}  # pid/tid values (int or str) -> small int
         q = "q"
-        # device events
+        # device events (k_pid/k_tid: the event's own pid/tid, for ac2g flows)
         self.k_name, self.k_ts, self.k_dur, self.k_dev, self.k_stream = (array(q) for _ in range(5))
-        self.k_corr, self.k_rank, self.k_kind = array(q), array(q), array(q)
+        self.k_corr, self.k_rank, self.k_kind, self.k_pid, self.k_tid = (array(q) for _ in range(5))
         # runtime launches
         self.r_corr, self.r_ts, self.r_pid, self.r_tid, self.r_rank = (array(q) for _ in range(5))
-        # cpu ops (kernels of CPU-only traces)
+        # cpu ops (kernels of CPU-only traces; launchers of device kernels)
         self.c_name, self.c_ts, self.c_dur, self.c_pid, self.c_tid, self.c_rank = (array(q) for _ in range(6))
         # ranges: kind 0 step (value = facts index), 1 layer; gpu flag
         self.g_kind, self.g_val, self.g_ts, self.g_end, self.g_pid, self.g_tid, self.g_gpu, self.g_rank = (
             array(q) for _ in range(8)
         )
         self.g_name: list[str] = []
+        # every annotation range (user annotations, nn.Module calls): op-class context of the kernels
+        self.a_name, self.a_ts, self.a_end, self.a_pid, self.a_tid, self.a_gpu, self.a_rank = (
+            array(q) for _ in range(7)
+        )
         self.facts: list[StepFacts] = []
         self.module_calls: list[tuple[int, int, int, int, int]] = []  # nn.Module top-level candidates
-        self.flows_s: dict[int, tuple[int, int, int]] = {}
-        self.flows_f: dict[tuple[int, int, int], int] = {}
-        self.need_flows = False
-        self.skipped = 0
+        # ac2g flows (int ids): the ids of flow starts; pid, tid, ts and id of flow ends
+        self.s_id, self.f_pid, self.f_tid, self.f_ts, self.f_id = (array(q) for _ in range(5))
+        self.skipped: Counter[str] = Counter()
+        self.unknown_cats: Counter[str] = Counter()  # device-looking X categories not understood
+        self.device_cats: Counter[str] = Counter()  # the device categories read
         self.ignored = 0
         self.events = 0
         self.devices: dict[int, str] = {}
@@ -102,113 +206,299 @@ class _Collector:
         return i
 
     def add_events(self, events: list[Any], rank: int) -> None:
+        """One chunk of decoded events: grouped by category, then each category's columns at once."""
         self.events += len(events)
-        key, name_id, keys, names = self.key, self.name_id, self.keys, self.name_ids
-        for e in events:
-            try:
-                ph = e.get("ph")
-                if ph == "X":
-                    cat = e.get("cat")
-                    kind = _DEVICE_CATS.get(cat)
-                    if kind is not None:
-                        args = e.get("args") or {}
-                        corr = args.get("correlation", -1)
-                        if type(corr) is not int or not 0 <= corr < NS_LIMIT:
-                            corr = -1  # absent or corrupt: the ac2g flow may still name the launch
-                        dev = args.get("device", e["pid"])
-                        stream = args.get("stream", e["tid"])
-                        # every field is converted before any column grows: a bad event leaves no trace
-                        ts, dur = us_to_ns(e["ts"]), us_to_ns(e["dur"])
-                        dk = keys.get(dev)
-                        if dk is None:
-                            dk = key(dev)
-                        sk = keys.get(stream)
-                        if sk is None:
-                            sk = key(stream)
-                        nm = names.get(e["name"])
-                        if nm is None:
-                            nm = name_id(e["name"])
-                        self.k_name.append(nm)
-                        self.k_ts.append(ts)
-                        self.k_dur.append(dur)
-                        self.k_dev.append(dk)
-                        self.k_stream.append(sk)
-                        self.k_corr.append(corr)
-                        self.k_rank.append(rank)
-                        self.k_kind.append(kind)
-                        if corr == -1:
-                            self.need_flows = True
-                            self.flows_f.setdefault((key(e["pid"]), key(e["tid"]), ts), -1)
-                    elif cat in _CPU_OP_CATS:
-                        ts, dur = us_to_ns(e["ts"]), us_to_ns(e["dur"])
-                        pk = keys.get(e["pid"])
-                        if pk is None:
-                            pk = key(e["pid"])
-                        tk = keys.get(e["tid"])
-                        if tk is None:
-                            tk = key(e["tid"])
-                        nm = names.get(e["name"])
-                        if nm is None:
-                            nm = name_id(e["name"])
-                        self.c_name.append(nm)
-                        self.c_ts.append(ts)
-                        self.c_dur.append(dur)
-                        self.c_pid.append(pk)
-                        self.c_tid.append(tk)
-                        self.c_rank.append(rank)
-                    elif cat in _RUNTIME_CATS:
-                        args = e.get("args") or {}
-                        corr = args.get("correlation")
-                        ts = us_to_ns(e["ts"])
-                        pid = keys.get(e["pid"])
-                        if pid is None:
-                            pid = key(e["pid"])
-                        tid = keys.get(e["tid"])
-                        if tid is None:
-                            tid = key(e["tid"])
-                        if type(corr) is int and 0 <= corr < NS_LIMIT:
-                            self.r_corr.append(corr)
-                            self.r_ts.append(ts)
-                            self.r_pid.append(pid)
-                            self.r_tid.append(tid)
-                            self.r_rank.append(rank)
-                    elif cat in _ANNOT_CATS:
-                        self._annotation(e, cat, rank)
-                    else:
-                        self.ignored += 1
-                elif ph == "s" or ph == "f":
-                    # flows only matter for kernels without args.correlation (old traces); those list
-                    # kernels before flows, so flows are kept only once such a kernel has been seen
-                    if self.need_flows and e.get("cat") == "ac2g":
-                        t = us_to_ns(e["ts"])
-                        if ph == "s":
-                            self.flows_s[e["id"]] = (key(e["pid"]), key(e["tid"]), t)
-                        else:
-                            k = (key(e["pid"]), key(e["tid"]), t)
-                            if k in self.flows_f:
-                                self.flows_f[k] = e["id"]
-                elif ph == "M":
-                    pass
+        xs = [e for e in events if type(e) is _Event and e.ph == "X"]
+        if len(xs) < len(events):  # metadata (skipped), flows and the odd ones
+            starts: list[_Event] = []
+            ends: list[_Event] = []
+            for e in [e for e in events if type(e) is not _Event or (e.ph != "X" and e.ph != "M")]:
+                if type(e) is not _Event:
+                    self.skipped["not_an_event"] += 1
+                    continue
+                ph = e.ph
+                if ph == "s" or ph == "f":
+                    if e.cat == "ac2g":
+                        (starts if ph == "s" else ends).append(e)
                 elif ph is None:
-                    self.skipped += 1
+                    self.skipped["missing_phase"] += 1
                 else:
                     self.ignored += 1
-            except (KeyError, TypeError, ValueError, AttributeError):
-                self.skipped += 1
+            if starts or ends:
+                self._flows(starts, ends)
+        groups: dict[str, list[_Event]] = {}
+        for e in xs:
+            cat = e.cat
+            g = groups.get(cat) if type(cat) is str else groups.get("")
+            if g is None:
+                g = groups[cat if type(cat) is str else ""] = []
+            g.append(e)
+        for cat, evs in groups.items():
+            kind = _DEVICE_CATS.get(cat)
+            if kind is not None:
+                self.device_cats[cat] += len(evs)
+                self._device(evs, kind, rank)
+            elif cat in _CPU_OP_CATS:
+                self._cpu_ops(evs, rank)
+            elif cat in _RUNTIME_CATS:
+                self._runtime(evs, rank)
+            elif cat in _ANNOT_CATS:
+                if cat == "python_function":  # thousands of Python frames; only module calls matter
+                    evs = [e for e in evs if type(e.name) is str and e.name.startswith("nn.Module:")]
+                for e in evs:
+                    try:
+                        self._annotation(e, cat, rank)
+                    except (KeyError, TypeError, ValueError, AttributeError):
+                        self.skipped["malformed_record"] += 1
+            elif cat not in _HOST_CATS and (_DEVICE_LOOKING.search(cat) or _on_streams(evs)):
+                self.unknown_cats[cat] += len(evs)
+            else:
+                self.ignored += len(evs)
 
-    def _annotation(self, e: dict[str, Any], cat: str, rank: int) -> None:
-        name = e["name"]
+    def _ids(self, vals: list[Any], names: bool = False) -> list[int]:
+        """Dense ids of pid/tid values (or of names), registering new ones in first-seen order.
+        TypeError when one cannot be an id (None, a float, a list, a non-str name)."""
+        table, add = (self.name_ids, self.name_id) if names else (self.keys, self.key)
+        for v in dict.fromkeys(vals):
+            if v not in table:
+                add(v)
+        return list(map(table.__getitem__, vals))
+
+    def _bulk(self, evs: list[_Event]) -> _Columns | None:
+        """(ts, dur, pid ids, tid ids, name ids) of a list of X events in one pass per field, or None when
+        any event needs the careful per-event path (odd times, negative durations, bad ids)."""
+        ts, dur = _times([e.ts for e in evs]), _times([e.dur for e in evs])
+        if ts is None or dur is None or (dur < 0).any():
+            return None
+        try:
+            return ts, dur, self._ids([e.pid for e in evs]), self._ids([e.tid for e in evs]), self._ids(
+                [e.name for e in evs], names=True
+            )
+        except TypeError:
+            return None
+
+    def _flows(self, starts: list[_Event], ends: list[_Event]) -> None:
+        """ac2g flows (launch -> kernel), for kernels without args.correlation (old traces)."""
+        self.s_id.extend([i for i in (e.id for e in starts) if type(i) is int and 0 <= i < NS_LIMIT])
+        ends = [e for e in ends if type(e.id) is int and 0 <= e.id < NS_LIMIT]
+        ts = _times([e.ts for e in ends])
+        if ts is not None:
+            try:
+                pk, tk = self._ids([e.pid for e in ends]), self._ids([e.tid for e in ends])
+            except TypeError:
+                ts = None
+        if ts is not None:
+            self.f_pid.extend(pk)
+            self.f_tid.extend(tk)
+            self.f_ts.frombytes(ts.tobytes())
+            self.f_id.extend([e.id for e in ends])
+            return
+        for e in ends:
+            fid = e.id
+            try:
+                t, pk, tk = _ns(e.ts), self.key(e.pid), self.key(e.tid)
+            except (TypeError, ValueError):
+                self.skipped["malformed_record"] += 1
+                continue
+            self.f_pid.append(pk)
+            self.f_tid.append(tk)
+            self.f_ts.append(t)
+            self.f_id.append(fid)
+
+    def _device(self, evs: list[_Event], kind: int, rank: int) -> None:
+        args = [e.args for e in evs]
+        b = self._bulk(evs) if all(type(a) is _Args for a in args) else None
+        if b is not None:
+            try:
+                pairs = zip(args, evs, strict=True)
+                dk = self._ids([e.pid if a.device is None else a.device for a, e in pairs])
+                pairs = zip(args, evs, strict=True)
+                sk = self._ids([e.tid if a.stream is None else a.stream for a, e in pairs])
+            except TypeError:
+                b = None
+        if b is not None:
+            ts, dur, pk, tk, nm = b
+            n = len(evs)
+            corr = [a.correlation for a in args]
+            self.k_corr.extend([c if type(c) is int and 0 <= c < NS_LIMIT else -1 for c in corr])
+            self.k_name.extend(nm)
+            self.k_ts.frombytes(ts.tobytes())
+            self.k_dur.frombytes(dur.tobytes())
+            self.k_dev.extend(dk)
+            self.k_stream.extend(sk)
+            self.k_rank.extend([rank] * n)
+            self.k_kind.extend([kind] * n)
+            self.k_pid.extend(pk)
+            self.k_tid.extend(tk)
+            return
+        key, name_id, keys, names = self.key, self.name_id, self.keys, self.name_ids
+        a_name, a_ts, a_dur = self.k_name.append, self.k_ts.append, self.k_dur.append
+        a_dev = self.k_dev.append
+        a_stream, a_corr, a_rank = self.k_stream.append, self.k_corr.append, self.k_rank.append
+        a_kind, a_pid, a_tid = self.k_kind.append, self.k_pid.append, self.k_tid.append
+        bad = neg = 0
+        for e in evs:
+            try:
+                args = e.args
+                if type(args) is _Args:
+                    corr, dev, stream = args.correlation, args.device, args.stream
+                    if dev is None:
+                        dev = e.pid
+                    if stream is None:
+                        stream = e.tid
+                else:
+                    corr, dev, stream = -1, e.pid, e.tid
+                if type(corr) is not int or not 0 <= corr < NS_LIMIT:
+                    corr = -1  # absent or corrupt: the ac2g flow may still name the launch
+                # every field is converted before any column grows: a bad event leaves no trace
+                ts, dur = _ns(e.ts), _ns(e.dur)
+                if dur < 0:
+                    neg += 1
+                    continue
+                dk = keys.get(dev)
+                if dk is None:
+                    dk = key(dev)
+                sk = keys.get(stream)
+                if sk is None:
+                    sk = key(stream)
+                pk, tk = key(e.pid), key(e.tid)
+                nm = names.get(e.name)
+                if nm is None:
+                    nm = name_id(e.name)
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            a_name(nm)
+            a_ts(ts)
+            a_dur(dur)
+            a_dev(dk)
+            a_stream(sk)
+            a_corr(corr)
+            a_rank(rank)
+            a_kind(kind)
+            a_pid(pk)
+            a_tid(tk)
+        if bad:
+            self.skipped["malformed_record"] += bad
+        if neg:
+            self.skipped["negative_duration"] += neg
+
+    def _cpu_ops(self, evs: list[_Event], rank: int) -> None:
+        b = self._bulk(evs)
+        if b is not None:
+            ts, dur, pk, tk, nm = b
+            self.c_name.extend(nm)
+            self.c_ts.frombytes(ts.tobytes())
+            self.c_dur.frombytes(dur.tobytes())
+            self.c_pid.extend(pk)
+            self.c_tid.extend(tk)
+            self.c_rank.extend([rank] * len(evs))
+            return
+        keys, key, names, name_id = self.keys, self.key, self.name_ids, self.name_id
+        a_name, a_ts, a_dur = self.c_name.append, self.c_ts.append, self.c_dur.append
+        a_pid, a_tid, a_rank = self.c_pid.append, self.c_tid.append, self.c_rank.append
+        bad = neg = 0
+        for e in evs:
+            try:
+                ts, dur = _ns(e.ts), _ns(e.dur)
+                if dur < 0:
+                    neg += 1
+                    continue
+                pk = keys.get(e.pid)
+                if pk is None:
+                    pk = key(e.pid)
+                tk = keys.get(e.tid)
+                if tk is None:
+                    tk = key(e.tid)
+                nm = names.get(e.name)
+                if nm is None:
+                    nm = name_id(e.name)
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            a_name(nm)
+            a_ts(ts)
+            a_dur(dur)
+            a_pid(pk)
+            a_tid(tk)
+            a_rank(rank)
+        if bad:
+            self.skipped["malformed_record"] += bad
+        if neg:
+            self.skipped["negative_duration"] += neg
+
+    def _runtime(self, evs: list[_Event], rank: int) -> None:
+        corrs = [e.args.correlation if type(e.args) is _Args else None for e in evs]
+        keep = [type(c) is int and 0 <= c < NS_LIMIT for c in corrs]  # else: launched nothing (a sync)
+        if not all(keep):
+            evs = [e for e, k in zip(evs, keep, strict=True) if k]
+            corrs = [c for c, k in zip(corrs, keep, strict=True) if k]
+        ts = _times([e.ts for e in evs])
+        if ts is not None:
+            try:
+                pk, tk = self._ids([e.pid for e in evs]), self._ids([e.tid for e in evs])
+            except TypeError:
+                ts = None
+        if ts is not None:
+            self.r_corr.extend(corrs)
+            self.r_ts.frombytes(ts.tobytes())
+            self.r_pid.extend(pk)
+            self.r_tid.extend(tk)
+            self.r_rank.extend([rank] * len(evs))
+            return
+        keys, key = self.keys, self.key
+        a_corr, a_ts, a_pid, a_tid, a_rank = (
+            self.r_corr.append, self.r_ts.append, self.r_pid.append, self.r_tid.append, self.r_rank.append
+        )
+        bad = 0
+        for e in evs:
+            args = e.args
+            corr = args.correlation if type(args) is _Args else None
+            if type(corr) is not int or not 0 <= corr < NS_LIMIT:
+                continue  # a runtime call that launched nothing (cudaStreamSynchronize, ...)
+            try:
+                ts = _ns(e.ts)
+                pid = keys.get(e.pid)
+                if pid is None:
+                    pid = key(e.pid)
+                tid = keys.get(e.tid)
+                if tid is None:
+                    tid = key(e.tid)
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            a_corr(corr)
+            a_ts(ts)
+            a_pid(pid)
+            a_tid(tid)
+            a_rank(rank)
+        if bad:
+            self.skipped["malformed_record"] += bad
+
+    def _annotation(self, e: _Event, cat: str, rank: int) -> None:
+        name = e.name
         if type(name) is not str:
             raise TypeError("name")
         gpu = cat == "gpu_user_annotation"
+        ts, dur = _ns(e.ts), _ns(e.dur)
+        if dur < 0:
+            raise ValueError("negative_duration")
+        args = e.args if gpu and type(e.args) is _Args else None
+        pk = self.key(args.device if args is not None and args.device is not None else e.pid)
+        tk = self.key(args.stream if args is not None and args.stream is not None else e.tid)
+        # op-class context: every annotation and module call
+        self.a_name.append(self.name_id(name))
+        self.a_ts.append(ts)
+        self.a_end.append(ts + dur)
+        self.a_pid.append(pk)
+        self.a_tid.append(tk)
+        self.a_gpu.append(1 if gpu else 0)
+        self.a_rank.append(rank)
         if cat == "python_function":
-            if not name.startswith("nn.Module:"):
-                return
             layer = layer_of(name)
             facts = None
             if layer == NO_LAYER:
-                ts, dur = us_to_ns(e["ts"]), us_to_ns(e["dur"])
-                self.module_calls.append((ts, ts + dur, self.key(e["pid"]), self.key(e["tid"]), rank))
+                self.module_calls.append((ts, ts + dur, pk, tk, rank))
                 return
         else:
             facts = parse_step(name)
@@ -220,10 +510,6 @@ class _Collector:
                     facts = StepFacts("outer") if not gpu else None
                     if facts is None:
                         return
-        ts, dur = us_to_ns(e["ts"]), us_to_ns(e["dur"])
-        args = e.get("args") if gpu else None
-        pk = self.key(args.get("device", e["pid"]) if isinstance(args, dict) else e["pid"])
-        tk = self.key(args.get("stream", e["tid"]) if isinstance(args, dict) else e["tid"])
         if facts is not None:
             self.g_kind.append(0)
             self.g_val.append(len(self.facts))
@@ -239,85 +525,106 @@ class _Collector:
         self.g_gpu.append(1 if gpu else 0)
         self.g_rank.append(rank)
 
+    def set_rank(self, old: int, new: int, since: dict[str, int]) -> None:
+        """Re-tag the rows added since `since` (column lengths) from rank `old` to `new` (once per file)."""
+        for nm in ("k_rank", "r_rank", "c_rank", "g_rank", "a_rank"):
+            col = getattr(self, nm)
+            if len(col) > since[nm]:
+                a = np.frombuffer(col, dtype=np.int64)[since[nm] :]
+                a[a == old] = new
+                del a
+        m0 = since["module_calls"]
+        calls = self.module_calls
+        calls[m0:] = [(a, b, p, t, new if r == old else r) for a, b, p, t, r in calls[m0:]]
+
+    def lengths(self) -> dict[str, int]:
+        return {
+            "k_rank": len(self.k_rank), "r_rank": len(self.r_rank), "c_rank": len(self.c_rank),
+            "g_rank": len(self.g_rank), "a_rank": len(self.a_rank), "module_calls": len(self.module_calls),
+        }  # fmt: skip
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(rows, axis=0, return_inverse=True) for small ints (>= -1): the columns packed into one
+    int64 in mixed radix, so the sort is a plain 1-D one (axis=0 sorts a void view, 10x slower)."""
+    lo = rows.min(axis=0) if len(rows) else np.zeros(rows.shape[1], np.int64)
+    base = (rows.max(axis=0) - lo + 1) if len(rows) else np.ones(rows.shape[1], np.int64)
+    if not len(rows) or lo.min() < -1 or float(np.prod(base.astype(float))) >= 2.0**62:
+        u, inv = np.unique(rows, axis=0, return_inverse=True)
+        return u, inv.reshape(-1)
+    key = np.zeros(len(rows), dtype=np.int64)
+    for j in range(rows.shape[1]):
+        key = key * int(base[j]) + (rows[:, j] - lo[j])
+    uk, inv = np.unique(key, return_inverse=True)
+    out = np.empty((len(uk), rows.shape[1]), dtype=np.int64)
+    for j in range(rows.shape[1] - 1, -1, -1):
+        uk, out[:, j] = np.divmod(uk, int(base[j]))
+        out[:, j] += lo[j]
+    return out, inv.reshape(-1)
+
+
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """np.unique(a) for int arrays, by sorting: numpy 2's hashing np.unique imports numpy.ma (~10 ms)."""
+    s = np.sort(a)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
 
 def _np(a: array) -> np.ndarray:
     return np.frombuffer(a, dtype=np.int64) if len(a) else np.zeros(0, dtype=np.int64)
 
 
 def read_file(path: Path, col: _Collector, warnings: list[str]) -> None:
-    """Stream one Kineto JSON file into `col`."""
-    f = TextSource(path)
-    stats: dict[str, int] = {}
-    rd = JsonArrayReader(f)
+    """Read one Kineto JSON file into `col`."""
     try:
-        first = rd.peek()
-        if first == "\ufeff":
-            rd.pos += 1
-            first = rd.peek()
-        rank = 0
-        if first == "[":
-            rd.pos += 1
-            for chunk in rd.array_chunks(stats):
-                col.add_events(chunk, rank)
-        elif first == "{":
-            rd.pos += 1
-            seen_events = False
-            while True:
-                c = rd.peek()
-                if c == ",":
-                    rd.pos += 1
-                    continue
-                if c == "}" or c == "":
-                    if c == "":
-                        stats["truncated"] = 1
-                    break
-                k = rd.value()
-                rd.expect(":")
-                if k == "traceEvents":
-                    if rd.peek() != "[":
-                        raise LlmtopError(f"{path}: traceEvents is not a list")
-                    rd.pos += 1
-                    seen_events = True
-                    for chunk in rd.array_chunks(stats):
-                        col.add_events(chunk, rank)
-                    if stats.get("truncated"):
-                        break
-                else:
-                    v = rd.value()
-                    col.meta.setdefault(k, v)
-                    if k == "distributedInfo" and isinstance(v, dict) and type(v.get("rank")) is int:
-                        # rank usually precedes traceEvents; when it follows, re-tag what we have
-                        new_rank = v["rank"]
-                        if seen_events and new_rank != rank:
-                            for arr in (col.k_rank, col.r_rank, col.c_rank, col.g_rank):
-                                for i in range(len(arr)):
-                                    if arr[i] == rank:
-                                        arr[i] = new_rank
-                        rank = new_rank
-                    elif k == "deviceProperties" and isinstance(v, list):
-                        for d in v:
-                            if isinstance(d, dict) and isinstance(d.get("name"), str):
-                                col.devices.setdefault(col.key(d.get("id", 0)), d["name"])
-            if not seen_events:
-                raise LlmtopError(f"{path}: JSON object without traceEvents: not a Kineto/Chrome trace")
-        else:
-            raise LlmtopError(f"{path}: not a JSON trace (starts with {first[:1]!r})")
-        col.ranks.append(rank)
-    except json.JSONDecodeError as e:
-        if col.events == 0:
-            raise LlmtopError(f"{path}: invalid JSON at char {e.pos}: {e.msg}") from None
-        stats["truncated"] = 1
-    finally:
-        f.close()
-    if rd.read_error:
-        if col.events == 0:
-            raise LlmtopError(f"{path}: cannot decompress/read: {rd.read_error}")
-        warnings.append(f"{path.name}: stream ended early ({rd.read_error}); imported what came before")
-    if stats.get("truncated"):
-        col.skipped += 1
+        doc, read_error = read_bytes(path)
+    except OSError as e:
+        raise LlmtopError(f"cannot read {path}: {e.strerror or e}") from None
+    if read_error is not None and not doc:
+        raise LlmtopError(f"{path}: cannot decompress/read: {read_error}")
+    st = WalkStatus()
+    rank: int | None = None
+    since = col.lengths()
+    n0 = col.events
+    for kind, v in walk(doc, "traceEvents", _Item, _TOP_KEYS, st):
+        if kind == "items":
+            col.add_events(v, _PENDING_RANK)  # distributedInfo may follow traceEvents: tagged below
+            continue
+        for k, val in v.items():
+            col.meta.setdefault(k, val)
+            if k == "distributedInfo" and isinstance(val, dict) and type(val.get("rank")) is int:
+                rank = val["rank"] if rank is None else rank
+            elif k == "deviceProperties" and isinstance(val, list):
+                for d in val:
+                    if isinstance(d, dict) and isinstance(d.get("name"), str):
+                        with contextlib.suppress(TypeError):  # an id that is neither int nor str
+                            col.devices.setdefault(col.key(d.get("id", 0)), d["name"])
+    del doc
+    if not st.form:
+        raise LlmtopError(f"{path}: not a JSON trace (it does not start with '{{' or '[')")
+    if st.not_a_list:
+        raise LlmtopError(f"{path}: traceEvents is not a list")
+    if not st.found:
+        if st.truncated and col.events == n0:
+            raise LlmtopError(f"{path}: {st.error}")
+        raise LlmtopError(f"{path}: JSON object without traceEvents: not a Kineto/Chrome trace")
+    if st.truncated and col.events == n0:
+        if read_error:
+            raise LlmtopError(f"{path}: cannot decompress/read: {read_error}")
+        raise LlmtopError(f"{path}: {st.error}")
+    rank = 0 if rank is None else rank
+    col.set_rank(_PENDING_RANK, rank, since)
+    col.ranks.append(rank)
+    if read_error:
+        warnings.append(f"{path.name}: stream ended early ({read_error}); imported what came before")
+    if st.truncated:
+        col.skipped["truncated_record"] += 1
         warnings.append(
-            f"{path.name}: JSON ends mid-record (truncated file?); the partial record was skipped"
+            f"{path.name}: JSON ends mid-record (truncated file?); the partial record was skipped "
+            f"({st.error})"
         )
+    elif st.error:
+        warnings.append(f"{path.name}: {st.error}")
+
 
 
 def _select_steps(col: _Collector, launch_hosts: set[int]) -> tuple[list[StepRange], str]:
@@ -384,23 +691,145 @@ def _select_steps(col: _Collector, launch_hosts: set[int]) -> tuple[list[StepRan
     return [], "none"
 
 
-def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list[EventBatch], int, list[str]]:
+def _innermost(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per point, the index of the innermost interval containing it, or -1.
+
+    Intervals sorted by start (ties: longest first). The innermost one containing t is the last one
+    that starts at or before t and has not ended by t: binary lifting over a table of the running
+    maximum of ends over power-of-two windows finds it in O(log n) vectorised steps per point.
+    """
+    res = np.searchsorted(starts, t, side="right") - 1
+    n = len(starts)
+    if not n or not len(t):
+        return np.full(len(t), -1, dtype=np.int64)
+    tables = [ends]
+    while (1 << len(tables)) <= n:
+        h = 1 << (len(tables) - 1)
+        prev = tables[-1]
+        nxt = prev.copy()
+        nxt[h:] = np.maximum(prev[h:], prev[:-h])  # max of ends over [j - 2h + 1, j]
+        tables.append(nxt)
+    for k in range(len(tables) - 1, -1, -1):
+        ok = res >= 0
+        skip = ok & (tables[k][np.where(ok, res, 0)] <= t)  # nothing in the window is still open at t
+        res = np.where(skip, res - (1 << k), res)
+    ok = res >= 0
+    ok[ok] = ends[res[ok]] > t[ok]
+    return np.where(ok, res, -1)
+
+
+def _enclosing(
+    i_key: tuple[np.ndarray, ...], i_start: np.ndarray, i_end: np.ndarray,
+    q_key: tuple[np.ndarray, ...], q_t: np.ndarray, n_keys: int,
+) -> np.ndarray:  # fmt: skip
+    """Per query, the index of the innermost interval with the same (rank, pid, tid) containing q_t, or -1."""
+    out = np.full(len(q_t), -1, dtype=np.int64)
+    if not len(i_start) or not len(q_t):
+        return out
+    ig, qg = _group(i_key, n_keys), _group(q_key, n_keys)
+    order = np.lexsort((-i_end, i_start, ig))
+    g_sorted = ig[order]
+    groups, lo = np.unique(g_sorted, return_index=True)
+    hi = np.append(lo[1:], len(order))
+    q_order = np.argsort(qg, kind="stable")
+    qg_sorted = qg[q_order]
+    q_lo = np.searchsorted(qg_sorted, groups, side="left")
+    q_hi = np.searchsorted(qg_sorted, groups, side="right")
+    for a, b, qa, qb in zip(lo, hi, q_lo, q_hi, strict=True):
+        if qa == qb:
+            continue
+        rows = order[a:b]
+        qi = q_order[qa:qb]
+        r = _innermost(i_start[rows], i_end[rows], q_t[qi])
+        out[qi] = np.where(r >= 0, rows[np.maximum(r, 0)], -1)
+    return out
+
+
+def _group(key: tuple[np.ndarray, ...], n_keys: int) -> np.ndarray:
+    """(rank, pid, tid) columns -> one int64 (pid/tid are dense small keys, ranks are small)."""
+    rank, pid, tid = key
+    return (rank * n_keys + pid) * n_keys + tid
+
+
+def _context(
+    col: _Collector, n_keys: int, rows: np.ndarray, q_host: tuple[np.ndarray, ...], q_t: np.ndarray,
+    k_track: tuple[np.ndarray, ...] | None, k_ts: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Name id of the innermost annotation / module range around each kernel's launch (rows: the
+    kernels with a known launch, q_*: their host thread and launch time), else of the
+    gpu_user_annotation around the kernel on its own stream; -1 when none."""
+    out = np.full(len(k_ts), -1, dtype=np.int64)
+    if not len(col.a_ts):
+        return out
+    a_name, a_ts, a_end, a_gpu = _np(col.a_name), _np(col.a_ts), _np(col.a_end), _np(col.a_gpu)
+    a_key = (_np(col.a_rank), _np(col.a_pid), _np(col.a_tid))
+    cpu = np.flatnonzero(a_gpu == 0)
+    if len(cpu) and len(rows):
+        ai = _enclosing(tuple(x[cpu] for x in a_key), a_ts[cpu], a_end[cpu], q_host, q_t, n_keys)
+        out[rows] = np.where(ai >= 0, a_name[cpu][np.maximum(ai, 0)], -1)
+    gpu = np.flatnonzero(a_gpu == 1)
+    if len(gpu) and k_track is not None:
+        miss = np.flatnonzero(out < 0)
+        ai = _enclosing(
+            tuple(x[gpu] for x in a_key), a_ts[gpu], a_end[gpu], tuple(x[miss] for x in k_track), k_ts[miss],
+            n_keys,
+        )
+        out[miss] = np.where(ai >= 0, a_name[gpu][np.maximum(ai, 0)], -1)
+    return out
+
+
+
+
+def _op_classes(
+    names: list[str], k_name: np.ndarray, launcher: np.ndarray, context: np.ndarray, k_kind: np.ndarray
+) -> np.ndarray:
+    """Op class per kernel, one rule call per distinct (kernel, launcher, context) triple; copies and
+    fills are memcpy whatever their name (an MTIA `dma_request`, a ROCm `CopyDeviceToHost`)."""
+    if not len(k_name):
+        return np.zeros(0, dtype=np.int64)
+    uniq, inv = _unique_rows(np.stack([k_name, launcher, context], axis=1))
+    cls = np.array(
+        [
+            op_class_for(names[k], names[lc] if lc >= 0 else "", names[c] if c >= 0 else "")
+            for k, lc, c in uniq.tolist()
+        ],
+        dtype=np.int64,
+    )
+    out = cls[inv.reshape(-1)]
+    out[k_kind > 0] = OP_CLASS_ID["memcpy"]
+    return out
+
+
+def import_kineto(
+    paths: list[Path], names: NameTable
+) -> tuple[SourceInfo, list[EventBatch], dict[str, int], list[str]]:
+    """The files as one trace: (source, batches, skipped records by reason, warnings)."""
     col = _Collector()
     warnings: list[str] = []
     for p in paths:
         read_file(p, col, warnings)
     k_ts = _np(col.k_ts)
     gpu_trace = len(k_ts) > 0
+    if col.unknown_cats:
+        col.skipped["unknown_device_category"] += sum(col.unknown_cats.values())
+        parts = ", ".join(f"{c!r} ({n})" for c, n in col.unknown_cats.most_common())
+        warnings.append(
+            f"{sum(col.unknown_cats.values())} events in categories that look like device work but that "
+            f"llmtop does not understand were left out: {parts}"
+            + ("" if gpu_trace else "; the report below shows only the CPU side")
+        )
     if gpu_trace:
         k_name, k_dur = _np(col.k_name), _np(col.k_dur)
         k_rank, k_dev, k_stream, k_corr = _np(col.k_rank), _np(col.k_dev), _np(col.k_stream), _np(col.k_corr)
-        if col.flows_s and (k_corr < 0).any():
-            # no args.correlation: follow the ac2g flow that ends on this kernel
-            k_pid = k_dev  # legacy traces put the device in pid
+        if len(col.f_id) and (k_corr < 0).any():
+            # no args.correlation: follow the ac2g flow that ends on this kernel (its own pid/tid/ts)
+            ends = dict(zip(zip(col.f_pid, col.f_tid, col.f_ts, strict=True), col.f_id, strict=True))
+            started = set(col.s_id)
+            k_pid, k_tid = _np(col.k_pid), _np(col.k_tid)
             for i in np.flatnonzero(k_corr < 0):
-                fid = col.flows_f.get((int(k_pid[i]), int(k_stream[i]), int(k_ts[i])), -1)
-                if fid in col.flows_s:
-                    k_corr[i] = fid if isinstance(fid, int) else -1
+                fid = ends.get((int(k_pid[i]), int(k_tid[i]), int(k_ts[i])))
+                if fid is not None and fid in started:
+                    k_corr[i] = fid
         # launch lookup by (rank, correlation)
         r_corr, r_ts, r_pid, r_tid, r_rank = (
             _np(a) for a in (col.r_corr, col.r_ts, col.r_pid, col.r_tid, col.r_rank)
@@ -419,6 +848,19 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
         host = np.where(found, (k_rank << 32) | (r_pid[src] if len(rk_s) else 0), -1)
         l_tid = np.where(found, r_tid[src] if len(rk_s) else -1, -1)
         track_keys = np.stack([k_rank, k_dev, k_stream], axis=1)
+        k_kind = _np(col.k_kind)
+        # op-class context: the cpu_op around the launch, the annotation around it (else around the kernel)
+        c_ts, c_end = _np(col.c_ts), _np(col.c_ts) + _np(col.c_dur)
+        n_keys = len(col.keys) + 1
+        has_l = np.flatnonzero(found)
+        q_host = (k_rank[has_l], r_pid[src[has_l]], r_tid[src[has_l]])
+        launcher = np.full(len(k_ts), -1, dtype=np.int64)
+        if len(c_ts):
+            li = _enclosing(
+                (_np(col.c_rank), _np(col.c_pid), _np(col.c_tid)), c_ts, c_end, q_host, launch[has_l], n_keys
+            )
+            launcher[has_l] = np.where(li >= 0, _np(col.c_name)[np.maximum(li, 0)], -1)
+        context = _context(col, n_keys, has_l, q_host, launch[has_l], (k_rank, k_dev, k_stream), k_ts)
     else:
         # CPU-only: leaf cpu_ops per thread are the kernels
         c_ts, c_dur = _np(col.c_ts), _np(col.c_dur)
@@ -440,12 +882,16 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
         host = (k_rank << 32) | c_pid[leaf]
         l_tid = c_tid[leaf]
         track_keys = np.stack([k_rank, c_pid[leaf], c_tid[leaf]], axis=1)
+        k_kind = np.zeros(len(leaf), dtype=np.int64)
+        launcher = np.full(len(leaf), -1, dtype=np.int64)
+        every, own = np.arange(len(leaf)), (k_rank, c_pid[leaf], c_tid[leaf])
+        context = _context(col, len(col.keys) + 1, every, own, k_ts, None, k_ts)
         warnings.append(
             f"CPU-only trace: the {len(leaf)} outermost cpu_ops of each thread (of {len(c_ts)}) are the "
             "kernels, so ops nested in them are not counted twice"
         )
     uniq_tracks, track = (
-        np.unique(track_keys, axis=0, return_inverse=True)
+        _unique_rows(track_keys)
         if len(track_keys)
         else (np.zeros((0, 3), np.int64), np.zeros(0, np.int64))
     )
@@ -480,16 +926,18 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
     if nl.any() and len(name_layer):
         layer[nl] = name_layer[k_name[nl]]
 
-    steps, step_source = _select_steps(col, {int(h & 0xFFFFFFFF) for h in np.unique(host[host >= 0])})
-    kc = KernelColumns(col.names, k_name, k_ts, k_dur, track, launch, host, layer)
+    steps, step_source = _select_steps(col, {int(h & 0xFFFFFFFF) for h in _distinct(host[host >= 0])})
+    op_class = _op_classes(col.names, k_name, launcher, context, k_kind)
+    kc = KernelColumns(col.names, k_name, k_ts, k_dur, track, launch, host, layer, op_class)
     batches, info = build_batches(kc, steps, names)
 
-    dev_ids = sorted({int(d) for d in np.unique(uniq_tracks[:, 1])}) if gpu_trace else []
+    dev_ids = sorted({int(d) for d in _distinct(uniq_tracks[:, 1])}) if gpu_trace else []
     key_back = {v: k for k, v in col.keys.items()}
     dev_names = sorted({col.devices[d] for d in dev_ids if d in col.devices})
     if not dev_names and len(set(col.devices.values())) == 1:
         dev_names = list(set(col.devices.values()))  # ROCm numbers agents differently from deviceProperties
-    device = ", ".join(dev_names) if dev_names else ("CPU" if not gpu_trace else "GPU (no deviceProperties)")
+    accel = "MTIA" if col.device_cats.get("mtia_ccp_events") else "GPU"
+    device = ", ".join(dev_names) if dev_names else (f"{accel} (no deviceProperties)" if gpu_trace else "CPU")
     if not gpu_trace and isinstance(col.meta.get("host_name"), str):
         device = f"CPU ({col.meta['host_name']})"
     tracks = [
@@ -502,7 +950,7 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
         for i, (r, d, s) in enumerate(uniq_tracks.tolist())
     ]
     streams = sorted({str(t.get("stream", t.get("tid"))) for t in tracks})
-    n_layers = len(np.unique(layer[layer >= 0]))
+    n_layers = len(_distinct(layer[layer >= 0]))
     if info["inferred_layers"]:
         n_layers = info["inferred_layers"]
         warnings.append(f"no layer annotations: {n_layers} layers inferred from the repeating kernel pattern")
@@ -513,13 +961,13 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
         backend="kineto",
         device=device,
         model=", ".join(p.name for p in paths),
-        timing="kineto/CUPTI" if gpu_trace else "kineto cpu_op",
+        timing=("kineto/CUPTI" if accel == "GPU" else f"kineto/{accel}") if gpu_trace else "kineto cpu_op",
         n_layers=n_layers,
         extra={
             "ranks": sorted(set(col.ranks)),
             "streams": streams,
             "tracks": tracks,
-            "skipped": col.skipped,
+            "skipped": sum(col.skipped.values()),
             "warnings": warnings,
             "records": col.events,
             "step_source": step_source,
@@ -527,7 +975,7 @@ def import_kineto(paths: list[Path], names: NameTable) -> tuple[SourceInfo, list
             "kernels_outside_steps": info["kernels_outside_steps"],
         },
     )
-    return source, batches, col.skipped, warnings
+    return source, batches, dict(col.skipped), warnings
 
 
 # -- registration ----------------------------------------------------------------------------
@@ -539,7 +987,7 @@ def sniff(head: bytes) -> bool:
 
 def read(path: Path, names: NameTable) -> ImportResult:
     source, batches, skipped, warnings = import_kineto([path], names)
-    return ImportResult(source, batches, skipped, warnings, names)
+    return ImportResult(source, batches, sum(skipped.values()), warnings, names, skipped_by=skipped)
 
 
 FORMAT = register(TraceFormat("kineto", "Kineto JSON", sniff, read, priority=20))
