@@ -1,9 +1,19 @@
 """llmtop: top for LLM inference."""
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-# The distribution is "llmtop-live" (PyPI's "llmtop" is another project); the version lives in its metadata.
-try:
-    __version__ = version("llmtop-live")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    """`llmtop.__version__`, read on first use: importlib.metadata costs ~20 ms at every start (a whole
+    `llmtop report` of a small trace takes ~0.3 s). The distribution is "llmtop-live" (PyPI's "llmtop" is
+    another project); the version lives in its metadata."""
+    if name != "__version__":
+        raise AttributeError(f"module 'llmtop' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("llmtop-live")
+    except PackageNotFoundError:  # a source tree that was never installed
+        v = "0+unknown"
+    globals()["__version__"] = v
+    return v

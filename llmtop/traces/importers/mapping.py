@@ -100,7 +100,7 @@ LAUNCHER_RULES: tuple[tuple[str, str], ...] = (
     ("attention", _ATTENTION),
     ("matmul", r"aten::(?:mm|addmm|bmm|baddbmm|addbmm|linear|matmul|einsum|_scaled_mm|_scaled_grouped_mm"
                r"|_grouped_mm|_int_mm|conv\w*|_convolution\w*|cudnn_convolution\w*|miopen_convolution\w*"
-               r"|convolution\w*)$|gemm|gemv|scaled_mm|cutlass|marlin|machete|fused_moe|fused_experts"
+               r"|convolution\w*)$|(?<!fb)gemm|gemv|scaled_mm|cutlass|marlin|machete|fused_moe|fused_experts"
                r"|grouped_mm|_mm$"),
     ("norm", r"(?:rms|layer|group|batch|instance)_?norm"),
     ("rope", _ROPE),
@@ -118,7 +118,7 @@ ANNOTATION_RULES: tuple[tuple[str, str], ...] = (
     ("rope", r"rotary|rope(?!r)"),
     ("attention", _ATTENTION + r"|(?<![a-z])attn(?![a-z_])"),
     ("matmul", r"linear|lm_?head|(?<![a-z])(?:q|k|v|o|qkv|gate|up|down|gate_up|out)_proj(?![a-z])"
-               r"|conv|(?<![a-z])fc\d*(?![a-z])|gemm|matmul"),
+               r"|conv|(?<![a-z])fc\d*(?![a-z])|(?<!fb)gemm|matmul"),
     ("embedding", r"embed"),
     ("sampling", r"(?<!up)(?<!down)(?<!re)sampl(?:e|ing|er)"),
     ("elementwise", r"siluandmul|geluandmul|mulandsilu|act_?fn|activation"
