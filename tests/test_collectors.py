@@ -419,3 +419,19 @@ def test_live_and_replay_pipeline_builders(tmp_path: Path) -> None:
     p2.stop()
     assert src.emitted_records > 0 and not src.warnings
     assert agg2.snapshot() == agg.snapshot() and agg2.source.model == "synthetic"
+
+
+def test_recorder_backlog_is_bounded_when_nothing_drains() -> None:
+    """`serve --agent off` finishes steps that nobody drains: the recorder keeps the newest max_pending
+    and counts the rest, instead of growing for the life of the server."""
+    from llmtop.kernels.base import KernelRecorder
+
+    rec = KernelRecorder()
+    rec.max_pending = 5
+    for i in range(12):
+        rec.begin_step(1, i, 1, 1, i)
+        rec.add(*rec.kernel_id("x", "other"), -1, 0, 10)
+        rec.end_step()
+    b = rec.drain()
+    assert b is not None and list(b.steps["step"]) == [7, 8, 9, 10, 11]
+    assert rec.backlog_dropped == 7

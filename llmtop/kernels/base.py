@@ -52,6 +52,11 @@ KERNEL_NAMES: dict[str, str] = {
 }
 
 
+# Finished steps kept for the drain (~50 ms apart in live runs): far more than a slow drain needs, and a
+# bound when nothing drains at all (a 30-layer op-level step is ~40 KB of rows).
+MAX_PENDING_STEPS = 2048
+
+
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
@@ -78,6 +83,8 @@ class KernelRecorder:
         self._step_meta: tuple[int, int, int, int, int] | None = None  # phase, step, tokens, batch, ctx
         self._step_t0 = 0
         self._done: deque[tuple[tuple, list[tuple], int, int, Any]] = deque()
+        self.max_pending = MAX_PENDING_STEPS
+        self.backlog_dropped = 0  # finished steps dropped unread because the backlog was full
         self._names_sent = 0
         self.ids: dict[str, tuple[int, int]] = {
             n: (self.names.intern(n), OP_CLASS_ID[c]) for n, c in KERNEL_NAMES.items()
@@ -104,9 +111,18 @@ class KernelRecorder:
         """Close the step. `pending` is backend state still needed to resolve its timings."""
         wall = time.perf_counter_ns() - self._step_t0
         assert self._step_meta is not None, "end_step without begin_step"
+        if len(self._done) >= self.max_pending and self._pending_droppable():
+            # nobody drains (serve --agent off) or the drain fell far behind: keep memory bounded
+            self._done.popleft()
+            self.backlog_dropped += 1
         self._done.append((self._step_meta, self.rows, self._step_t0, wall, pending))
         self.rows = []
         self._step_meta = None
+
+    def _pending_droppable(self) -> bool:
+        """Whether the oldest finished step may be dropped unread (a backend whose pending steps hold
+        pooled resources, CUDA events, says no and bounds itself)."""
+        return True
 
     # -- collector thread ----------------------------------------------------------------
     def _resolve(self, rows: list[tuple], pending: Any) -> list[tuple] | None:

@@ -185,6 +185,9 @@ class CudaEventRecorder(KernelRecorder):
             self._bounds.append((ln, self.mark_on(ln)))
         self._last = self._bounds[0][1]  # the first op starts at the anchor (nothing queued in between)
 
+    def _pending_droppable(self) -> bool:
+        return False  # a pending step holds pooled events: the fixed pool bounds the backlog instead
+
     def end_step(self, pending: Any = None) -> None:
         if self.enabled and pending is None:
             ends = [self.mark_on(ln) for ln, _ in self._bounds]

@@ -184,6 +184,7 @@ def run_server(
     log_level: str = "warning",
     api_key: str | None = None,
     drain_timeout: float = DRAIN_TIMEOUT_S,
+    dtype: str = "auto",
 ) -> int:
     """Check, bind, load the model, serve HTTP until a signal; 0 after a signal's shutdown, 1 when the
     server did not start. Raises LlmtopError (UsageError for bad arguments) before the model loads."""
@@ -203,6 +204,9 @@ def run_server(
         raise UsageError(f"--drain-timeout must be between 0 and 3600 seconds, got {drain_timeout}")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
+    from llmtop.kernels.factory import check_backend
+
+    check_backend(backend, dtype)  # a bad --backend/--dtype is one line, before the model loads
     # The agent is on by default (127.0.0.1:7070, or $LLMTOP_AGENT); "off" disables it.
     agent_addr = agent_addr or os.environ.get(agent_mod.ENV_ADDR) or agent_mod.DEFAULT_ADDR
     token = agent_token or os.environ.get(agent_mod.ENV_TOKEN) or None
@@ -229,7 +233,7 @@ def run_server(
     try:
         return _serve(backend, model, host, port, agent, max_batch=max_batch, threads=threads,
                       max_context=max_context, model_name=model_name, log_level=log_level, api_key=api_key,
-                      drain_timeout=drain_timeout)
+                      drain_timeout=drain_timeout, dtype=dtype)
     finally:
         if agent is not None:
             agent.close(timeout=1.0)
@@ -237,7 +241,7 @@ def run_server(
 
 def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_batch: int,
            threads: int | None, max_context: int | None, model_name: str | None, log_level: str,
-           api_key: str | None, drain_timeout: float) -> int:
+           api_key: str | None, drain_timeout: float, dtype: str = "auto") -> int:
     import uvicorn
 
     from llmtop.kernels.factory import make_ops
@@ -248,7 +252,9 @@ def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_ba
     from llmtop.serve.scheduler import Scheduler
 
     loaded = load_model(model)
-    engine = Engine(loaded, make_ops(backend, threads=threads), max_batch=max_batch, max_context=max_context)
+    # per-kernel timing only where something reads it (the agent); its recorder's backlog is bounded anyway
+    ops = make_ops(backend, dtype, threads=threads, timing=agent is not None)
+    engine = Engine(loaded, ops, max_batch=max_batch, max_context=max_context)
     cfg_name = getattr(loaded.config, "name", "") or ""
     name = model_name or cfg_name or str(model)
     # without --served-model-name, requests may also name the model as it was given or as it calls itself
@@ -295,6 +301,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="auto",
+                   help="compute dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
     p.add_argument("--served-model-name", default=None,
                    help="the model name requests must use (default: the model's own name; others get 404)")
     p.add_argument(
@@ -341,4 +349,5 @@ def serve_main(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         api_key=api_key,
         drain_timeout=args.drain_timeout,
+        dtype=args.dtype,
     )
