@@ -103,6 +103,24 @@ def _add_names_arg(p: argparse.ArgumentParser) -> None:
                         "prints them (default), or short, which merges template instances of one kernel")
 
 
+def _size(s: str) -> int:
+    from llmtop.traces.registry import parse_size
+
+    try:
+        return parse_size(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--max-bytes: {e}") from None
+
+
+def _add_max_bytes_arg(p: argparse.ArgumentParser) -> None:
+    from llmtop.traces.registry import DEFAULT_MAX_BYTES, DEFAULT_MAX_RATIO, fmt_bytes
+
+    p.add_argument("--max-bytes", type=_size, default=None, metavar="N",
+                   help="the largest document a trace file may decompress to, e.g. 4G, 512M (suffixes K, M, "
+                        f"G, T; default {fmt_bytes(DEFAULT_MAX_BYTES)}, and at most {DEFAULT_MAX_RATIO} "
+                        "times a .gz file's compressed size); N replaces both limits")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the live profiler (TUI, or headless with --once)."""
     subs = "\n".join(f"  {name:<8} {text}" for name, text in SUBCOMMAND_HELP.items())
@@ -285,12 +303,14 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     """`llmtop replay FILE`: the file through ReplaySource (space pauses, +/- change speed)."""
     from llmtop.collectors.pipeline import replay_pipeline
     from llmtop.stats.aggregator import Aggregator
+    from llmtop.traces.open import using_limits
     from llmtop.tui.provider import PipelineProvider
     from llmtop.tui.session import TuiSession, make_app, window_title
 
     agg = Aggregator(window_s=args.window)
-    p, src = replay_pipeline(args.file, agg, speed=args.speed,
-                             kernel_names=getattr(args, "names", "demangled"))
+    with using_limits(getattr(args, "max_bytes", None)):  # the pipeline opens the file here
+        p, src = replay_pipeline(args.file, agg, speed=args.speed,
+                                 kernel_names=getattr(args, "names", "demangled"))
     app = make_app(PipelineProvider(p, kind="replay", control=src), args.refresh,
                window_title(p.source, f"replay {_files_label(args.file)}"))
     session = TuiSession(app, p)
@@ -351,6 +371,7 @@ def replay_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_positive(float, "--speed", zero_ok=True), default=1.0, metavar="X",
                    help="playback speed, 0 = as fast as possible (default 1; +/- keys change it)")
     _add_names_arg(p)
+    _add_max_bytes_arg(p)
     _add_view_args(p)
     return p
 
@@ -375,6 +396,7 @@ def report_parser() -> argparse.ArgumentParser:
                    help="kernel table layout: nsys (cuda_gpu_kern_sum columns), llmtop, or auto "
                         "(nsys for GPU traces; default)")
     _add_names_arg(p)
+    _add_max_bytes_arg(p)
     return p
 
 
@@ -385,7 +407,8 @@ def file_report(args: argparse.Namespace) -> tuple[Any, Any]:
     from llmtop.stats.aggregator import Aggregator
 
     agg = Aggregator(window_s=args.window)
-    summary = load_into(args.file, agg, kernel_names=getattr(args, "names", "demangled"))
+    summary = load_into(args.file, agg, kernel_names=getattr(args, "names", "demangled"),
+                        max_bytes=getattr(args, "max_bytes", None))
     for w in summary.warnings:
         _eprint(f"llmtop: warning: {' '.join(str(w).split())}")
     if summary.skipped:
@@ -421,11 +444,13 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.json", help="Chrome trace JSON to write")
     p.add_argument("--tracks", default="layer", choices=("layer", "phase"),
                    help="kernel tracks per decoder layer or per phase (default layer)")
+    _add_max_bytes_arg(p)
     return p
 
 
 def cmd_export(argv: list[str]) -> int:
     from llmtop.traces.chrome_export import export_file
+    from llmtop.traces.open import using_limits
 
     args = export_parser().parse_args(argv)
     files = [args.file] if isinstance(args.file, str | Path) else list(args.file)
@@ -434,7 +459,8 @@ def cmd_export(argv: list[str]) -> int:
         raise UsageError("-o must not be the input file")
     if not out.expanduser().resolve().parent.is_dir():
         raise LlmtopError(f"cannot write {out}: its directory does not exist")
-    counts, warnings = export_file(src, out, track_by=args.tracks)
+    with using_limits(args.max_bytes):
+        counts, warnings = export_file(src, out, track_by=args.tracks)
     for w in warnings:
         _eprint(f"llmtop: warning: {' '.join(str(w).split())}")
     detail = ", ".join(f"{n} {ph}" for ph, n in sorted(counts.items()))

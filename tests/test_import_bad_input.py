@@ -314,3 +314,250 @@ def test_bulk_times_equal_the_careful_path(vals: list) -> None:
     if got is None:
         return
     assert got.tolist() == [_ns(v) for v in vals]
+
+
+# -- the hardening table (issue 14): every importer turns a malformed value into a counted skip -----------
+HTA_DOC = json.loads(HTA_RAW)
+HTA_KERNELS = [i for i, e in enumerate(HTA_DOC["traceEvents"]) if e.get("cat") == "kernel"]
+HTA_EVENTS = 98  # kernels, copies and fills
+
+
+def hta_with(path: Path, changes: dict[int, dict[str, Any]], literal: dict[str, str] | None = None) -> Path:
+    """The HTA trace with some events' fields replaced; `literal` swaps placeholder strings for raw JSON
+    text json.dumps cannot write (Infinity, 1e400, 100,000 brackets)."""
+    evs = list(HTA_DOC["traceEvents"])
+    for i, fields in changes.items():
+        evs[i] = {**evs[i], **fields}
+    text = json.dumps({**HTA_DOC, "traceEvents": evs})
+    for k, v in (literal or {}).items():
+        text = text.replace(f'"{k}"', v)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("field", ["ts", "dur"])
+@pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e308", "1e400", "9" * 40, str(2**64),
+                                     "1" + "0" * 5000])
+def test_nonfinite_and_huge_times_are_counted(tmp_path: Path, field: str, literal: str) -> None:
+    """`Infinity`, `1e308`, a huge integer in ts/dur: that kernel is left out as time_out_of_range and named
+    (on msgspec's path for valid JSON, on the stdlib's for Infinity/NaN); never an OverflowError."""
+    r = open_trace(hta_with(tmp_path / "t.json", {HTA_KERNELS[3]: {field: "__LIT__"}}, {"__LIT__": literal}))
+    assert sum(len(b.kernels) for b in r.batches) == HTA_EVENTS - 1
+    assert r.skipped_by == {"time_out_of_range": 1}
+    assert any("1 of 98 device events failed validation" in w and "'kernel' 1 of 79" in w for w in r.warnings)
+
+
+def test_negative_and_absurd_kineto_times(tmp_path: Path) -> None:
+    """Negative durations and a start decades away from the rest of the trace (still inside int64 ns)."""
+    k = HTA_KERNELS
+    ts = HTA_DOC["traceEvents"][k[0]]["ts"]
+    r = open_trace(hta_with(tmp_path / "t.json", {k[0]: {"dur": -3}, k[1]: {"ts": 4e15}, k[2]: {"ts": -ts},
+                                                  k[3]: {"dur": 9e10}}))
+    assert sum(len(b.kernels) for b in r.batches) == HTA_EVENTS - 4
+    assert r.skipped_by == {"negative_duration": 1, "absurd_timestamp": 2, "absurd_duration": 1}
+    assert any("absurd_timestamp" in w for w in r.warnings)
+    assert any("absurd_duration" in w for w in r.warnings)
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+@pytest.mark.parametrize("depth", [2000, 100_000])
+def test_deep_nesting_is_skipped_not_recursed(tmp_path: Path, depth: int, damaged: bool) -> None:
+    """An event nested 100,000 levels deep in its args: left out and counted, the rest kept, on msgspec's
+    path and (a NaN elsewhere makes msgspec reject the document) on the stdlib's; also as a meta value."""
+    changes = {HTA_KERNELS[5]: {"args": {"deep": "__DEEP__"}}}
+    if damaged:
+        changes[HTA_KERNELS[6]] = {"dur": "__NAN__"}
+    deep = "[" * depth + "]" * depth
+    p = hta_with(tmp_path / "t.json", changes, {"__DEEP__": deep, "__NAN__": "NaN"})
+    r = open_trace(p)
+    assert sum(len(b.kernels) for b in r.batches) == HTA_EVENTS - 1 - damaged
+    assert r.skipped_by.get("too_deeply_nested") == 1
+    assert any("nest deeper" in w for w in r.warnings)
+    text = p.read_text()
+    p.write_text('{"distributedInfo": ' + deep + ", " + text[1:])  # a deep value outside traceEvents
+    r = open_trace(p)
+    assert sum(len(b.kernels) for b in r.batches) == HTA_EVENTS - 1 - damaged
+
+
+def test_every_device_event_invalid_is_named_not_replaced(tmp_path: Path) -> None:
+    """All kernels, copies and fills malformed: counted and named by category; the CPU ops shown instead
+    are announced as that, never as a 'CPU-only trace'."""
+    changes = {i: {"ts": "bad"} for i, e in enumerate(HTA_DOC["traceEvents"])
+               if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")}
+    r = open_trace(hta_with(tmp_path / "t.json", changes))
+    assert r.skipped_by["malformed_record"] == 98
+    assert any("98 of 98 device events failed validation" in w and "'gpu_memcpy' 16 of 16" in w
+               and "shows the CPU side" in w for w in r.warnings)
+    assert not any(w.startswith("CPU-only trace") for w in r.warnings)
+    assert any(w.startswith("no valid device events") for w in r.warnings)
+
+
+def test_device_events_with_a_damaged_phase_or_category_are_counted(tmp_path: Path) -> None:
+    k = HTA_KERNELS
+    r = open_trace(hta_with(tmp_path / "t.json", {k[0]: {"ph": "P"}, k[1]: {"ph": 5}, k[2]: {"cat": "kernal"},
+                                                  k[3]: {"cat": None}}))
+    assert sum(len(b.kernels) for b in r.batches) == HTA_EVENTS - 4
+    assert r.skipped_by == {"malformed_record": 2, "unknown_device_category": 2}
+
+
+def _nsys(tmp_path: Path, *sql: str) -> Path:
+    from fixture_paths import NSYS_A100
+
+    p = tmp_path / "n.sqlite"
+    p.write_bytes(NSYS_A100.read_bytes())
+    con = sqlite3.connect(p)
+    for s in sql:
+        con.execute(s)
+    con.commit()
+    con.close()
+    return p
+
+
+FIRST_KERNEL = "WHERE rowid = (SELECT min(rowid) FROM CUPTI_ACTIVITY_KIND_KERNEL)"
+
+
+@pytest.mark.parametrize(("sql", "reason"), [
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET start = 9223372036854775000, end = 9223372036854775800 "
+     f"{FIRST_KERNEL}", "time_out_of_range"),
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET end = 9223372036854775000 {FIRST_KERNEL}", "time_out_of_range"),
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET start = -9223372036854775000 {FIRST_KERNEL}",
+     "time_out_of_range"),
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET start = 1e300 {FIRST_KERNEL}", "malformed_record"),
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET deviceId = 'x' {FIRST_KERNEL}", "malformed_record"),
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET end = start - 5 {FIRST_KERNEL}", "negative_duration"),
+    (f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET start = start - 100000000000000000, end = end - "
+     f"100000000000000000 {FIRST_KERNEL}", "absurd_timestamp"),
+])
+def test_nsys_impossible_rows_are_counted(tmp_path: Path, sql: str, reason: str) -> None:
+    """nsys start near 2^63 used to allocate 275 GiB; now that row is checked before any array is built."""
+    r = open_trace(_nsys(tmp_path, sql))
+    assert sum(len(b.kernels) for b in r.batches) == 19
+    assert r.skipped_by == {reason: 1}
+    assert any(reason.replace("_", " ") in w or reason in w for w in r.warnings)
+
+
+def test_nsys_blobs_and_odd_launches(tmp_path: Path) -> None:
+    """BLOBs where nsys writes text (StringIds, a name column, NVTX text), a launch and an NVTX range near
+    2^63: placeholders and counts, never a TypeError."""
+    r = open_trace(_nsys(
+        tmp_path,
+        "UPDATE StringIds SET value = X'00FF10' WHERE id = (SELECT demangledName FROM "
+        "CUPTI_ACTIVITY_KIND_KERNEL ORDER BY rowid DESC LIMIT 1)",
+        f"UPDATE CUPTI_ACTIVITY_KIND_KERNEL SET demangledName = X'0102' {FIRST_KERNEL}",
+        "UPDATE NVTX_EVENTS SET text = X'0102' WHERE rowid = (SELECT min(rowid) FROM NVTX_EVENTS)",
+        "UPDATE CUPTI_ACTIVITY_KIND_RUNTIME SET start = 9223372036854775000 WHERE rowid = "
+        "(SELECT min(rowid) FROM CUPTI_ACTIVITY_KIND_RUNTIME)",
+        "UPDATE NVTX_EVENTS SET start = 9223372036854775000, end = 9223372036854775800 WHERE rowid = "
+        "(SELECT min(rowid) FROM NVTX_EVENTS WHERE end IS NOT NULL)",
+    ))
+    names = list(r.names.names)
+    assert sum(len(b.kernels) for b in r.batches) == 20
+    assert "<kernel name: not text>" in names and any(n.startswith("<string ") for n in names)
+    assert r.skipped_by == {"malformed_launch": 1, "malformed_range": 1}
+    assert any("StringIds: 1 values are not text" in w for w in r.warnings)
+    assert any("1 kernel names are neither text" in w for w in r.warnings)
+
+
+def test_doppler_impossible_numbers(tmp_path: Path) -> None:
+    """Huge row sums and log times, and a report logged before the one it follows: counted, no
+    OverflowError; a log cut between reports says so."""
+    import re
+
+    lines = DOPPLER.read_text().splitlines()
+    row = next(i for i, x in enumerate(lines) if x.startswith("attention "))
+    lines[row] = re.sub(r"\d+\.\d+", "9" * 40, lines[row], count=1)
+    head = [i for i, x in enumerate(lines) if "Batch decode" in x]
+    lines[head[1]] = re.sub(r"\[\d+\.\d+ms\]", "[1.0ms]", lines[head[1]])
+    lines[head[2]] = re.sub(r"\[\d+\.\d+ms\]", "[" + "9" * 30 + "ms]", lines[head[2]])
+    p = tmp_path / "d.log"
+    p.write_text("\n".join(lines) + "\n")
+    r = open_trace(p)
+    assert r.skipped_by["time_out_of_range"] == 1 and r.skipped_by["negative_duration"] > 10
+    assert any("reports are missing or damaged" in w for w in r.warnings)
+    p.write_text("\n".join(lines[: head[5]]) + "\n")
+    assert any("cut short?" in w for w in open_trace(p).warnings)
+
+
+def _metallic(ts: str, dur: Any, typ: str = "GpuOpCompleted") -> str:
+    data = ({"op_name": "Generation Loop/block_0/sdpa", "backend": "Metal", "duration_us": dur}
+            if typ == "GpuOpCompleted" else {"internal_kernel_name": "iteration_total", "duration_us": dur})
+    return json.dumps({"timestamp": ts, "span_id": 1, "event": {"type": typ, "data": data}})
+
+
+def test_metallic_impossible_values(tmp_path: Path) -> None:
+    ok = [_metallic(f"2025-10-01T10:00:00.{100 + i:06d}000Z", 20) for i in range(5)]
+    bad = [_metallic("2025-10-01T10:00:01.000000000Z", "INF"), _metallic("2025-10-01T10:00:01Z", 1e308),
+           _metallic("2025-10-01T10:00:01Z", 10**40), _metallic("2025-10-01T10:00:01Z", -5),
+           _metallic("9999-12-31T23:59:59Z", 5), _metallic("0001-01-01T00:00:00Z", 5),
+           _metallic("2025-10-01T10:00:01Z", -50, "InternalKernelCompleted"),
+           _metallic("2025-10-01T10:00:01Z", "DEEP")]
+    p = tmp_path / "m.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000
+    p.write_text("\n".join(ok + bad).replace('"INF"', "Infinity").replace('"DEEP"', deep) + "\n")
+    r = open_trace(p)
+    assert sum(len(b.kernels) for b in r.batches) == 5
+    assert r.skipped_by == {"time_out_of_range": 5, "negative_duration": 2, "too_deeply_nested": 1}
+    assert sum(1 for w in r.warnings if w.startswith("left out")) == 3
+
+
+def test_recording_impossible_rows(tmp_path: Path) -> None:
+    """A recording with a negative duration (TTFT -5,003 ms), a start past int64 ns, one decades away and a
+    name id past its name table: those rows are left out and counted, the rest reported."""
+    from llmtop.collectors.synthetic import SyntheticEngine
+    from llmtop.traces.recording import RecordingWriter
+
+    eng = SyntheticEngine(n_layers=3, step_time_s=0.0)
+    p = tmp_path / "r.llmtop"
+    total = 0
+    with RecordingWriter(p, eng.source_info()) as w:
+        for i in range(3):
+            eng.generate(["p"] * 2, 4)
+            b = eng.ops.recorder.drain()
+            total += len(b.kernels)
+            if i == 1:
+                b.kernels["dur_ns"][0] = -5_003_000_000
+                b.kernels["start_ns"][1] = (1 << 62) + 5
+                b.kernels["start_ns"][2] += 10**17
+                b.kernels["name"][3] = 2**31 - 1
+                b.steps["dur_ns"][0] = -5_003_000_000
+            w.write(b)
+    r = open_trace(p)
+    assert sum(len(b.kernels) for b in r.batches) == total - 4
+    assert r.skipped_by == {"impossible_values": 2, "time_out_of_range": 1, "absurd_timestamp": 1,
+                            "unknown_name": 1}
+
+
+def test_max_bytes_sizes() -> None:
+    from llmtop.traces.registry import ReadLimits, parse_size
+
+    assert parse_size("4G") == parse_size("4GiB") == 4 << 30 and parse_size("4GB") == 4 * 10**9
+    assert parse_size("512M") == 512 << 20 and parse_size("1.5k") == 1536 and parse_size("1000") == 1000
+    for bad in ("", "0", "-1", "4X", "G", "9" * 400):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    d = ReadLimits()
+    assert d.allowed(1000) == 64 << 20 and d.allowed(100 << 20) == 8 << 30 and d.allowed(1 << 20) == 200 << 20
+    assert d.allowed(2 << 20) == 400 << 20 and ReadLimits.explicit(5).allowed(10**9) == 5
+
+
+def test_bounded_decompression_in_process(tmp_path: Path) -> None:
+    """A lying gzip trailer, several members and plain files all stop at the limit they hit, in one line."""
+    from llmtop.traces.json_stream import read_bytes
+    from llmtop.traces.registry import ReadLimits
+
+    p = tmp_path / "b.json.gz"
+    z = gzip.compress(b" " * 3_000_000)
+    p.write_bytes(z[:-4] + (1000).to_bytes(4, "little"))  # the trailer claims 1000 bytes
+    with pytest.raises(LlmtopError, match="the --max-bytes limit"):
+        read_bytes(p, ReadLimits.explicit(2_000_000))
+    p.write_bytes(gzip.compress(b" " * 1_500_000) * 2)  # two members: 3 MB in all
+    with pytest.raises(LlmtopError, match=r"decompresses to more than 1\.9 MiB, the --max-bytes limit"):
+        read_bytes(p, ReadLimits.explicit(2_000_000))
+    assert len(read_bytes(p, ReadLimits.explicit(3_000_000))[0]) == 3_000_000
+    with pytest.raises(LlmtopError, match=r"10 times its compressed size .*the ratio limit"):
+        read_bytes(p, ReadLimits(max_ratio=10, ratio_floor=0))
+    q = tmp_path / "plain.json"
+    q.write_bytes(HTA_RAW)
+    with pytest.raises(LlmtopError, match="more than 1000 bytes: the --max-bytes limit"):
+        open_trace(q, max_bytes=1000)
+    assert sum(len(b.kernels) for b in open_trace(q, max_bytes=len(HTA_RAW)).batches) == HTA_EVENTS

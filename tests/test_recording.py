@@ -737,7 +737,7 @@ def test_repeated_names_are_bounded_and_gaps_in_the_input_stay_consistent(tmp_pa
     k = np.zeros(1, KERNEL_DTYPE)
     items = [EventBatch(names_base=0, new_names=long_names), EventBatch(k, names_base=200, new_names=["new"]),
              # a producer that skipped names 201-203 (never the pipeline's): nothing to repeat there
-             EventBatch(k, names_base=204, new_names=["after_gap"])]
+             EventBatch(k.copy(), names_base=204, new_names=["after_gap"])]
     items[2].kernels["name"] = 204
     p = tmp_path / "names.llmtop"
     with RecordingWriter(p, SourceInfo(kind="live"), compress_level=0) as w:

@@ -48,9 +48,10 @@ class ReplaySource(Collector):
 
     @classmethod
     def open(cls, path: TracePaths, *, speed: float = 1.0, max_gap_s: float | None = 5.0,
-             kernel_names: str = "demangled") -> ReplaySource:
-        """Replay a file; `.source` is the recorded SourceInfo with kind="replay"."""
-        tf = open_trace_file(path, kernel_names=kernel_names)
+             kernel_names: str = "demangled", max_bytes: int | None = None) -> ReplaySource:
+        """Replay a file; `.source` is the recorded SourceInfo with kind="replay". max_bytes: `--max-bytes`
+        (llmtop.traces.open.open_trace_file)."""
+        tf = open_trace_file(path, kernel_names=kernel_names, max_bytes=max_bytes)
         extra = {**tf.source.extra, "replay_of": str(tf.path), "recorded_kind": tf.source.kind,
                  "format": tf.format}
         src = dataclasses.replace(tf.source, kind="replay", extra=extra)
@@ -163,14 +164,16 @@ class LoadSummary:
 
 
 def load_into(path: TracePaths, aggregator: FoldTarget, counters: CounterTarget | None = None, *,
-              kernel_names: str = "demangled") -> LoadSummary:
+              kernel_names: str = "demangled", max_bytes: int | None = None) -> LoadSummary:
     """Fold a whole file into an aggregator as fast as possible, no threads (`report`, `--once`).
 
     The aggregator gets the SourceInfo exactly as recorded, so a report of the file equals the
     report of the live run. counters: an optional CounterStore for process/GPU samples. kernel_names:
-    `--names` (llmtop.traces.open.KERNEL_NAME_STYLES).
+    `--names` (llmtop.traces.open.KERNEL_NAME_STYLES). max_bytes: `--max-bytes`, the largest document a
+    reader may build (None: the defaults of llmtop.traces.registry.ReadLimits).
     """
-    return fold_into(open_trace_file(path, kernel_names=kernel_names), aggregator, counters)
+    return fold_into(open_trace_file(path, kernel_names=kernel_names, max_bytes=max_bytes), aggregator,
+                     counters)
 
 
 def fold_into(tf: TraceFile, aggregator: FoldTarget, counters: CounterTarget | None = None) -> LoadSummary:

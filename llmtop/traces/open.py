@@ -7,10 +7,16 @@ they refer to); `open_traces` merges several files, one track per rank, device a
 
 The formats are the modules of llmtop.traces.importers: each registers itself when imported, and this
 module imports them all (`formats()`) the first time a file is opened.
+
+Bad input never ends in a traceback: a file that is not a regular file (a FIFO, a device), cannot be read
+(permissions) or is no trace is refused in one line (LlmtopError); a reader's malformed values become
+skipped events counted in `skipped_by`. `max_bytes` (`--max-bytes`) bounds the document a reader may build
+(registry.ReadLimits: by default 8 GiB, and 200 times the compressed size of a .gz).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import importlib
@@ -29,11 +35,20 @@ from llmtop.errors import LlmtopError
 from llmtop.events import EventBatch, Item, NameTable, SourceInfo, track_label
 from llmtop.traces import importers
 from llmtop.traces.recording import batch_time_ns
-from llmtop.traces.registry import ImportResult, TraceFormat, read_head, registered
+from llmtop.traces.registry import (
+    ImportResult,
+    ReadLimits,
+    TraceFormat,
+    parse_size,
+    read_head,
+    registered,
+    using_limits,
+)
 
 __all__ = [
     "KERNEL_NAME_STYLES",
     "ImportResult",
+    "ReadLimits",
     "TraceFile",
     "TracePaths",
     "detect_format",
@@ -44,7 +59,9 @@ __all__ = [
     "open_trace",
     "open_trace_file",
     "open_traces",
+    "parse_size",
     "timed_batches",
+    "using_limits",
 ]
 
 MAX_TRACKS = 65536  # KERNEL_DTYPE.track is uint16
@@ -52,7 +69,8 @@ MAX_TRACKS = 65536  # KERNEL_DTYPE.track is uint16
 # `nsys stats` prints them, or shortName, which merges template instances); the first is the default
 KERNEL_NAME_STYLES = ("demangled", "short")
 # what any reader may raise on bad input (a format adds its libraries' errors in TraceFormat.errors)
-_BAD_INPUT: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, UnicodeError, MemoryError)
+_BAD_INPUT: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, UnicodeError, MemoryError,
+                                           RecursionError)
 
 
 # -- formats -----------------------------------------------------------------------------------
@@ -131,15 +149,25 @@ def _read(
         return res
     except LlmtopError:
         raise
+    except PermissionError as e:
+        raise LlmtopError(f"cannot read {p}: {e.strerror or e}") from None
     except (*_BAD_INPUT, *fmt.errors) as e:
         first = (str(e).splitlines() or [""])[0]
         raise LlmtopError(f"{p}: cannot import {fmt.name} trace: {type(e).__name__}: {first}") from None
 
 
-def open_trace(path: str | Path, *, kernel_names: str = KERNEL_NAME_STYLES[0]) -> ImportResult:
-    """Read a trace file (format chosen by its content). Bad input -> LlmtopError with one line."""
+def open_trace(path: str | Path, *, kernel_names: str = KERNEL_NAME_STYLES[0],
+               max_bytes: int | None = None) -> ImportResult:
+    """Read a trace file (format chosen by its content). Bad input -> LlmtopError with one line.
+    max_bytes: the largest document the reader may build (None: registry.ReadLimits' defaults)."""
     p = Path(path)
-    return _read(p, format_of(p), NameTable(), kernel_names)
+    with _limits(max_bytes):
+        return _read(p, format_of(p), NameTable(), kernel_names)
+
+
+def _limits(max_bytes: int | None) -> contextlib.AbstractContextManager[object]:
+    """`using_limits(max_bytes)`, or the limits already in force (a caller's `using_limits`) for None."""
+    return using_limits(max_bytes) if max_bytes is not None else contextlib.nullcontext()
 
 
 # -- several files -----------------------------------------------------------------------------
@@ -156,16 +184,23 @@ def expand_trace_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[st
             files.append(p)
             continue
         found = 0
-        for f in sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")):
+        try:
+            entries = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+        except OSError as e:
+            raise LlmtopError(f"cannot read {p}: {e.strerror or e}") from None
+        for f in entries:
             try:
                 format_of(f)
-            except LlmtopError:
-                warnings.append(f"{f}: not a trace file, left out")
+            except LlmtopError as e:
+                why = str(e).removeprefix(f"{f}: ").removeprefix(f"{f} ")
+                warnings.append(f"{f}: not a trace file ({why}), left out")
                 continue
             files.append(f)
             found += 1
         if not found:
-            raise LlmtopError(f"{p}: directory holds no trace files")
+            left = [w for w in warnings if w.startswith(f"{p}{'/' if not str(p).endswith('/') else ''}")]
+            raise LlmtopError(f"{p}: directory holds no trace files" + (f" ({left[0]}" + (
+                f"; {len(left) - 1} more)" if len(left) > 1 else ")") if left else ""))
     if not files:
         raise LlmtopError("no trace files given")
     seen: set[Path] = set()
@@ -182,7 +217,8 @@ def _first_ns(b: EventBatch) -> int:
     return min(starts) if starts else -(1 << 62)  # a names-only batch goes first
 
 
-def open_traces(paths: Sequence[str | Path], *, kernel_names: str = KERNEL_NAME_STYLES[0]) -> ImportResult:
+def open_traces(paths: Sequence[str | Path], *, kernel_names: str = KERNEL_NAME_STYLES[0],
+                max_bytes: int | None = None) -> ImportResult:
     """Several foreign traces (files and/or directories of them) as one ImportResult.
 
     Each file is imported on its own (its launches, steps and layers are matched within the file), into
@@ -191,7 +227,13 @@ def open_traces(paths: Sequence[str | Path], *, kernel_names: str = KERNEL_NAME_
     files are interleaved by start time (a replay plays the ranks side by side). SourceInfo.extra:
     `ranks` = [{rank, file, format, device, tracks}], `tracks` = [{track, rank, file, device/stream or
     pid/tid, label}], `files`. Recordings cannot be merged (they carry their own live source).
+    max_bytes: the largest document each reader may build (None: registry.ReadLimits' defaults).
     """
+    with _limits(max_bytes):
+        return _open_traces(paths, kernel_names)
+
+
+def _open_traces(paths: Sequence[str | Path], kernel_names: str) -> ImportResult:
     files, warnings = expand_trace_paths(paths)
     names = NameTable()
     per_file: list[tuple[Path, str, SourceInfo, list[EventBatch]]] = []
@@ -305,13 +347,20 @@ class TraceFile:
 TracePaths = str | Path | Sequence[str | Path]
 
 
-def open_trace_file(path: TracePaths, *, kernel_names: str = KERNEL_NAME_STYLES[0]) -> TraceFile:
+def open_trace_file(path: TracePaths, *, kernel_names: str = KERNEL_NAME_STYLES[0],
+                    max_bytes: int | None = None) -> TraceFile:
     """Open a llmtop recording, or any trace a registered format reads; LlmtopError otherwise.
 
     Several paths, or a directory, are foreign traces merged by `open_traces` (one track per rank,
     device and stream); `TraceFile.path` is then the directory or the first file. kernel_names: one of
-    KERNEL_NAME_STYLES (`--names`).
+    KERNEL_NAME_STYLES (`--names`). max_bytes: `--max-bytes`, the largest document a reader may build
+    (None: registry.ReadLimits' defaults, or what an enclosing `using_limits` set).
     """
+    with _limits(max_bytes):
+        return _open_trace_file(path, kernel_names)
+
+
+def _open_trace_file(path: TracePaths, kernel_names: str) -> TraceFile:
     if not isinstance(path, str | Path):
         paths = list(path)
         if len(paths) != 1:

@@ -1,9 +1,17 @@
-"""Shared assembly: kernel columns + step ranges -> KERNEL_DTYPE / STEP_DTYPE rows -> EventBatches."""
+"""Shared assembly: kernel columns + step ranges -> KERNEL_DTYPE / STEP_DTYPE rows -> EventBatches.
+
+`build_batches` first leaves out (and counts, in `info["skipped"]` with one line each in
+`info["warnings"]`) the rows no real trace has: a negative duration, a time beyond ±NS_LIMIT, a duration
+longer than MAX_TRACE_SPAN_NS, or a start more than MAX_TRACE_SPAN_NS away from the median start of the
+trace (an absurd timestamp: one corrupt digit in an otherwise sane trace would otherwise stretch every
+time axis over decades).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -12,6 +20,7 @@ from llmtop.events import (
     EMPTY_STEPS,
     KERNEL_DTYPE,
     NO_LAYER,
+    NS_LIMIT,
     OP_CLASS_ID,
     STEP_DTYPE,
     EventBatch,
@@ -20,6 +29,15 @@ from llmtop.events import (
 from llmtop.traces.importers.mapping import Intervals, StepFacts, op_class_of
 
 BATCH_ROWS = 65536
+# No real trace spans more than this on either side of its median start, and no kernel or step lasts
+# longer: rows beyond it are corrupt (one damaged digit), not slow.
+MAX_TRACE_SPAN_NS = 86_400 * 10**9  # one day
+_TIME_REASONS = {
+    "negative_duration": "negative durations (end before start)",
+    "time_out_of_range": "times beyond the int64 ns range",
+    "absurd_duration": "durations longer than a day",
+    "absurd_timestamp": "start times more than a day away from the rest of the trace",
+}
 
 
 @dataclass
@@ -120,6 +138,63 @@ def infer_layers(
     return layers, best_l
 
 
+def sane_times(
+    k: KernelColumns, steps: list[StepRange]
+) -> tuple[KernelColumns, list[StepRange], Counter[str]]:
+    """The kernels and steps whose times a real trace can have; the rest counted by reason (_TIME_REASONS)."""
+    skipped: Counter[str] = Counter()
+    start, dur = k.start.astype(np.int64, copy=False), k.dur.astype(np.int64, copy=False)
+    bad = np.zeros(len(start), dtype=np.int8)  # 0 kept; else index into reasons + 1
+    reasons = list(_TIME_REASONS)
+    out_of_range = (start <= -NS_LIMIT) | (start >= NS_LIMIT) | (dur >= NS_LIMIT)
+    bad[out_of_range] = 2
+    bad[(bad == 0) & (dur < 0)] = 1
+    bad[(bad == 0) & (dur > MAX_TRACE_SPAN_NS)] = 3
+    s_start = [st.start_ns for st in steps]
+    s_end = [st.end_ns for st in steps]
+    ok = start[bad == 0]
+    if len(ok):
+        mid = int(np.partition(ok, len(ok) // 2)[len(ok) // 2])
+    else:
+        ok_steps = sorted(a for a, b in zip(s_start, s_end, strict=True)
+                          if isinstance(a, int) and -NS_LIMIT < a < NS_LIMIT)
+        mid = ok_steps[len(ok_steps) // 2] if ok_steps else 0
+    far = (bad == 0) & ((start < mid - MAX_TRACE_SPAN_NS) | (start > mid + MAX_TRACE_SPAN_NS))
+    bad[far] = 4
+    for i, r in enumerate(reasons):
+        c = int(np.count_nonzero(bad == i + 1))
+        if c:
+            skipped[r] += c
+    if bad.any():
+        keep = bad == 0
+        n = len(start)
+
+        def cut(a: np.ndarray) -> np.ndarray:
+            return a[keep] if len(a) == n else a
+
+        k = replace(k, name=cut(k.name), start=cut(k.start), dur=cut(k.dur), track=cut(k.track),
+                    launch=cut(k.launch), host=cut(k.host), layer=cut(k.layer), op_class=cut(k.op_class))
+    kept_steps = []
+    for st, a, b in zip(steps, s_start, s_end, strict=True):
+        if not (-NS_LIMIT < a < NS_LIMIT and -NS_LIMIT < b < NS_LIMIT):
+            skipped["time_out_of_range"] += 1
+        elif b < a:
+            skipped["negative_duration"] += 1
+        elif b - a > MAX_TRACE_SPAN_NS:
+            skipped["absurd_duration"] += 1
+        elif abs(a - mid) > MAX_TRACE_SPAN_NS:
+            skipped["absurd_timestamp"] += 1
+        else:
+            kept_steps.append(st)
+    return k, kept_steps, skipped
+
+
+def time_warnings(skipped: Counter[str] | dict[str, int], what: str = "kernel/step rows") -> list[str]:
+    """One line per time reason in `skipped` (what `sane_times` counted)."""
+    return [f"left out {n} {what} with {_TIME_REASONS[r]} ({r})"
+            for r, n in skipped.items() if r in _TIME_REASONS and n]
+
+
 def build_batches(
     k: KernelColumns,
     steps: list[StepRange],
@@ -127,8 +202,12 @@ def build_batches(
     *,
     default_phase: int = DECODE,
     batch_rows: int = BATCH_ROWS,
-) -> tuple[list[EventBatch], dict[str, int]]:
-    """Rows for every kernel and step, kernels in start order, each step in the batch of its last kernel."""
+) -> tuple[list[EventBatch], dict]:
+    """Rows for every kernel and step, kernels in start order, each step in the batch of its last kernel.
+
+    Rows with impossible times are left out first (`sane_times`): info["skipped"] counts them by reason
+    and info["warnings"] says so in one line per reason; the importer adds both to its own."""
+    k, steps, time_skipped = sane_times(k, steps)
     n = len(k.start)
     order = np.argsort(k.start, kind="stable")
     steps_sorted = sorted(steps, key=lambda s: s.start_ns)
@@ -218,6 +297,8 @@ def build_batches(
         "steps": len(st),
         "inferred_layers": inferred_l,
         "kernels_outside_steps": int((~has).sum()) if len(st) else n,
+        "skipped": dict(time_skipped),
+        "warnings": time_warnings(time_skipped),
     }
     return batches, info
 

@@ -52,6 +52,7 @@ from llmtop.traces.importers.common import KernelColumns, StepRange, build_batch
 from llmtop.traces.importers.mapping import (
     Intervals,
     StepFacts,
+    TimeRangeError,
     layer_of,
     merge_facts,
     op_class_for,
@@ -81,6 +82,10 @@ _HOST_CATS = {
     "external_correlation", "cuda_profiler_range", "mlu_profiler_range", "gpu_pm_counter", "mtia_counters",
     "collective_comm", "fwdbwd", "ac2g", "mtia_workloadd", "xpu_scope_profiler",
 }  # fmt: skip
+# Chrome Trace Event Format phases: an event with any other phase is malformed. Kineto writes the
+# categories it reads (device work, launches, cpu ops, annotations) as complete events ("X") only.
+_PHASES = frozenset("BEXiICbneSTpFstfPONDMVvRc()")
+_X_ONLY = frozenset(_DEVICE_CATS) | _RUNTIME_CATS | _ANNOT_CATS | _CPU_OP_CATS
 _DEVICE_LOOKING = re.compile(
     r"gpu|kernel|device|mem(?:cpy|set)|mtia|hpu|xpu|npu|mlu|gcu|tpu|dma|ccp|accel|cuda|hip|rocm|stream", re.I
 )
@@ -112,6 +117,10 @@ class _Event(msgspec.Struct, gc=False):
 _Columns = tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]
 # one element of traceEvents: any JSON value (non-objects are counted and skipped)
 _Item = _Event | str | int | float | bool | list | None
+
+
+class _NegativeDuration(ValueError):
+    pass
 
 
 def _on_streams(evs: list[_Event]) -> bool:
@@ -181,7 +190,9 @@ class _Collector:
         self.s_id, self.f_pid, self.f_tid, self.f_ts, self.f_id = (array(q) for _ in range(5))
         self.skipped: Counter[str] = Counter()
         self.unknown_cats: Counter[str] = Counter()  # device-looking X categories not understood
+        self.other_cats: Counter[str] = Counter()  # any other X category not understood
         self.device_cats: Counter[str] = Counter()  # the device categories read
+        self.device_bad: Counter[tuple[str, str]] = Counter()  # (category, reason) of device events left out
         self.ignored = 0
         self.events = 0
         self.devices: dict[int, str] = {}
@@ -216,12 +227,19 @@ class _Collector:
                 if type(e) is not _Event:
                     self.skipped["not_an_event"] += 1
                     continue
-                ph = e.ph
-                if ph == "s" or ph == "f":
-                    if e.cat == "ac2g":
+                ph, cat = e.ph, e.cat
+                x_only = type(cat) is str and cat in _X_ONLY
+                if ph is None or x_only or type(ph) is not str or ph not in _PHASES:
+                    # no phase, one that is no Chrome phase, or not "X" in a category Kineto writes as "X"
+                    # only (a damaged record): counted; device work also by its category
+                    reason = "missing_phase" if ph is None else "malformed_record"
+                    self.skipped[reason] += 1
+                    if x_only and cat in _DEVICE_CATS:
+                        self.device_cats[cat] += 1
+                        self.device_bad[cat, reason] += 1
+                elif ph == "s" or ph == "f":
+                    if cat == "ac2g":
                         (starts if ph == "s" else ends).append(e)
-                elif ph is None:
-                    self.skipped["missing_phase"] += 1
                 else:
                     self.ignored += 1
             if starts or ends:
@@ -237,7 +255,7 @@ class _Collector:
             kind = _DEVICE_CATS.get(cat)
             if kind is not None:
                 self.device_cats[cat] += len(evs)
-                self._device(evs, kind, rank)
+                self._device(evs, kind, rank, cat)
             elif cat in _CPU_OP_CATS:
                 self._cpu_ops(evs, rank)
             elif cat in _RUNTIME_CATS:
@@ -248,10 +266,16 @@ class _Collector:
                 for e in evs:
                     try:
                         self._annotation(e, cat, rank)
+                    except TimeRangeError:
+                        self.skipped["time_out_of_range"] += 1
+                    except _NegativeDuration:
+                        self.skipped["negative_duration"] += 1
                     except (KeyError, TypeError, ValueError, AttributeError):
                         self.skipped["malformed_record"] += 1
             elif cat not in _HOST_CATS and (_DEVICE_LOOKING.search(cat) or _on_streams(evs)):
                 self.unknown_cats[cat] += len(evs)
+            elif cat not in _HOST_CATS:  # a category no Kineto version writes (a damaged or foreign one)
+                self.other_cats[cat] += len(evs)
             else:
                 self.ignored += len(evs)
 
@@ -297,6 +321,9 @@ class _Collector:
             fid = e.id
             try:
                 t, pk, tk = _ns(e.ts), self.key(e.pid), self.key(e.tid)
+            except TimeRangeError:
+                self.skipped["time_out_of_range"] += 1
+                continue
             except (TypeError, ValueError):
                 self.skipped["malformed_record"] += 1
                 continue
@@ -305,7 +332,7 @@ class _Collector:
             self.f_ts.append(t)
             self.f_id.append(fid)
 
-    def _device(self, evs: list[_Event], kind: int, rank: int) -> None:
+    def _device(self, evs: list[_Event], kind: int, rank: int, cat: str) -> None:
         args = [e.args for e in evs]
         b = self._bulk(evs) if all(type(a) is _Args for a in args) else None
         if b is not None:
@@ -336,7 +363,7 @@ class _Collector:
         a_dev = self.k_dev.append
         a_stream, a_corr, a_rank = self.k_stream.append, self.k_corr.append, self.k_rank.append
         a_kind, a_pid, a_tid = self.k_kind.append, self.k_pid.append, self.k_tid.append
-        bad = neg = 0
+        bad = neg = oor = 0
         for e in evs:
             try:
                 args = e.args
@@ -365,6 +392,9 @@ class _Collector:
                 nm = names.get(e.name)
                 if nm is None:
                     nm = name_id(e.name)
+            except TimeRangeError:
+                oor += 1
+                continue
             except (TypeError, ValueError):
                 bad += 1
                 continue
@@ -378,10 +408,10 @@ class _Collector:
             a_kind(kind)
             a_pid(pk)
             a_tid(tk)
-        if bad:
-            self.skipped["malformed_record"] += bad
-        if neg:
-            self.skipped["negative_duration"] += neg
+        for reason, n in (("malformed_record", bad), ("negative_duration", neg), ("time_out_of_range", oor)):
+            if n:
+                self.skipped[reason] += n
+                self.device_bad[cat, reason] += n
 
     def _cpu_ops(self, evs: list[_Event], rank: int) -> None:
         b = self._bulk(evs)
@@ -397,7 +427,7 @@ class _Collector:
         keys, key, names, name_id = self.keys, self.key, self.name_ids, self.name_id
         a_name, a_ts, a_dur = self.c_name.append, self.c_ts.append, self.c_dur.append
         a_pid, a_tid, a_rank = self.c_pid.append, self.c_tid.append, self.c_rank.append
-        bad = neg = 0
+        bad = neg = oor = 0
         for e in evs:
             try:
                 ts, dur = _ns(e.ts), _ns(e.dur)
@@ -413,6 +443,9 @@ class _Collector:
                 nm = names.get(e.name)
                 if nm is None:
                     nm = name_id(e.name)
+            except TimeRangeError:
+                oor += 1
+                continue
             except (TypeError, ValueError):
                 bad += 1
                 continue
@@ -422,10 +455,9 @@ class _Collector:
             a_pid(pk)
             a_tid(tk)
             a_rank(rank)
-        if bad:
-            self.skipped["malformed_record"] += bad
-        if neg:
-            self.skipped["negative_duration"] += neg
+        for reason, n in (("malformed_record", bad), ("negative_duration", neg), ("time_out_of_range", oor)):
+            if n:
+                self.skipped[reason] += n
 
     def _runtime(self, evs: list[_Event], rank: int) -> None:
         corrs = [e.args.correlation if type(e.args) is _Args else None for e in evs]
@@ -450,7 +482,7 @@ class _Collector:
         a_corr, a_ts, a_pid, a_tid, a_rank = (
             self.r_corr.append, self.r_ts.append, self.r_pid.append, self.r_tid.append, self.r_rank.append
         )
-        bad = 0
+        bad = oor = 0
         for e in evs:
             args = e.args
             corr = args.correlation if type(args) is _Args else None
@@ -464,6 +496,9 @@ class _Collector:
                 tid = keys.get(e.tid)
                 if tid is None:
                     tid = key(e.tid)
+            except TimeRangeError:
+                oor += 1
+                continue
             except (TypeError, ValueError):
                 bad += 1
                 continue
@@ -474,6 +509,8 @@ class _Collector:
             a_rank(rank)
         if bad:
             self.skipped["malformed_record"] += bad
+        if oor:
+            self.skipped["time_out_of_range"] += oor
 
     def _annotation(self, e: _Event, cat: str, rank: int) -> None:
         name = e.name
@@ -482,7 +519,7 @@ class _Collector:
         gpu = cat == "gpu_user_annotation"
         ts, dur = _ns(e.ts), _ns(e.dur)
         if dur < 0:
-            raise ValueError("negative_duration")
+            raise _NegativeDuration
         args = e.args if gpu and type(e.args) is _Args else None
         pk = self.key(args.device if args is not None and args.device is not None else e.pid)
         tk = self.key(args.stream if args is not None and args.stream is not None else e.tid)
@@ -616,6 +653,10 @@ def read_file(path: Path, col: _Collector, warnings: list[str]) -> None:
     col.ranks.append(rank)
     if read_error:
         warnings.append(f"{path.name}: stream ended early ({read_error}); imported what came before")
+    if st.too_deep:
+        col.skipped["too_deeply_nested"] += st.too_deep
+        warnings.append(f"{path.name}: {st.too_deep} trace events nest deeper than the JSON decoders go "
+                        "(about 1000 levels) and were left out (too_deeply_nested)")
     if st.truncated:
         col.skipped["truncated_record"] += 1
         warnings.append(
@@ -810,6 +851,27 @@ def import_kineto(
         read_file(p, col, warnings)
     k_ts = _np(col.k_ts)
     gpu_trace = len(k_ts) > 0
+    if col.other_cats:
+        n_other = sum(col.other_cats.values())
+        col.skipped["unknown_category"] += n_other
+        top = col.other_cats.most_common(5)
+        parts = ", ".join(f"{c!r} ({n})" for c, n in top) + (", ..." if len(col.other_cats) > 5 else "")
+        warnings.append(f"{n_other} complete events in categories llmtop does not read were left out: "
+                        f"{parts} (unknown_category)")
+    if col.device_bad:
+        n_bad = sum(col.device_bad.values())
+        per_cat, per_reason = Counter[str](), Counter[str]()
+        for (c, r), n in col.device_bad.items():
+            per_cat[c] += n
+            per_reason[r] += n
+        cats = ", ".join(f"{c!r} {n} of {col.device_cats[c]}" for c, n in per_cat.most_common())
+        why = ", ".join(f"{r} {n}" for r, n in sorted(per_reason.items()))
+        warnings.append(
+            f"{n_bad} of {sum(col.device_cats.values())} device events failed validation and were left out "
+            f"({cats}; {why})" + ("" if gpu_trace else
+                                  ": none is left, so the report below shows the CPU side (cpu_ops), not "
+                                  "the device")
+        )
     if col.unknown_cats:
         col.skipped["unknown_device_category"] += sum(col.unknown_cats.values())
         parts = ", ".join(f"{c!r} ({n})" for c, n in col.unknown_cats.most_common())
@@ -865,7 +927,10 @@ def import_kineto(
         # CPU-only: leaf cpu_ops per thread are the kernels
         c_ts, c_dur = _np(col.c_ts), _np(col.c_dur)
         if not len(c_ts):
-            raise LlmtopError("trace has no kernel, memcpy or cpu_op events: nothing to import")
+            where = ", ".join(str(p) for p in paths)
+            why = ", ".join(f"{r} {n}" for r, n in sorted(col.skipped.items()))
+            raise LlmtopError(f"{where}: trace has no kernel, memcpy or cpu_op events: nothing to import"
+                              + (f" (skipped: {why})" if why else ""))
         c_name, c_pid, c_tid, c_rank = _np(col.c_name), _np(col.c_pid), _np(col.c_tid), _np(col.c_rank)
         o = np.lexsort((-(c_ts + c_dur), c_ts, c_tid, c_pid, c_rank))
         ts_o, end_o = c_ts[o], c_ts[o] + c_dur[o]
@@ -886,8 +951,9 @@ def import_kineto(
         launcher = np.full(len(leaf), -1, dtype=np.int64)
         every, own = np.arange(len(leaf)), (k_rank, c_pid[leaf], c_tid[leaf])
         context = _context(col, len(col.keys) + 1, every, own, k_ts, None, k_ts)
+        what = ("no valid device events" if col.device_cats or col.unknown_cats else "CPU-only trace")
         warnings.append(
-            f"CPU-only trace: the {len(leaf)} outermost cpu_ops of each thread (of {len(c_ts)}) are the "
+            f"{what}: the {len(leaf)} outermost cpu_ops of each thread (of {len(c_ts)}) are the "
             "kernels, so ops nested in them are not counted twice"
         )
     uniq_tracks, track = (
@@ -930,6 +996,8 @@ def import_kineto(
     op_class = _op_classes(col.names, k_name, launcher, context, k_kind)
     kc = KernelColumns(col.names, k_name, k_ts, k_dur, track, launch, host, layer, op_class)
     batches, info = build_batches(kc, steps, names)
+    col.skipped.update(info["skipped"])
+    warnings.extend(info["warnings"])
 
     dev_ids = sorted({int(d) for d in _distinct(uniq_tracks[:, 1])}) if gpu_trace else []
     key_back = {v: k for k, v in col.keys.items()}

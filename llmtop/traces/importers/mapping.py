@@ -383,15 +383,21 @@ def innermost(starts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> Inter
     return Intervals(a[:, 0], a[:, 1], a[:, 2])
 
 
+class TimeRangeError(ValueError):
+    """A time that is a number but no real trace has: not finite (Infinity, NaN, 1e400), or beyond
+    ±NS_LIMIT ns (1e308, a corrupt digit run). Importers count it as `time_out_of_range`."""
+
+
 def us_to_ns(v: object) -> int:
     """A Kineto µs value (int, or the decimal string of a float kept as text) -> int ns, exactly.
 
-    ValueError for values whose ns do not fit the int64 columns (a corrupt digit run), so importers skip
-    and count the event instead of failing on an OverflowError halfway through appending its columns.
+    TimeRangeError (a ValueError) for values whose ns do not fit the int64 columns, so importers skip
+    and count the event instead of failing on an OverflowError halfway through appending its columns;
+    ValueError for text that is not a number, TypeError for what is not a number or text.
     """
     r = _us_to_ns(v)
     if not -NS_LIMIT < r < NS_LIMIT:
-        raise ValueError(f"time out of range: {v!r}")
+        raise TimeRangeError(f"time out of range: {v!r}")
     return r
 
 
@@ -401,7 +407,7 @@ def _us_to_ns(v: object) -> int:
         if i > 0 and len(v) - i == 4 and "e" not in v and "E" not in v:
             return int(v[:i] + v[i + 1 :])  # Kineto's usual 3 decimals: µs.ns -> ns in one int()
     elif type(v) is int:
-        return v * 1000
+        return v * 1000  # any size: us_to_ns checks the range
     if type(v) is str:
         neg = v.startswith("-")
         body = v[1:] if neg else v
@@ -409,6 +415,8 @@ def _us_to_ns(v: object) -> int:
             r = _finite_ns(float(body))
         else:
             whole, _, frac = body.partition(".")
+            if len(whole) > 24 and whole.isdigit():  # before int() refuses 4300+ digits as malformed
+                raise TimeRangeError(f"time out of range: {v[:40]!r}...")
             r = int(whole or "0") * 1000 + (int((frac + "000")[:3]) if frac else 0)
             if len(frac) > 3 and frac[3] >= "5":
                 r += 1
@@ -419,8 +427,10 @@ def _us_to_ns(v: object) -> int:
 
 
 def _finite_ns(us: float) -> int:
-    # "1E6553" (a corrupt exponent) parses to inf, and json accepts Infinity/NaN: ValueError makes the
-    # importers skip and count the event instead of dying on round(inf)'s OverflowError.
-    if not math.isfinite(us):
-        raise ValueError(f"not a finite time: {us!r}")
-    return round(us * 1000)
+    # "1E6553" (a corrupt exponent) parses to inf, json accepts Infinity/NaN, and 1e308 µs is inf ns:
+    # TimeRangeError makes the importers skip and count the event instead of dying on round(inf)'s
+    # OverflowError.
+    ns = us * 1000
+    if not math.isfinite(ns) or not -NS_LIMIT < ns < NS_LIMIT:
+        raise TimeRangeError(f"time out of range: {us!r}")
+    return round(ns)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llmtop.errors import LlmtopError
-from llmtop.events import NO_LAYER, EventBatch, NameTable, SourceInfo
+from llmtop.events import NO_LAYER, NS_LIMIT, EventBatch, NameTable, SourceInfo
 from llmtop.traces.importers.common import KernelColumns, StepRange, build_batches
 from llmtop.traces.importers.mapping import (
     Intervals,
@@ -42,6 +42,36 @@ NAME_COLUMNS = {"demangled": ("demangledName", "shortName", "mangledName"),
 _CPU_OP = re.compile(r"^([A-Za-z_][\w.]*::[\w.]+)(?:,|$)")  # emit_nvtx: "aten::addmm, seq = 12, sizes = ..."
 
 
+_ROW_REASONS = {
+    "missing_time": "kernels/copies without start or end",
+    "malformed_record": "kernels/copies with a field of the wrong type",
+    "negative_duration": "kernels/copies that end before they start",
+    "time_out_of_range": "kernels/copies with times beyond the int64 ns range",
+    "malformed_launch": "runtime launch records with a field of the wrong type or an impossible time",
+    "malformed_range": "NVTX ranges with a field of the wrong type, an impossible time or an end before "
+                       "their start",
+}
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def _strings(con: sqlite3.Connection) -> tuple[dict[int, str], int]:
+    """StringIds as {id: text}, and how many values are not text (a BLOB or a number where nsys writes a
+    string: they become `<string N: not text>`, so a name is never bytes)."""
+    out: dict[int, str] = {}
+    odd = 0
+    for i, v in con.execute("SELECT id, value FROM StringIds"):
+        if type(i) is not int:
+            continue
+        if type(v) is not str:
+            odd += 1
+            v = f"<string {i}: not text>"
+        out[i] = v
+    return out, odd
+
+
 def _cols(con: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
@@ -53,6 +83,7 @@ def import_nsys(
     uri = "file:" + str(path.resolve()).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
     try:
         con = sqlite3.connect(uri, uri=True)
+        con.text_factory = _text  # damaged UTF-8 in a string is replaced, not an error for the whole file
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as e:
         raise LlmtopError(f"{path}: unreadable SQLite file ({e})") from None
@@ -74,7 +105,10 @@ def _read(
         hint = "no StringIds table" if "StringIds" not in tables else "no CUPTI_ACTIVITY_KIND_* tables"
         raise LlmtopError(f"{path}: SQLite file is not an Nsight Systems export ({hint})")
     warnings: list[str] = []
-    strings = dict(con.execute("SELECT id, value FROM StringIds"))
+    strings, odd = _strings(con)
+    if odd:
+        warnings.append(f"StringIds: {odd} values are not text (a BLOB or a number where nsys writes a "
+                        "string): names that use them show as <string N: not text>")
     local_names: list[str] = []
     local_ids: dict[str, int] = {}
 
@@ -89,8 +123,15 @@ def _read(
     cols_k: dict[str, list[np.ndarray]] = {c: [] for c in keys}
     skipped: Counter[str] = Counter()
 
+    odd_names = Counter[str]()
+
     def kernel_name(v: object) -> str:
-        return strings.get(v, f"kernel#{v}") if isinstance(v, int) else str(v)
+        if type(v) is int:
+            return strings.get(v, f"kernel#{v}")
+        if type(v) is str:
+            return v
+        odd_names["x"] += 1
+        return "<kernel name: not text>"
 
     for t in kernel_tables:
         c = _cols(con, t)
@@ -131,8 +172,11 @@ def _read(
                 break
             ok_rows = []
             for r in rows:
-                if not all(isinstance(v, int) for v in r[1:5]):
+                if not all(type(v) is int for v in r[1:5]):
                     skipped["malformed_record"] += 1
+                    continue
+                if not (-NS_LIMIT < r[1] < NS_LIMIT and -NS_LIMIT < r[2] < NS_LIMIT):
+                    skipped["time_out_of_range"] += 1  # checked before the int64 columns are built
                     continue
                 if r[2] < r[1]:
                     skipped["negative_duration"] += 1
@@ -145,13 +189,20 @@ def _read(
                 else:
                     nm = cn = "Memset"
                 ok_rows.append(
-                    (lid(nm), lid(cn), r[1], r[2] - r[1], r[3], r[4], r[5] if isinstance(r[5], int) else -1)
+                    (lid(nm), lid(cn), r[1], r[2] - r[1], r[3], r[4], r[5] if type(r[5]) is int else -1)
                 )
             if ok_rows:
                 a = np.array(ok_rows, dtype=np.int64)
                 for j, key in enumerate(keys):
                     cols_k[key].append(a[:, j])
+    if odd_names:
+        warnings.append(f"{odd_names['x']} kernel names are neither text nor a StringIds id: they show as "
+                        "<kernel name: not text>")
     if not cols_k["start"]:
+        if sum(skipped.values()):
+            why = ", ".join(f"{r} {n}" for r, n in sorted(skipped.items()))
+            raise LlmtopError(f"{path}: none of its {sum(skipped.values())} kernel/memcpy/memset records can "
+                              f"be read ({why})")
         raise LlmtopError(f"{path}: Nsight Systems export without kernel/memcpy/memset records")
     k = {key: np.concatenate(v) for key, v in cols_k.items()}
 
@@ -161,12 +212,18 @@ def _read(
     if "CUPTI_ACTIVITY_KIND_RUNTIME" in tables and {"start", "globalTid", "correlationId"} <= _cols(
         con, "CUPTI_ACTIVITY_KIND_RUNTIME"
     ):
+        # integers only (a damaged row of another type is left out and counted), within the ns range
+        ok = ("typeof(correlationId) = 'integer' AND typeof(start) = 'integer' AND typeof(globalTid) = "
+              f"'integer' AND start > {-NS_LIMIT} AND start < {NS_LIMIT}")
+        bad_rt = con.execute(
+            "SELECT count(*) FROM CUPTI_ACTIVITY_KIND_RUNTIME WHERE correlationId IS NOT NULL AND start IS "
+            f"NOT NULL AND globalTid IS NOT NULL AND NOT ({ok})"
+        ).fetchone()[0]
+        if bad_rt:
+            skipped["malformed_launch"] += bad_rt
         rt = np.array(
-            con.execute(
-                "SELECT correlationId, start, globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME "
-                "WHERE correlationId IS NOT NULL AND start IS NOT NULL "
-                "AND globalTid IS NOT NULL"
-            ).fetchall(),
+            con.execute(f"SELECT correlationId, start, globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME WHERE {ok}")
+            .fetchall(),
             dtype=np.int64,
         ).reshape(-1, 3)
         if len(rt):
@@ -195,9 +252,11 @@ def _read(
             f"SELECT start, end, {text}, {text_id}, {tid} FROM NVTX_EVENTS "
             f"WHERE end IS NOT NULL AND start IS NOT NULL AND eventType IN ({types})"
         ):
-            label = tx if isinstance(tx, str) else strings.get(tx_id, "") if isinstance(tx_id, int) else ""
-            if isinstance(s, int) and isinstance(e, int) and e >= s:
-                rng.append((s, e, label, g if isinstance(g, int) else 0))
+            label = tx if isinstance(tx, str) else strings.get(tx_id, "") if type(tx_id) is int else ""
+            if type(s) is int and type(e) is int and -NS_LIMIT < s <= e < NS_LIMIT:
+                rng.append((s, e, label, g if type(g) is int else 0))
+            else:
+                skipped["malformed_range"] += 1
         _innermost_ranges(rng, launch, host, launcher, annotation, labels)
         lay = [(s, e, layer_of(lb), g) for s, e, lb, g in rng if layer_of(lb) != NO_LAYER]
         for g in {r[3] for r in lay}:
@@ -236,12 +295,16 @@ def _read(
 
     tk = np.stack([k["dev"], k["stream"]], axis=1)
     uniq, track = np.unique(tk, axis=0, return_inverse=True)
+    if len(uniq) > 65535:
+        raise LlmtopError(f"{path}: {len(uniq)} device streams; at most 65535 tracks are supported")
     op_class = op_class_column(local_names, k["cname"], labels, launcher, labels, annotation)
     kc = KernelColumns(
         local_names, k["name"], k["start"], k["dur"], track.reshape(-1).astype(np.int64), launch, host, layer,
         op_class,
     )
     batches, info = build_batches(kc, steps, names)
+    skipped.update(info["skipped"])
+    warnings.extend(info["warnings"])
 
     device = ""
     if "TARGET_INFO_GPU" in tables and "name" in _cols(con, "TARGET_INFO_GPU"):
@@ -261,8 +324,8 @@ def _read(
                         "launched outside every step range: they count in the kernel table, not in per-step "
                         "figures")
     for reason, n in sorted(skipped.items()):
-        if reason in ("missing_time", "malformed_record", "negative_duration"):
-            warnings.append(f"{n} records skipped: {reason.replace('_', ' ')}")
+        if reason in _ROW_REASONS:
+            warnings.append(f"{n} records skipped: {reason.replace('_', ' ')} ({_ROW_REASONS[reason]})")
     source = SourceInfo(
         kind="import",
         backend="nsys",
