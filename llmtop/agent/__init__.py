@@ -15,9 +15,23 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmtop.agent.core import DEFAULT_ADDR, Agent, parse_addr
+if TYPE_CHECKING:
+    from llmtop.agent.core import Agent
+
+# Imported lazily: `llmtop run` arms every Python process through llmtop.agent.bootstrap, and most of them
+# (shells' helpers, pip, the API server) never run a model; core pulls in numpy and the codec (~0.1 s).
+_FROM_CORE = ("DEFAULT_ADDR", "Agent", "parse_addr")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CORE:
+        from llmtop.agent import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'llmtop.agent' has no attribute {name!r}")
+
 
 ENV_ADDR = "LLMTOP_AGENT"
 ENV_TOKEN = "LLMTOP_AGENT_TOKEN"
@@ -27,10 +41,13 @@ _global_lock = threading.Lock()
 
 
 def start(
-    addr: str = DEFAULT_ADDR, token: str | None = None, engine: Any = None, model: Any = None, **kw: Any
+    addr: str | None = None, token: str | None = None, engine: Any = None, model: Any = None, **kw: Any
 ) -> Agent:
-    """Start an agent listening on addr (port 0 picks a free one; see `agent.address`)."""
-    return Agent(addr, token, engine=engine, model=model, **kw).start()
+    """Start an agent listening on addr (default DEFAULT_ADDR, 127.0.0.1:7070; port 0 picks a free one;
+    see `agent.address`)."""
+    from llmtop.agent.core import DEFAULT_ADDR, Agent
+
+    return Agent(addr or DEFAULT_ADDR, token, engine=engine, model=model, **kw).start()
 
 
 def autostart(engine: Any = None, model: Any = None) -> Agent | None:

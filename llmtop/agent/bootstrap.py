@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_RUN = "LLMTOP_RUN"
+RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"  # vLLM's GPUModelRunner (CPUModelRunner derives from it)
 LINGER_S = 3.0  # at exit, how long to wait for a connected viewer to take the last batches
 
 _armed = False
@@ -54,8 +55,6 @@ def arm() -> None:
     else:
         sys.meta_path.insert(0, _PostImport("torch", state.on_torch))
     # vLLM's model runner (imported only in its worker process): steps and batches from its scheduler
-    from llmtop.agent.vllm_hooks import RUNNER_MODULE
-
     if RUNNER_MODULE in sys.modules:
         _patch_vllm()
     else:
@@ -63,7 +62,7 @@ def arm() -> None:
 
 
 def _patch_vllm() -> None:
-    from llmtop.agent.vllm_hooks import RUNNER_MODULE, patch_runner
+    from llmtop.agent.vllm_hooks import patch_runner
 
     patch_runner(sys.modules[RUNNER_MODULE])
 

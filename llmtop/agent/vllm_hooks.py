@@ -29,7 +29,6 @@ from typing import Any
 
 from llmtop.events import DECODE, PREFILL
 
-RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"  # GPUModelRunner; CPUModelRunner derives from it
 MAX_TRACKED = 65536  # prompt lengths kept for requests the scheduler has not said are finished
 
 
@@ -145,4 +144,4 @@ def patch_runner(module: Any) -> bool:
     return True
 
 
-__all__ = ["RUNNER_MODULE", "StepFacts", "patch_runner"]
+__all__ = ["StepFacts", "patch_runner"]
