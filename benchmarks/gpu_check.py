@@ -8,7 +8,8 @@ Items (each prints one line "VERDICT item: detail"; PASS / FAIL / WARN / INFO / 
   syncfree   torch.cuda.set_sync_debug_mode("error") over decode steps (timed and untimed), then a prefill
   cupti      CUDA-event op totals vs CUPTI kernel busy time on a GPU-bound prefill, by dtype (fp32 with
              TF32, bf16, fp16): within 5 %; and the GPU idle share of decode steps (launch-bound or not)
-  overhead   decode tok/s with timing on vs off (bf16)
+  attribution  the live CUPTI step sampler's busy / idle / host in the report's attribution (decode, bf16)
+  overhead   decode tok/s with timing on (CUPTI sampled every 2 s, the default) vs off (bf16)
   agent      the agent on a GPU-bound HF prefill: step wall (max of host and GPU span) vs a synchronized
              measurement, and Σ op time <= wall
   nvml       the GPU gauges on the engine's device (chosen by UUID): fields present, nvmlShutdown
@@ -133,8 +134,10 @@ class Check:
             self._big = tiny_model() if self.dry else load_model("llama-3.2-1b")
         return self._big
 
-    def ops(self, dtype: str, timed: bool = True) -> TorchOps:
-        return TorchOps(KernelRecorder(enabled=timed), device=self.device, dtype=dtype)
+    def ops(self, dtype: str, timed: bool = True, sample_s: float = 0.0) -> TorchOps:
+        """sample_s: the live CUPTI step sampler's period (0: off, so the items that run their own
+        profiler are not disturbed by it; the `attribution` item runs it as users get it)."""
+        return TorchOps(KernelRecorder(enabled=timed), device=self.device, dtype=dtype, gpu_sample_s=sample_s)
 
     def sync(self) -> None:
         if not self.dry:
@@ -237,11 +240,49 @@ class Check:
             ops.close()
             del eng, ops
 
+    def attribution(self) -> None:
+        """The live path: TorchOps' own sampler (every 0.25 s here, 2 s by default) puts busy / idle on the
+        sampled steps' rows, and the report's attribution carries them."""
+        from llmtop.stats.aggregator import Aggregator
+
+        ops = self.ops("bfloat16", True, sample_s=0.25)
+        eng = Engine(self.small(), ops)
+        agg = Aggregator(window_s=600)
+        eng.generate(["warm up"], 4)
+        self.sync()
+        b = ops.recorder.drain()
+        if b is not None:  # its names are sent once: the aggregator must see every batch
+            agg.ingest(b)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < (3.0 if not self.dry else 0.5):
+            eng.generate(["Write a long story about a dragon who learns to fly."], 64, chat=False)
+            b = ops.recorder.drain()
+            if b is not None:
+                agg.ingest(b)
+        ops.synchronize()
+        b = ops.recorder.drain()
+        if b is not None:
+            agg.ingest(b)
+        ops.close()
+        att = agg.snapshot(mode="cumulative").report["attribution"]
+        g = att["decode"]["gpu"]
+        if g is None:
+            v = "DRY" if self.dry else "FAIL"
+            why = getattr(ops.recorder, "sampler", None)
+            verdict("attribution", v, "no sampled decode step in the report's attribution"
+                    + (" (CPU: no sampler, as expected)" if self.dry else f" (sampler: {why!r})"))
+            return
+        verdict("attribution", self.tag or "PASS",
+                f"report attribution.decode.gpu: {g['sampled_steps']} sampled steps, busy "
+                f"{g['busy_ms_per_step']:.2f} / idle {g['idle_ms_per_step']:.2f} / host "
+                f"{g['host_ms_per_step']:.2f} ms per step, launch-bound: {g['launch_bound']}; events Σ/wall "
+                f"{att['decode']['kernel_pct']:.0f} %")
+
     def overhead(self) -> None:
         n = 16 if self.dry else 128
         res = {}
         for timed in (False, True, False, True):
-            ops = self.ops("bfloat16", timed)
+            ops = self.ops("bfloat16", timed, sample_s=2.0)  # timed as users run it: CUPTI every 2 s
             eng = Engine(self.small(), ops)
             eng.generate(["warm up"], 4)
             self.sync()
@@ -329,7 +370,8 @@ class Check:
                 + (f"; missing {missing}" if missing else "") + (f"; {g.note}" if g.note else ""))
 
 
-LIMITS = {"tests": 180, "syncfree": 60, "cupti": 150, "overhead": 60, "agent": 60, "nvml": 15}
+LIMITS = {"tests": 180, "syncfree": 60, "cupti": 150, "attribution": 45, "overhead": 60, "agent": 60,
+          "nvml": 15}
 
 
 def main(argv: list[str] | None = None) -> int:

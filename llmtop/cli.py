@@ -30,6 +30,7 @@ DEFAULT_ONCE_PROMPT = "What is the capital of France?"
 SUBCOMMAND_HELP = {
     "replay": "replay a recording or an imported trace (Kineto, nsys, metallic, doppler, ...) in the TUI",
     "report": "print the report of a recording or trace headless (text, json, markdown)",
+    "diff": "compare two recordings or traces kernel by kernel: deltas and which changes are significant",
     "export": "write a recording or trace as Chrome Trace Event JSON (Perfetto)",
     "attach": "attach to llmtop agents or Prometheus /metrics endpoints (vLLM, llama.cpp, TGI, SGLang)",
     "serve": "OpenAI-style HTTP server on the llmtop engine, with the agent and /metrics",
@@ -95,6 +96,23 @@ def _add_wide_arg(p: Any) -> None:  # a parser or an argument group
                         "cut in the middle with …; markdown and json always have them whole)")
 
 
+def _add_peak_arg(p: Any) -> None:  # a parser or an argument group
+    p.add_argument("--peak", default=None, metavar="BW,FLOPS",
+                   help="the device's roofs for the roofline columns, GB/s and GFLOP/s (default: measured on "
+                        "CPU, the part's spec on CUDA, a trace's deviceProperties)")
+
+
+def _with_peak(source: Any, text: str | None) -> Any:
+    """The source with `--peak` as its device_peak (the report's roofline columns divide by it)."""
+    from dataclasses import replace
+
+    from llmtop.kernels.peaks import parse_peak
+
+    if not text:
+        return source
+    return replace(source, extra={**source.extra, "device_peak": parse_peak(text, source.dtype)})
+
+
 def _add_names_arg(p: argparse.ArgumentParser) -> None:
     from llmtop.traces.open import KERNEL_NAME_STYLES
 
@@ -145,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Vulkan or OpenGL (default: wgpu's choice)")
     g.add_argument("--no-timing", action="store_true",
                    help="switch per-kernel timing off (step times stay) to measure its cost")
+    _add_peak_arg(g)
+    g.add_argument("--gpu-sample-every", type=float, default=2.0, metavar="S",
+                   help="--backend cuda: profile one step every S seconds under CUPTI for GPU busy vs idle "
+                        "(launch-bound) beside the event spans; 0 = never (default 2)")
     w = p.add_argument_group("workload")
     w.add_argument("--prompt", action="append", default=None,
                    help="prompt text (repeatable; default: built-in prompts, or one question with --once)")
@@ -174,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--once", action="store_true",
                    help="run the prompts once headless and print the generated text and the full report")
     o.add_argument("--format", default="text", help="--once output: text, json or markdown (default text)")
+    o.add_argument("--warmup", type=int, default=None, metavar="N",
+                   help="untimed rounds before the first timed one, so TTFT is warm (default 1 with --once, "
+                        "else 0); the report's tokens.ttft_warm says which")
     _add_wide_arg(o)
+    from llmtop.export.options import add_metrics_arguments
+
+    add_metrics_arguments(o, what=" (TUI and --once)")
     return p
 
 
@@ -192,6 +220,14 @@ def _check_workload(args: argparse.Namespace) -> None:
         parent = Path(args.record).expanduser().resolve().parent
         if not parent.is_dir():
             raise LlmtopError(f"cannot record to {args.record}: directory {parent} does not exist")
+    if args.warmup is not None and not 0 <= args.warmup <= 100:
+        raise UsageError(f"--warmup must be in 0..100 rounds, got {args.warmup}")
+    if args.peak:
+        from llmtop.kernels.peaks import parse_peak
+
+        parse_peak(args.peak)  # before the model load: a typo fails in a second, not after it
+    if not 0 <= args.gpu_sample_every < float("inf"):
+        raise UsageError(f"--gpu-sample-every must be >= 0 seconds, got {args.gpu_sample_every:g}")
     if args.refresh > 60:
         raise UsageError(f"--refresh must be in (0, 60] Hz, got {args.refresh:g}")
 
@@ -214,6 +250,8 @@ def engine_spec(args: argparse.Namespace, prompts: list[str] | None = None, loop
         timing=not args.no_timing, seed=args.seed, batch=args.batch, prompts=list(prompts or []),
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, chat=not args.no_chat, loop=loop, ignore_eos=args.ignore_eos,
+        gpu_sample_s=args.gpu_sample_every, peak=args.peak,
+        warmup=args.warmup if args.warmup is not None else (1 if args.once else 0),
     )
 
 
@@ -234,6 +272,19 @@ def _sampling(args: argparse.Namespace) -> Any:
     return SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
 
 
+def _metrics_server(args: argparse.Namespace) -> Any:
+    """--metrics-port: bound now, before the model loads (a port in use is one line), fed once the
+    pipeline exists (llmtop/export/http.py); None without the flag."""
+    from llmtop.export.options import options_from_args
+
+    opts = options_from_args(args)
+    if opts is None:
+        return None
+    from llmtop.export.http import MetricsServer
+
+    return MetricsServer(opts)
+
+
 # -- --once ------------------------------------------------------------------------------------------
 def run_once(args: argparse.Namespace) -> int:
     from llmtop.once import render_once
@@ -244,8 +295,14 @@ def run_once(args: argparse.Namespace) -> int:
     if args.loop:
         raise UsageError("--loop needs the TUI; --once runs each prompt once")
     prompts = _prompts(args) or [DEFAULT_ONCE_PROMPT]
-    res = once(build_engine(args), prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
-               sampling=_sampling(args), chat=not args.no_chat, record=args.record, window_s=args.window)
+    metrics = _metrics_server(args)
+    try:
+        res = once(build_engine(args), prompts, batch=args.batch, max_new_tokens=args.max_new_tokens,
+                   sampling=_sampling(args), chat=not args.no_chat, record=args.record, window_s=args.window,
+                   metrics=metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
     print(render_once(res, args.format, wide=args.wide), end="", flush=True)
     if res.recording_error:  # the report above is whole; the file is not: a script must not trust it
         print(f"llmtop: error: {res.recording_error}", file=sys.stderr)
@@ -273,6 +330,9 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     loop = True if args.loop is None else args.loop
     agg = Aggregator(window_s=args.window)
     cleanups: list[Callable[[], None]] = []
+    metrics = _metrics_server(args)
+    if metrics is not None:
+        cleanups.append(metrics.close)
     if args.in_process:
         engine = build_engine(args)
         try:
@@ -285,6 +345,8 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
         cleanups.append(engine.ops.close)
     else:
         p = child_pipeline(engine_spec(args, prompts, loop), agg, record=args.record, on_note=_note)
+    if metrics is not None:
+        metrics.bind(p, p.counters.latest)
     try:
         app = make_app(PipelineProvider(p, kind="live"), args.refresh, window_title(p.source, "live"))
     except BaseException:
@@ -343,8 +405,10 @@ def build_attach_session(args: argparse.Namespace) -> TuiSession:
     from llmtop.tui.session import TuiSession, make_app
 
     agg = Aggregator(window_s=args.window)
-    p = build_attach_pipeline(args.urls, agg, token=args.token, interval=args.interval)
-    title = printable(f"llmtop · attach {' '.join(args.urls)}")
+    p = build_attach_pipeline(args.urls, agg, token=args.token, interval=args.interval,
+                              targets_file=args.targets)
+    what = [*args.urls, *(["--targets", args.targets] if args.targets else [])]
+    title = printable(f"llmtop · attach {' '.join(what)}")
     app = make_app(PipelineProvider(p, kind="attach"), args.refresh, title)
     return TuiSession(app, p)
 
@@ -397,6 +461,7 @@ def report_parser() -> argparse.ArgumentParser:
                         "(nsys for GPU traces; default)")
     _add_names_arg(p)
     _add_max_bytes_arg(p)
+    _add_peak_arg(p)
     return p
 
 
@@ -409,6 +474,8 @@ def file_report(args: argparse.Namespace) -> tuple[Any, Any]:
     agg = Aggregator(window_s=args.window)
     summary = load_into(args.file, agg, kernel_names=getattr(args, "names", "demangled"),
                         max_bytes=getattr(args, "max_bytes", None))
+    if getattr(args, "peak", None):
+        agg.set_source(_with_peak(summary.source, args.peak))
     for w in summary.warnings:
         _eprint(f"llmtop: warning: {' '.join(str(w).split())}")
     if summary.skipped:
@@ -433,6 +500,60 @@ def cmd_report(argv: list[str]) -> int:
     else:
         out = render(rep, args.format, limit=args.limit, wide=args.wide)
     print(out, end="")
+    return 0
+
+
+def diff_parser() -> argparse.ArgumentParser:
+    from llmtop.stats.compare import ALPHA, MIN_EFFECT
+
+    p = _Parser(prog="llmtop diff", description=SUBCOMMAND_HELP["diff"] + ".")
+    p.add_argument("a", metavar="A", help="the baseline: an llmtop recording or any importable trace")
+    p.add_argument("b", metavar="B", help="the run to compare with A (any format llmtop reads)")
+    p.add_argument("--format", default="text", choices=FORMATS, help="output format (default text)")
+    p.add_argument("--group", default="kernel", choices=("kernel", "op_class", "layer"),
+                   help="rows per kernel, op class or layer (default kernel)")
+    p.add_argument("--filter", default="", metavar="EXPR",
+                   help="row filter (both sides): substrings, phase:prefill|decode, layer:N|none, class:NAME")
+    p.add_argument("--limit", type=_positive(int, "--limit"), default=None, metavar="N",
+                   help="show at most N rows in text/markdown (the largest changes)")
+    p.add_argument("--alpha", type=float, default=ALPHA, metavar="P",
+                   help=f"family-wise significance level, Bonferroni-corrected over rows (default {ALPHA})")
+    p.add_argument("--min-effect", type=float, default=MIN_EFFECT * 100, metavar="PCT",
+                   help="smallest change of a row's mean that can be significant "
+                        f"(default {MIN_EFFECT * 100:g} %%)")
+    _add_wide_arg(p)
+    _add_names_arg(p)
+    _add_max_bytes_arg(p)
+    _add_peak_arg(p)
+    return p
+
+
+def cmd_diff(argv: list[str]) -> int:
+    from llmtop.collectors.replay import load_into
+    from llmtop.report_diff import render_diff
+    from llmtop.stats.aggregator import Aggregator
+    from llmtop.stats.compare import diff_reports
+
+    args = diff_parser().parse_args(argv)
+    if not 0 < args.alpha < 1 or not 0 <= args.min_effect < 1000:
+        raise UsageError("--alpha must be in (0, 1) and --min-effect in [0, 1000) percent")
+    side: dict[str, Any] = {}
+    snaps = []
+    for key, path in (("a", args.a), ("b", args.b)):
+        agg = Aggregator()
+        summary = load_into(path, agg, kernel_names=args.names, max_bytes=args.max_bytes)
+        if args.peak:
+            agg.set_source(_with_peak(summary.source, args.peak))
+        for w in summary.warnings:
+            _eprint(f"llmtop: warning: {key.upper()}: {' '.join(str(w).split())}")
+        src = summary.source
+        side[key] = {"path": str(path), "format": summary.format, "events": summary.events,
+                     "label": " · ".join(x for x in (src.backend, src.device, src.model, src.dtype) if x),
+                     "warnings": [" ".join(str(w).split()) for w in summary.warnings]}
+        snaps.append(agg.snapshot(mode="cumulative", group=args.group, sort="total", filter=args.filter))
+    d = diff_reports(snaps[0], snaps[1], alpha=args.alpha, min_effect=args.min_effect / 100)
+    out = {"a": side["a"], "b": side["b"], **d}
+    print(render_diff(out, args.format, limit=args.limit, wide=args.wide), end="")
     return 0
 
 
@@ -470,8 +591,10 @@ def cmd_export(argv: list[str]) -> int:
 
 def attach_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmtop attach", description=SUBCOMMAND_HELP["attach"] + ".")
-    p.add_argument("urls", nargs="+", metavar="URL",
+    p.add_argument("urls", nargs="*", metavar="URL",
                    help="llmtop://host:port (agent) or http(s)://host:port[/metrics] (Prometheus)")
+    p.add_argument("--targets", default=None, metavar="FILE",
+                   help="more URLs, one per line (# comments); re-read when it changes: targets come and go")
     p.add_argument("--token", default=None, help="shared token of a token-protected agent")
     p.add_argument("--interval", type=_positive(float, "--interval"), default=1.0, metavar="S",
                    help="Prometheus scrape interval (default 1)")
@@ -511,6 +634,8 @@ def _targets_table(rows: list[dict[str, Any]], md: bool) -> str:
 
 def cmd_attach(argv: list[str]) -> int:
     args = attach_parser().parse_args(argv)
+    if not args.urls and args.targets is None:
+        raise UsageError("attach needs at least one URL or --targets FILE")
     if not args.once:
         return build_attach_session(args).run()  # URLs are checked while building, the TTY in run()
     from llmtop.attach import attach_once, require_reached
@@ -518,7 +643,7 @@ def cmd_attach(argv: list[str]) -> int:
     from llmtop.stats.aggregator import Aggregator
 
     rep = attach_once(args.urls, Aggregator(window_s=args.window), token=args.token,
-                      duration_s=args.duration, interval=args.interval)
+                      duration_s=args.duration, interval=args.interval, targets_file=args.targets)
     require_reached(rep, args.duration)  # no target ever answered: one error line, exit 2
     if args.format == "json":
         print(render(rep, "json"), end="")
@@ -541,6 +666,9 @@ def run_parser() -> argparse.ArgumentParser:
                    help="timed granularity: every op (matmul, attention, norm, ...) or whole decoder layers")
     _add_wide_arg(p)
     _add_view_args(p)
+    from llmtop.export.options import add_metrics_arguments
+
+    add_metrics_arguments(p, what=" while COMMAND runs")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="the program to run, e.g. python my_script.py, or vllm serve MODEL --enforce-eager")
     return p
@@ -553,14 +681,17 @@ def cmd_run(argv: list[str]) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("llmtop run needs a command after --, e.g. llmtop run -- python my_script.py")
+    from llmtop.export.options import options_from_args
+
+    metrics = options_from_args(args)
     if args.once:
         return run_once(command, ops=args.ops, agent=args.agent, fmt=args.format, record=args.record,
-                        window_s=args.window, wide=args.wide)
+                        window_s=args.window, wide=args.wide, metrics=metrics)
     from llmtop.tui.session import require_tty
 
     require_tty()
     session = build_run_session(command, ops=args.ops, agent=args.agent, record=args.record,
-                                window_s=args.window, refresh=args.refresh)
+                                window_s=args.window, refresh=args.refresh, metrics=metrics)
     return session.run()
 
 
@@ -582,6 +713,7 @@ def cmd_serve(argv: list[str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "replay": cmd_replay,
     "report": cmd_report,
+    "diff": cmd_diff,
     "export": cmd_export,
     "attach": cmd_attach,
     "serve": cmd_serve,
@@ -592,6 +724,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "llmtop": build_parser,
     "replay": replay_parser,
     "report": report_parser,
+    "diff": diff_parser,
     "export": export_parser,
     "attach": attach_parser,
     "serve": serve_parser,

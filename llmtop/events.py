@@ -31,6 +31,7 @@ OP_CLASSES: tuple[str, ...] = (
     "other",
     # appended, not inserted: op class ids are stored in recordings, so existing ids never move
     "comm",  # collectives: NCCL/RCCL all-reduce, all-gather, ...
+    "npu",  # XRT (pyxrt) calls to an NPU: BO write / NPU run / BO read of each invocation, and its loading
 )
 OP_CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(OP_CLASSES)}
 
@@ -64,6 +65,9 @@ KERNEL_DTYPE = np.dtype(
 # One prefill or decode step: `tokens` new tokens produced for `batch` sequences whose longest
 # context (after the step) is `ctx`. dur_ns is the host wall time of the whole step; kernel_ns the
 # sum of its kernels' durations (filled by the timer; -1 when the step was not timed).
+# busy_ns / idle_ns: on a step sampled under CUPTI (kernels/gpu_profile.py), the GPU's kernel-busy time
+# (union of its kernel, memcpy and memset intervals) and its idle gaps inside the GPU span (waiting for
+# the host to launch: launch-bound); both 0 when the step was not sampled (and in older recordings).
 STEP_DTYPE = np.dtype(
     [
         ("phase", "u1"),
@@ -75,6 +79,8 @@ STEP_DTYPE = np.dtype(
         ("start_ns", "<i8"),
         ("dur_ns", "<i8"),
         ("kernel_ns", "<i8"),
+        ("busy_ns", "<i8"),
+        ("idle_ns", "<i8"),
     ]
 )
 
@@ -156,7 +162,9 @@ def drop_invalid(batch: EventBatch) -> tuple[EventBatch, int]:
     k_ok = ((k["dur_ns"] >= 0) & (k["dur_ns"] < NS_LIMIT) & (k["phase"] < len(PHASES))
             & (k["op_class"] < len(OP_CLASSES)))
     s_ok = ((s["dur_ns"] >= 0) & (s["dur_ns"] < NS_LIMIT) & (s["phase"] < len(PHASES)) & (s["tokens"] >= 0)
-            & (s["batch"] >= 0) & (s["ctx"] >= 0) & (s["kernel_ns"] >= -1) & (s["kernel_ns"] < NS_LIMIT))
+            & (s["batch"] >= 0) & (s["ctx"] >= 0) & (s["kernel_ns"] >= -1) & (s["kernel_ns"] < NS_LIMIT)
+            & (s["busy_ns"] >= 0) & (s["busy_ns"] < NS_LIMIT)
+            & (s["idle_ns"] >= 0) & (s["idle_ns"] < NS_LIMIT))
     bad = int(len(k) - np.count_nonzero(k_ok) + len(s) - np.count_nonzero(s_ok))
     if not bad:
         return batch, 0
@@ -235,6 +243,43 @@ class SourceInfo:
             n_layers=int(d.get("n_layers", 0) or 0),
             extra=dict(d.get("extra") or {}),
         )
+
+
+# -- NPU (XRT) kernel names ------------------------------------------------------------------------
+# One XRT invocation (agent/xrt_hooks.py live; traces/importers/mlir_air.py from a log) is three kernel
+# events of op class `npu`, back to back on the host clock, so their sum never exceeds the step wall:
+# `xrt:<kernel>/bo_write` (host -> BO copies and TO_DEVICE syncs), `xrt:<kernel>/npu_run` (run set-up,
+# start, wait: the NPU executing) and `xrt:<kernel>/bo_read` (FROM_DEVICE syncs, reading the outputs).
+# Bytes ride in the shape fields, which an XRT call has no other use for: m = bytes synced (to the device
+# on bo_write, from it on bo_read; clamped at 2**31 - 1), n = buffers synced; both 0 on npu_run. The slow
+# set-up calls (hw_context, register_xclbin, kernel construction, ...) are `xrt:load/<call>`. Events
+# outside every step (a process's set-up before its first step, e.g. weight preloads) are named with
+# `xrt-setup:` instead, so the per-step attribution can tell them apart without a schema change.
+XRT_PREFIX = "xrt:"
+XRT_SETUP_PREFIX = "xrt-setup:"
+XRT_PARTS: tuple[str, ...] = ("bo_write", "npu_run", "bo_read")
+XRT_LOAD = "load"  # the pseudo-kernel of the set-up calls
+I32_MAX = (1 << 31) - 1
+
+
+def xrt_name(kernel: str, part: str, setup: bool = False) -> str:
+    """'xrt:rms_gemv_rope/npu_run' (or 'xrt-setup:...' outside every step)."""
+    return f"{XRT_SETUP_PREFIX if setup else XRT_PREFIX}{kernel}/{part}"
+
+
+def parse_xrt_name(name: str) -> tuple[str, str, bool] | None:
+    """(kernel, part, setup) of an XRT event name, or None for any other name. For a set-up call the
+    kernel is XRT_LOAD and the part the call ('hw_context')."""
+    if name.startswith(XRT_PREFIX):
+        rest, setup = name[len(XRT_PREFIX):], False
+    elif name.startswith(XRT_SETUP_PREFIX):
+        rest, setup = name[len(XRT_SETUP_PREFIX):], True
+    else:
+        return None
+    kernel, sep, part = rest.rpartition("/")
+    if not sep or not kernel or not part:
+        return None
+    return kernel, part, setup
 
 
 def track_label(t: dict[str, Any], *, rank_tag: str | None = None) -> str:

@@ -32,9 +32,11 @@ class OnceResult:
 
 
 def run_once(engine: Engine, prompts: list[str], *, batch: int, max_new_tokens: int,
-             sampling: SamplingParams, chat: bool, record: str | None, window_s: float) -> OnceResult:
+             sampling: SamplingParams, chat: bool, record: str | None, window_s: float,
+             metrics: Any = None) -> OnceResult:
     """Generate every prompt once (in `batch` rows; a short last round is filled up cyclically so every
-    step has `batch` rows, like the live loop) and return the cumulative report. Closes the engine's ops."""
+    step has `batch` rows, like the live loop) and return the cumulative report. Closes the engine's ops.
+    `metrics`: a --metrics-port server (llmtop.export.http.MetricsServer) to feed while it runs."""
     agg = Aggregator(window_s=window_s)
     gens: list[Generation] = []
     t0 = time.perf_counter()
@@ -42,6 +44,8 @@ def run_once(engine: Engine, prompts: list[str], *, batch: int, max_new_tokens: 
         pipeline = live_pipeline(engine, agg, prompts=prompts, batch=batch, max_new_tokens=max_new_tokens,
                                  sampling=sampling, chat=chat, loop=False, record=record, process=False,
                                  gpu=False, on_round=lambda _i, out: gens.extend(out))
+        if metrics is not None:
+            metrics.bind(pipeline, pipeline.counters.latest)
         with pipeline:
             pipeline.wait_done()
         producer = pipeline.collectors[0]

@@ -132,7 +132,9 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
     t = _get(r, "tokens") or {}
     out.append(Section(
         "Tokens", ["Metric", "Value"],
-        [["TTFT (prefill step, median)", f"{fms(t.get('ttft_ms'))} ms"],
+        [["TTFT (prefill step, median)", f"{fms(t.get('ttft_ms'))} ms"
+          + {True: " (warm: after --warmup rounds)", False: " (cold start: the process's first prefill "
+             "included)"}.get(t.get("ttft_warm"), "")],
          ["TTFT p95", f"{fms(t.get('ttft_ms_p95'))} ms"],
          ["TPOT p50 / p95 (decode step)", f"{fms(t.get('tpot_ms_p50'))} / {fms(t.get('tpot_ms_p95'))} ms"],
          ["Decode tok/s", frate(t.get("decode_tok_s"))],
@@ -164,6 +166,9 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
     if not kernels:
         ks.lines.append("no kernel events in this view")
     out.append(ks)
+    roof = roofline_section(r, shown)
+    if roof is not None:
+        out.append(roof)
 
     tracks = [x for x in _get(r, "tracks") or [] if isinstance(x, Mapping)]
     if len(tracks) > 1:  # ranks / devices / streams side by side; one track says nothing new
@@ -236,6 +241,24 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
         ats.lines.append("no step records in this view")
     out.append(ats)
 
+    gpu_rows = []
+    for ph in ("prefill", "decode"):
+        g = _get(att.get(ph) if isinstance(att, Mapping) else None, "gpu")
+        if isinstance(g, Mapping):
+            gpu_rows.append([ph, fint(g.get("sampled_steps")), fms(g.get("wall_ms_per_step")),
+                             fms(g.get("busy_ms_per_step")), fpct(g.get("busy_pct")),
+                             fms(g.get("idle_ms_per_step")), fpct(g.get("idle_pct")),
+                             fms(g.get("host_ms_per_step")), fpct(g.get("host_pct")),
+                             f"LAUNCH-BOUND ({fint(g.get('launch_bound_steps'))} steps)"
+                             if g.get("launch_bound") else fint(g.get("launch_bound_steps"))])
+    if gpu_rows:  # only a CUDA run sampled under CUPTI has these
+        gs = Section("GPU busy vs idle (steps sampled under CUPTI; the kernel times above are event spans)",
+                     ["Phase", "Sampled", "Wall/step", "Busy/step", "Busy %", "Idle/step", "Idle %",
+                      "Host/step", "Host %", "Launch-bound"], gpu_rows, set(range(1, 10)))
+        gs.lines.append("busy = union of kernel/copy intervals; idle = GPU waiting for launches inside its"
+                        " span; host = wall - span")
+        out.append(gs)
+
     tr = _get(r, "trend") or {}
     trs = Section(f"Per-token trend (decode steps of the {tr.get('generation') or 'current'} generation)")
     if tr.get("steps"):
@@ -248,6 +271,7 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
     else:
         trs.lines.append("no decode steps yet")
     out.append(trs)
+    out.extend(npu_sections(_get(r, "npu")))
 
     dr = _get(r, "dropped") or {}
     col = _get(r, "collectors") or {}
@@ -259,6 +283,81 @@ def sections(r: Mapping[str, Any], limit: int | None) -> tuple[list[str], list[S
                     "BEHIND" if _get(col.get(n), "behind") else ""] for n in names], {1, 2, 3})
     out.append(ds)
     return head, out
+
+
+def npu_sections(n: Any) -> list[Section]:
+    """The `npu` section (XRT calls on an NPU): per kernel BO write / NPU run / BO read and MB moved, the
+    wall-time attribution NPU XRT / CPU host / python scheduling, the CPU host ops; [] without XRT calls."""
+    if not isinstance(n, Mapping):
+        return []
+    rows = [k for k in n.get("kernels") or [] if isinstance(k, Mapping)]
+    tot = _get(n, "totals") or {}
+    ks = Section("NPU XRT calls (per kernel: BO write / NPU run / BO read, as mlir-air's fine-grained table)",
+                 ["Kernel", "Calls", "BO write (ms)", "NPU run (ms)", "BO read (ms)", "Total (ms)",
+                  "Avg (ms)", "Written (MB)", "Read (MB)"],
+                 [[str(k.get("name")), fint(k.get("count")), fms(k.get("bo_write_ms")),
+                   fms(k.get("npu_run_ms")), fms(k.get("bo_read_ms")), fms(k.get("total_ms")),
+                   fms(k.get("mean_ms")), fms(k.get("mb_written")), fms(k.get("mb_read"))] for k in rows],
+                 set(range(1, 9)))
+    if rows:
+        ks.rows.append(["TOTAL", fint(tot.get("count")), fms(tot.get("bo_write_ms")),
+                        fms(tot.get("npu_run_ms")), fms(tot.get("bo_read_ms")), fms(tot.get("total_ms")), "",
+                        fms(tot.get("mb_written")), fms(tot.get("mb_read"))])
+        ks.rows.append(["%", "", fpct(tot.get("bo_write_pct")), fpct(tot.get("npu_run_pct")),
+                        fpct(tot.get("bo_read_pct")), "", "", "", ""])
+    else:
+        ks.lines.append("no XRT invocation inside a step")
+    st = _get(n, "setup") or {}
+    if st.get("count"):
+        ks.lines.append(f"set-up outside every step (weight preloads, ...): {fint(st.get('count'))} XRT "
+                        f"calls, {fms(st.get('total_ms'))} ms, {fms(st.get('mb_written'))} MB written")
+    ld = _get(n, "load") or {}
+    if ld.get("calls"):
+        ks.lines.append(f"load (hw_context, register_xclbin, kernel, ...): {fint(ld.get('calls'))} calls, "
+                        f"{fms(ld.get('ms'))} ms")
+    ks.lines.extend(f"note: {x}" for x in n.get("notes") or [])
+    out = [ks]
+    att = _get(n, "attribution") or {}
+    arows = []
+    for ph in ("prefill", "decode"):
+        x = att.get(ph) if isinstance(att, Mapping) else None
+        if isinstance(x, Mapping) and x.get("timed_steps"):
+            arows.append([ph, fint(x.get("steps")), fms(x.get("wall_ms_per_step")),
+                          f"{fms(x.get('npu_ms_per_step'))} ({fpct(x.get('npu_pct'))})",
+                          f"{fms(x.get('host_ms_per_step'))} ({fpct(x.get('host_pct'))})",
+                          f"{fms(x.get('python_ms_per_step'))} ({fpct(x.get('python_pct'))})"])
+    if arows:
+        at = Section("NPU wall-time attribution (ms per step)",
+                     ["Phase", "Steps", "Wall", "NPU XRT", "CPU host", "Python scheduling"], arows,
+                     {1, 2, 3, 4, 5})
+        at.lines.append("wall = NPU XRT calls + CPU host ops + python scheduling (the remainder)")
+        out.append(at)
+    hosts = [h for h in n.get("host_ops") or [] if isinstance(h, Mapping)]
+    if hosts:
+        out.append(Section("CPU host ops", ["Op", "Class", "Calls", "Total (ms)", "Avg (ms)"],
+                           [[str(h.get("name")), str(h.get("op_class")), fint(h.get("count")),
+                             fms(h.get("total_ms")), fms(h.get("mean_ms"))] for h in hosts], {2, 3, 4}))
+    return out
+
+
+def roofline_section(r: Mapping[str, Any], kernels: list[Any]) -> Section | None:
+    """The roofline columns of the rows that have them (matmuls with a recorded shape), or None."""
+    rows = [k for k in kernels if isinstance(k, Mapping) and k.get("flops") is not None]
+    if not rows:
+        return None
+    pk = _get(r, "device_peak")
+    title = "Roofline (rows with a matmul shape; bytes and flops per call, rates from the mean time)"
+    if isinstance(pk, Mapping):
+        title += (f"; device peak {frate(pk.get('bw_gbps'))} GB/s, {frate(pk.get('flops_gflops'))} GFLOP/s "
+                  f"{pk.get('dtype') or ''} ({pk.get('source') or '?'})")
+    sec = Section(title, ["Name", "Bytes", "FLOPs", "GB/s", "GFLOP/s", "% peak BW", "% peak FLOPS", "Bound"],
+                  [[str(k.get("name")), fmt_bytes(k.get("bytes")), fint(k.get("flops")), frate(k.get("gbps")),
+                    frate(k.get("gflops")), fpct(k.get("pct_peak_bw")), fpct(k.get("pct_peak_flops")),
+                    str(k.get("bound") or DASH)] for k in rows], set(range(1, 7)))
+    if not isinstance(pk, Mapping):
+        sec.lines.append("no device peak known: pass --peak BW,FLOPS (GB/s, GFLOP/s) for the % and bound "
+                         "columns")
+    return sec
 
 
 def _fit_names(s: Section, width: int, wide: bool) -> tuple[Section, int]:
@@ -351,9 +450,15 @@ def render(report: Mapping[str, Any], fmt: str = "text", *, width: int = 160,
     head, secs = sections(report, limit)
     if kernel_section is not None:
         secs = [kernel_section if x.title.startswith(KERNEL_SECTION) else x for x in secs]
+    return render_sections(head, secs, fmt, notes=note_lines(report), width=width, wide=wide)
+
+
+def render_sections(head: list[str], secs: list[Section], fmt: str, *, notes: list[str] | None = None,
+                    width: int = 160, wide: bool = False) -> str:
+    """Title lines, notes and tables as text or markdown (the layout every headless report shares)."""
     # text and markdown go to a terminal: names from a trace or a server never carry raw control codes
     head = printable(head)
-    notes = printable(note_lines(report))
+    notes = printable(notes or [])
     secs = [Section(printable(s.title), printable(s.headers), printable(s.rows), s.right, printable(s.lines))
             for s in secs]
     if fmt == "markdown":

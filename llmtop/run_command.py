@@ -24,10 +24,12 @@ from llmtop.stats.aggregator import Aggregator
 from llmtop.traces.merge_processes import merge_recordings
 
 if TYPE_CHECKING:
+    from llmtop.export.http import MetricsServer
+    from llmtop.export.options import MetricsOptions
     from llmtop.tui.session import TuiSession
 
 NOTHING = ("llmtop: note: nothing was instrumented: {cmd} ran no torch model with decoder layers "
-           "(…DecoderLayer / …Block modules in a ModuleList)")
+           "(…DecoderLayer / …Block modules in a ModuleList) and no XRT (pyxrt) call")
 
 
 def _note(text: str) -> None:
@@ -48,12 +50,41 @@ def _keep(recs: list[Path], record: str) -> None:
     _note(f"llmtop: note: {len(recs)} recordings written: {', '.join(f'{record}.{p.stem}' for p in recs)}")
 
 
+def _bind_metrics(opts: MetricsOptions | None) -> MetricsServer | None:
+    """--metrics-port bound before COMMAND starts, so a port in use is one line and COMMAND never runs."""
+    if opts is None:
+        return None
+    from llmtop.export.http import MetricsServer
+
+    return MetricsServer(opts)
+
+
+def _metrics_pipeline(run: CommandRun, metrics: MetricsServer, window_s: float) -> Pipeline:
+    """--once with --metrics-port: attach to COMMAND's processes as the TUI does, for the metrics only (the
+    printed report still comes from the recordings)."""
+    p = Pipeline(Aggregator(window_s=window_s))
+    p.add(RunWatcher(run, p))
+    p.add(ProcessCollector(pid=run.pid, tree=True))
+    p.add(GpuCollector())
+    metrics.bind(p, p.counters.latest)
+    p.start()
+    return p
+
+
 def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, record: str | None,
-             window_s: float, wide: bool = False) -> int:
-    """Run COMMAND to the end (its output passes through), then print the report of what it ran."""
+             window_s: float, wide: bool = False, metrics: MetricsOptions | None = None) -> int:
+    """Run COMMAND to the end (its output passes through), then print the report of what it ran.
+    `metrics`: also serve llmtop's metrics while it runs (the port is bound before COMMAND starts)."""
     import json
 
-    run = CommandRun(command, ops=ops, agent=agent)
+    server = _bind_metrics(metrics)
+    try:
+        run = CommandRun(command, ops=ops, agent=agent)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    live = _metrics_pipeline(run, server, window_s) if server is not None else None
     try:
         try:
             rc = run.wait()
@@ -83,19 +114,31 @@ def run_once(command: list[str], *, ops: str, agent: str | None, fmt: str, recor
             print(render(report, fmt, wide=wide), end="")
         return rc
     finally:
+        if live is not None:
+            live.stop()
+        if server is not None:
+            server.close()
         run.cleanup()
 
 
 def build_run_session(command: list[str], *, ops: str, agent: str | None, record: str | None,
-                      window_s: float, refresh: float) -> TuiSession:
+                      window_s: float, refresh: float, metrics: MetricsOptions | None = None) -> TuiSession:
     """The TUI over COMMAND's instrumented processes (not started): a RunWatcher attaching to each, and
-    the process gauges of COMMAND itself."""
+    the process gauges of COMMAND itself. `metrics`: serve llmtop's metrics from the same aggregator."""
     from llmtop.tui.provider import PipelineProvider
     from llmtop.tui.session import TuiSession, make_app
 
+    server = _bind_metrics(metrics)
     log = Path(f"llmtop-run-{Path(command[0]).name}.log").resolve()
-    run = CommandRun(command, ops=ops, agent=agent, log=log, new_session=True, viewer=True)
+    try:
+        run = CommandRun(command, ops=ops, agent=agent, log=log, new_session=True, viewer=True)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     p = Pipeline(Aggregator(window_s=window_s))
+    if server is not None:
+        server.bind(p, p.counters.latest)
     p.add(RunWatcher(run, p))
     p.add(ProcessCollector(pid=run.pid, tree=True))  # vLLM runs its model in a grandchild
     p.add(GpuCollector())  # UNAVAILABLE, with its reason, without an NVIDIA GPU
@@ -115,6 +158,8 @@ def build_run_session(command: list[str], *, ops: str, agent: str | None, record
         run.cleanup()
 
     session.cleanups.append(finish)
+    if server is not None:
+        session.cleanups.append(server.close)
     session.exit_code = lambda: status.get("rc", 0)
     return session
 

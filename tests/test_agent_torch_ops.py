@@ -442,7 +442,7 @@ def test_cuda_agent_records_on_each_modules_device_from_a_reused_pool(monkeypatc
     assert streams.count(0) == streams.count(1) == NEW  # streams looked up once per device per step
     names = np.array(agent.names.names, dtype=object)
     for meta, rows, _, _, pending in list(rec._done):
-        events, _, bounds, ends, short = pending
+        events, _, bounds, ends, short, _ = pending
         assert not short and len(bounds) == len(ends) == 2
         assert len(events) == 2 * len(rows) + 4  # a pair per op + anchor and end on each device
         for r in rows:

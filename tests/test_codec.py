@@ -18,8 +18,26 @@ def _batches() -> list[EventBatch]:
     return [b for b, _ in reference_items() if isinstance(b, EventBatch)]
 
 
-def test_frames_are_byte_identical_to_the_agent_wire_before_the_shared_codec() -> None:
-    ref = (REFERENCE_DIR / "reference_wire_batches_v1.bin").read_bytes()
+# The step rows before they gained the CUPTI busy/idle columns (agent wire version 1).
+STEP_DTYPE_V1 = np.dtype([(n, STEP_DTYPE.fields[n][0]) for n in STEP_DTYPE.names
+                          if n not in ("busy_ns", "idle_ns")])
+
+
+def test_wire_version_1_batches_decode_with_their_layout() -> None:
+    """The frames the agent wire version 1 carried (before the shared codec, 9-column step rows) decode,
+    given their layout, to the same items: what a recording's header makes possible for old files."""
+    f = io.BytesIO((REFERENCE_DIR / "reference_wire_batches_v1.bin").read_bytes())
+    for want in _batches():
+        frame = codec.read_stream_frame(f)
+        assert frame is not None and frame[0] == codec.BATCH
+        got = codec.decode_batch_payload(frame[1], step_dtype=STEP_DTYPE_V1)
+        assert np.array_equal(got.kernels, want.kernels) and np.array_equal(got.steps, want.steps)
+    assert codec.read_stream_frame(f) is None
+    assert wire.VERSION == 2  # a version-1 peer is refused at the handshake, not misread
+
+
+def test_frames_are_byte_identical_to_the_reference() -> None:
+    ref = (REFERENCE_DIR / "reference_wire_batches_v2.bin").read_bytes()
     assert b"".join(codec.encode_batch(b) for b in _batches()) == ref
     # the agent's shared-body path gives the same frames
     shared = b"".join(codec.batch_frame(b.names_base, b.new_names, len(b.kernels), len(b.steps),

@@ -435,3 +435,70 @@ def test_recorder_backlog_is_bounded_when_nothing_drains() -> None:
     b = rec.drain()
     assert b is not None and list(b.steps["step"]) == [7, 8, 9, 10, 11]
     assert rec.backlog_dropped == 7
+
+
+def test_steps_the_recorder_drops_are_counted_as_the_engines_drops() -> None:
+    """A recorder whose backlog overflows (the drain fell far behind) drops whole steps: they must show in
+    the report's `dropped` like queue drops, not vanish."""
+    agg = SinkAggregator()
+    eng = SyntheticEngine(n_layers=2, step_time_s=0.0005)
+    eng.ops.recorder.max_pending = 4  # the drain wakes every 0.3 s; steps end every ~1 ms
+    p = Pipeline(agg, report_interval=0.1)
+    c = p.add(EngineCollector(eng, loop=True, max_new_tokens=8, drain_interval=0.3))
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        while eng.ops.recorder.backlog_dropped == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.7)  # two more drains: the count reaches the collector and the pipeline
+    finally:
+        p.stop()
+    rec = eng.ops.recorder
+    lost = rec.backlog_dropped + rec.backlog_dropped_rows  # the steps and their kernel rows
+    assert rec.backlog_dropped > 0 and rec.backlog_dropped_rows > 0
+    assert c.dropped_events == lost and agg.dropped["engine"] == lost
+
+
+def test_worker_status_frames_carry_its_recorder_drops() -> None:
+    """The engine worker reports its collector's cumulative drops in STATUS frames; the parent adds each
+    increase to its own count once (frames repeat the running total)."""
+    from llmtop import codec
+    from llmtop.collectors.engine_process import EngineProcessCollector
+    from llmtop.collectors.engine_worker import EngineSpec
+
+    c = EngineProcessCollector(EngineSpec())
+    for total in (0, 5, 5, 12):
+        assert c._handle((codec.STATUS, codec.json_frame(codec.STATUS, {"cpu_s": 0.1, "dropped": total})[5:]))
+    assert c.dropped_events == 12
+
+
+def test_the_default_loop_continues_a_conversation_so_the_context_grows() -> None:
+    """Loop mode with the built-in prompts: each round's prompt is the conversation so far plus the next
+    question, so prompt lengths grow round by round until the context limit, then start over."""
+    from llmtop.collectors.engine import Conversation
+    from llmtop.kernels.torch_backend import TorchOps
+    from llmtop.model.config import ModelConfig
+    from llmtop.model.engine import Engine
+    from llmtop.model.loader import LoadedModel
+    from llmtop.model.presets import random_weights
+
+    cfg = ModelConfig(name="tiny", vocab_size=97, hidden_size=32, intermediate_size=48, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=16, max_context=400, rms_eps=1e-5, rope_theta=1e4)
+    eng = Engine(LoadedModel(cfg, random_weights(cfg), None, "preset:tiny", True), TorchOps(threads=1))
+    eng.eos_ids = frozenset()
+    agg = SinkAggregator()
+    p = Pipeline(agg)
+    c = p.add(EngineCollector(eng, loop=True, rounds=10, max_new_tokens=8))
+    assert c.conversations and isinstance(c.conversations[0], Conversation)
+    with p:
+        p.wait_done()
+    import numpy as np
+
+    steps = np.concatenate([b.steps for b in agg.batches])
+    prefill_lens = steps["tokens"][steps["phase"] == 0].tolist()
+    assert len(prefill_lens) == 10
+    grew = [prefill_lens[i + 1] > prefill_lens[i] for i in range(len(prefill_lens) - 1)]
+    assert grew[0] and grew[1] and c.conversations[0].restarts >= 1, prefill_lens
+    assert max(prefill_lens) + 8 <= 400
+    # an explicit prompt list keeps the old behaviour: the same prompts every round
+    assert not EngineCollector(eng, prompts=["a"], loop=True).conversations

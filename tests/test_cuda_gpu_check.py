@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS = ("tests", "syncfree", "cupti", "overhead", "agent", "nvml")
+ITEMS = ("tests", "syncfree", "cupti", "attribution", "overhead", "agent", "nvml")
 
 
 @pytest.mark.slow

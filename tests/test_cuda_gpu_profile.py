@@ -124,6 +124,8 @@ def test_recorder_hooks_call_the_sampler(monkeypatch):
     calls = []
 
     class S:
+        active = False
+
         def before_step(self):
             calls.append(("before", time.perf_counter_ns()))
 
@@ -137,3 +139,84 @@ def test_recorder_hooks_call_the_sampler(monkeypatch):
     (before, t), (after, step, wall) = calls
     assert before == "before" and t <= rec._done[0][2] and after == "after" and step == 7
     assert wall >= rec._done[0][3]
+
+
+def _fake_events(monkeypatch):
+    import time
+
+    import torch
+
+    class Ev:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self, stream=None):
+            self.t = time.perf_counter_ns()
+
+        def query(self):
+            return True
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) / 1e6
+
+    monkeypatch.setattr(torch.cuda, "Event", Ev)
+
+
+def test_sampled_steps_carry_busy_and_idle_to_the_report(monkeypatch):
+    """A sampled step's split rides on its step row (busy_ns / idle_ns) through the drain, and the report's
+    attribution shows it per phase: the path from CUPTI to the screen, with a fake profiler."""
+    from llmtop.events import DECODE, PREFILL
+    from llmtop.kernels.cuda_events import CudaEventRecorder
+    from llmtop.report import render
+    from llmtop.stats.aggregator import Aggregator
+
+    _fake_events(monkeypatch)
+    now = [0.0]
+    # decode: 1 us of kernels in a 4 us GPU span (launch-bound); prefill: 9 of 10 us busy
+    shapes = {PREFILL: [[0, 9_000], [9_500, 10_000]], DECODE: [[0, 500], [3_500, 4_000]]}
+    phase_now = [PREFILL]
+
+    def make():
+        return _FakeProfiler(np.array(shapes[phase_now[0]], dtype=np.int64))
+
+    rec = CudaEventRecorder(pool_size=64)
+    rec.sampler = StepSampler(every_s=1.0, profiler=make, intervals=lambda p: p.iv, clock=lambda: now[0])
+    for step in range(8):
+        phase_now[0] = PREFILL if step == 0 else DECODE
+        rec.begin_step(phase_now[0], step, 4 if step == 0 else 1, 1, 4 + step)
+        rec.end_step()
+        now[0] += 0.5  # every second step is sampled: 0 (prefill), 2, 4, 6
+    batch = rec.drain()
+    st = batch.steps
+    sampled = st["busy_ns"] > 0
+    assert st["step"][sampled].tolist() == [0, 2, 4, 6]
+    assert st["busy_ns"][sampled].tolist() == [9_500, 1_000, 1_000, 1_000]
+    assert st["idle_ns"][sampled].tolist() == [500, 3_000, 3_000, 3_000]
+    assert not rec._splits  # every split was handed on
+    agg = Aggregator(window_s=60)
+    agg.ingest(batch)
+    att = agg.snapshot(mode="cumulative").report["attribution"]
+    dec, pre = att["decode"]["gpu"], att["prefill"]["gpu"]
+    assert dec["sampled_steps"] == 3 and dec["launch_bound"] and dec["launch_bound_steps"] == 3
+    assert abs(dec["busy_ms_per_step"] - 1e-3) < 1e-12 and abs(dec["idle_ms_per_step"] - 3e-3) < 1e-12
+    assert dec["host_ms_per_step"] >= 0
+    assert abs(dec["busy_pct"] + dec["idle_pct"] + dec["host_pct"] - 100) < 1e-6
+    assert pre["sampled_steps"] == 1 and not pre["launch_bound"]
+    text = render(agg.snapshot(mode="cumulative").report, "text")
+    assert "GPU busy vs idle" in text and "LAUNCH-BOUND (3 steps)" in text
+
+
+def test_unsampled_runs_have_no_gpu_split():
+    from llmtop.events import DECODE
+    from llmtop.kernels.base import KernelRecorder
+    from llmtop.report import render
+    from llmtop.stats.aggregator import Aggregator
+
+    rec = KernelRecorder()
+    rec.begin_step(DECODE, 0, 1, 1, 3)
+    rec.end_step()
+    agg = Aggregator(window_s=60)
+    agg.ingest(rec.drain())
+    rep = agg.snapshot(mode="cumulative").report
+    assert rep["attribution"]["decode"]["gpu"] is None
+    assert "GPU busy vs idle" not in render(rep, "text")

@@ -295,7 +295,7 @@ def test_step_wall_is_the_gpu_span_when_the_gpu_runs_longer(fake_cuda):
     s, e = rec.mark(), rec.mark()
     rec.rows.append((nid, opc, NO_LAYER, s, e, 8, 64, 64))
     rec.end_step()
-    events, _, _, ends, _ = rec._done[0][4]
+    events, _, _, ends, _, _ = rec._done[0][4]
     events[e].t += 50_000_000  # the kernel ends 50 ms after the host moved on
     events[ends[0]].t = events[e].t + 1000
     b = rec.drain()
@@ -342,7 +342,7 @@ def test_events_on_two_devices_resolve_against_their_own_anchor(fake_cuda):
     s1, e1 = rec.mark_on(ln1), rec.mark_on(ln1)
     rec.rows.append((nid, opc, 1, s1, e1, 1, 64, 64))
     rec.end_step()
-    events, foreign, _, _, _ = rec._done[0][4]
+    events, foreign, _, _, _, _ = rec._done[0][4]
     assert {events[i].stream for i in foreign} == {"stream:1"}
     assert {events[i].stream for i in range(len(events)) if i not in foreign} == {"stream:0"}
     b = rec.drain()

@@ -185,3 +185,29 @@ def test_spec_round_trips_and_refuses_garbage() -> None:
         EngineSpec.from_json("{")
     with pytest.raises(LlmtopError, match="not a JSON object"):
         EngineSpec.from_json("[1]")
+
+
+def test_warmup_rounds_are_untimed_and_the_report_says_warm(tmp_path) -> None:
+    """--once runs one untimed round first (its events dropped, the name table rewound), so its TTFT is
+    warm and says so; --warmup 0 is a cold start; a recording of the warm run reads back whole."""
+    import json
+    import subprocess
+    import sys
+
+    rec = tmp_path / "w.llmtop"
+    base = [sys.executable, "-m", "llmtop", "--once", "--max-new-tokens", "6", "--ignore-eos", "--format",
+            "json"]
+    warm = json.loads(subprocess.run([*base, "--record", str(rec)], capture_output=True, text=True,
+                                     timeout=300, check=True).stdout)
+    cold = json.loads(subprocess.run([*base, "--warmup", "0"], capture_output=True, text=True, timeout=300,
+                                     check=True).stdout)
+    assert warm["tokens"]["ttft_warm"] is True and cold["tokens"]["ttft_warm"] is False
+    assert warm["source"]["extra"]["warmup_rounds"] == 1
+    # the warm-up's prefill and decode steps are not in the report: one prefill, 6 tokens
+    assert warm["tokens"]["prefills"] == cold["tokens"]["prefills"] == 1
+    assert warm["tokens"]["generated"] == cold["tokens"]["generated"] == 6
+    cmd = [sys.executable, "-m", "llmtop", "report", str(rec), "--format", "json"]
+    again = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
+    assert again["tokens"]["generated"] == 6 and again["kernels"] == warm["kernels"]
+    bad = subprocess.run([*base, "--warmup", "-1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.startswith("llmtop: error:")

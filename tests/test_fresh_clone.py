@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_TESTS = ["test_import.py", "test_import_bad_input.py", "test_import_ranks.py", "test_prometheus.py",
-                 "test_export.py"]
+                 "test_export.py", "test_npu_import.py"]
 SHARED_REF = re.compile(r"""\.\./shared|parents\[2\]\s*/\s*["']shared["']""")
 
 

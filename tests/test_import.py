@@ -368,7 +368,7 @@ def test_unknown_bytes_give_one_line_listing_the_formats(tmp_path: Path, fake_fo
     with pytest.raises(LlmtopError) as e:
         open_trace_file(p)
     assert "fake text trace" not in str(e.value) and "Kineto JSON" in str(e.value)
-    assert {f.name for f in formats()} == {"recording", "kineto", "nsys", "metallic", "doppler"}
+    assert {f.name for f in formats()} == {"recording", "kineto", "nsys", "metallic", "doppler", "mlir-air"}
 
 
 def test_gzip_files_are_sniffed_inside_where_the_format_says_so(tmp_path: Path) -> None:

@@ -169,3 +169,46 @@ def test_model_reaches_kernels_only_through_the_ops_interface() -> None:
     bad = [f"{m} -> {t}" for m in _in("llmtop.model") for t in sorted(imports_of(m))
            if _under(t, "llmtop.kernels") and t != "llmtop.kernels.base"]
     assert not bad, "\n".join(bad)
+
+
+def _module_level_imports(mod: str) -> set[str]:
+    """The llmtop modules `mod` imports outside functions (what importing it costs)."""
+    path = MODULES[mod]
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    out: set[str] = set()
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            src = ast.Module(body=[node], type_ignores=[])
+            out |= imports_of(mod, ast.unparse(src))
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def test_export_is_a_sink_beside_the_tui() -> None:
+    """export/ (llmtop's own Prometheus metrics) reads stats/ snapshots and collectors/ gauges; it never
+    imports Textual, and nothing in the chain below it imports it. The agent, which never needs the
+    statistics itself, reaches it only from its entry points (start/autostart, `python -m llmtop.agent.run`)
+    inside functions, when a metrics port is asked for, so arming a process costs what it did."""
+    assert _in("llmtop.export"), "no modules under llmtop.export"
+    up = ("model", "kernels", "traces", "agent", "attach", "tui", "serve", "once", "cli")
+    bad = [f"{m} -> {t}" for m in _in("llmtop.export") for t in sorted(imports_of(m))
+           if any(_under(t, f"llmtop.{f}") for f in up)]
+    assert not bad, "export/ imports upward:\n" + "\n".join(bad)
+    for m in _in("llmtop.export"):
+        tree = ast.parse(MODULES[m].read_text(encoding="utf-8"))
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(x == "textual" or x.startswith("textual.") for x in mods), m
+    below = ("model", "kernels", "collectors", "stats", "traces", "tui", "attach")
+    bad = [f"{m} -> {t}" for pkg in below for m in _in(f"llmtop.{pkg}") for t in sorted(imports_of(m))
+           if _under(t, "llmtop.export")]
+    assert not bad, "the chain imports export/:\n" + "\n".join(bad)
+    users = {m for m in _in("llmtop.agent") if any(_under(t, "llmtop.export") for t in imports_of(m))}
+    assert users <= {"llmtop.agent", "llmtop.agent.run"}, users
+    eager = [m for m in _in("llmtop.agent")
+             if any(_under(t, "llmtop.export") for t in _module_level_imports(m))]
+    assert not eager, f"imported at module level: {eager}"

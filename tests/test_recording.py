@@ -393,13 +393,16 @@ def test_version_1_recordings_still_read_unchanged(name: str) -> None:
     assert detect_format(ref) == "recording"
 
 
-@pytest.mark.parametrize(("name", "level"), [("reference_v2_raw.llmtop", 0), ("reference_v2.llmtop", 1)])
+@pytest.mark.parametrize(("name", "level"),
+                         [("reference_v2_gpu_raw.llmtop", 0), ("reference_v2_gpu.llmtop", 1)])
 def test_recording_reads_and_is_written_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        name: str, level: int) -> None:
+    """Today's writer (format 2, step rows with the CUPTI busy/idle columns) reproduces the reference."""
     ref = REFERENCE_DIR / name
     with RecordingReader(ref) as r:
         assert r.format_version == 2 == FORMAT_VERSION
         assert r.source == reference_source() and r.header["llmtop_version"] == REFERENCE_VERSION
+        assert [f[0] for f in r.header["step_dtype"]] == list(STEP_DTYPE.names)
         got = list(r)
         assert r.problems() == []
     assert_reference_items(got)  # the names the writer repeats come out once
@@ -411,16 +414,31 @@ def test_recording_reads_and_is_written_byte_identical(tmp_path: Path, monkeypat
     else:  # another zlib build may compress differently: then the headers and decompressed records match
         mine, theirs = out.read_bytes(), ref.read_bytes()
         assert mine == theirs or _records(mine) == _records(theirs)
-    # version 1 and 2 hold the same records: only the framing and the repeated names differ
-    v1 = _records((REFERENCE_DIR / name.replace("v2", "v1")).read_bytes())[1]
-    v2 = _records(ref.read_bytes())[1]
-    assert [(t, ts) for t, _, ts, _ in v2] == [(t, ts) for t, _, ts, _ in v1]
-    assert [p for *_, p in v2[:3]] == [p for *_, p in v1[:3]]  # the later batches repeat earlier names
     # and it opens through the format registry like any trace: every item, in order, with its time
     tf = open_trace_file(ref)
     assert tf.format == "llmtop" and tf.source == reference_source()
     assert [(t, type(i)) for t, i in tf.records] == [(t, type(i)) for t, i in got]
     assert detect_format(ref) == "recording"
+
+
+@pytest.mark.parametrize("name", ["reference_v2_raw.llmtop", "reference_v2.llmtop"])
+def test_format_2_recordings_with_older_step_rows_still_read(name: str) -> None:
+    """Format-2 files written before the step rows gained busy_ns / idle_ns: the header names the older
+    layout, the reader converts (the new columns read 0: not sampled)."""
+    ref = REFERENCE_DIR / name
+    with RecordingReader(ref) as r:
+        assert r.format_version == 2 == FORMAT_VERSION
+        assert "busy_ns" not in [f[0] for f in r.header["step_dtype"]]
+        got = list(r)
+        assert r.problems() == []
+    assert_reference_items(got)
+    # version 1 and 2 hold the same records: only the framing and the repeated names differ
+    v1 = _records((REFERENCE_DIR / name.replace("v2", "v1")).read_bytes())[1]
+    v2 = _records(ref.read_bytes())[1]
+    assert [(t, ts) for t, _, ts, _ in v2] == [(t, ts) for t, _, ts, _ in v1]
+    assert [p for *_, p in v2[:3]] == [p for *_, p in v1[:3]]  # the later batches repeat earlier names
+    tf = open_trace_file(ref)
+    assert [(t, type(i)) for t, i in tf.records] == [(t, type(i)) for t, i in got]
 
 
 def test_impossible_values_and_empty_recordings_are_reported(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def decode_loop_events(n_layers: int = 4, prompt: int = 48, new: int = 600) -> t
             t += dur + 2_000 + wobble % 6_000
         wall = t - t0 + 1_500_000 + (step * 7919) % 4_000_000
         kern = sum(k[9] for k in kernels[-len(seq):])
-        steps.append((phase, 0, step, ntok, 1, ctx, t0, wall, kern))
+        steps.append((phase, 0, step, ntok, 1, ctx, t0, wall, kern, 0, 0))
         t = t0 + wall + 50_000
     source = SourceInfo(kind="replay", backend="cpu", device="test cpu (4 threads)", model="loop-4L",
                         dtype="f32", timing="perf_counter_ns", max_context=8192, n_layers=n_layers)

@@ -34,6 +34,7 @@ RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"  # vLLM's GPUModelRunner (CPUM
 LINGER_S = 3.0  # at exit, how long to wait for a connected viewer to take the last batches
 
 _armed = False
+_state: _RunState | None = None
 
 
 def arm() -> None:
@@ -48,17 +49,35 @@ def arm() -> None:
     except (ValueError, KeyError, TypeError):
         return  # not ours to complain in someone else's process
     _armed = True
-    state = _RunState(run_dir, str(spec.get("ops", "all")), str(spec.get("agent") or "127.0.0.1:0"),
-                      bool(spec.get("viewer")))
+    global _state
+    state = _state = _RunState(run_dir, str(spec.get("ops", "all")), str(spec.get("agent") or "127.0.0.1:0"),
+                               bool(spec.get("viewer")))
     if "torch" in sys.modules:
         state.on_torch()
     else:
         sys.meta_path.insert(0, _PostImport("torch", state.on_torch))
+    # AMD's XRT binding (an NPU): every XRT invocation timed, steps and layers inferred (agent/xrt_hooks.py)
+    if "pyxrt" in sys.modules:
+        state.on_pyxrt()
+    else:
+        sys.meta_path.insert(0, _PostImport("pyxrt", state.on_pyxrt))
     # vLLM's model runner (imported only in its worker process): steps and batches from its scheduler
     if RUNNER_MODULE in sys.modules:
         _patch_vllm()
     else:
         sys.meta_path.insert(0, _PostImport(RUNNER_MODULE, _patch_vllm))
+
+
+def run_agent() -> Any:
+    """Under `llmtop run`: this process's agent (started now if it was not yet); None when not armed. The
+    caller uses the manual API (`llmtop.agent.start()` in the script): its recording is announced when the
+    first step closes, if no model or XRT call announced it before."""
+    if _state is None:
+        return None
+    agent = _state.start_agent()
+    if _state.announce not in agent.before_first_step and not _state.announced:
+        agent.before_first_step.append(_state.announce)
+    return agent
 
 
 def _patch_vllm() -> None:
@@ -105,6 +124,27 @@ class _RunState:
         self.agent: Any = None
         self.inst: Any = None
         self.lock = threading.Lock()
+        self.announced = False
+        self.xrt: Any = None
+
+    def on_pyxrt(self) -> None:
+        from llmtop.agent.xrt_hooks import instrument_pyxrt, set_provider
+
+        set_provider(self.xrt_tracker)
+        instrument_pyxrt(sys.modules["pyxrt"])
+
+    def xrt_tracker(self) -> Any:
+        """The tracker of the process's agent, which starts on the first XRT call; the recording is
+        announced when the first XRT events are ready (the source then knows the layers)."""
+        tr = self.xrt
+        if tr is None:  # every wrapped call asks: only the first one (a set-up call, usually) starts anything
+            tr = self.start_agent().xrt_tracker()
+            if tr is not None:
+                tr.before_first_emit.append(self.announce)
+                self.xrt = tr
+                # the recording is opened later, from inside the decode loop: import its writer now (~30 ms)
+                import llmtop.traces.recording  # noqa: F401
+        return tr
 
     def on_torch(self) -> None:
         from llmtop.agent.torch_hooks import install_global_finder
@@ -131,6 +171,9 @@ class _RunState:
 
     def announce(self) -> None:
         """The recording and the address file, once the agent has its first model's source."""
+        if self.announced:  # a torch model and pyxrt in one process: one recording
+            return
+        self.announced = True
         agent = self.agent
         pid = os.getpid()
         agent.record_to(str(self.run_dir / f"{pid}.llmtop"))

@@ -22,12 +22,12 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmtop.agent import wire
 from llmtop.errors import LlmtopError
-from llmtop.events import DECODE, NO_LAYER, OP_CLASS_ID, PHASES, PREFILL, NameTable, SourceInfo
+from llmtop.events import DECODE, NO_LAYER, OP_CLASS_ID, PHASES, PREFILL, EventBatch, NameTable, SourceInfo
 from llmtop.kernels.base import KernelRecorder
 
 DEFAULT_ADDR = "127.0.0.1:7070"
@@ -159,12 +159,17 @@ class Agent:
         self.published_events = 0
         self.connections = 0
         self.engine = None
+        self.metrics_url: str | None = None  # set when llmtop's metrics are served beside the agent
         self._source = source or SourceInfo(kind="live", backend="python", timing="perf_counter_ns")
         self._source_frame = wire.json_frame(wire.SOURCE, self._source.to_dict())
         # the manual API's recorder (and the torch hooks'); its track is 1 when an engine owns track 0
         self.recorder = KernelRecorder(self.names)
         self._recorders.append(self.recorder)
         self._manual_step = 0
+        self._layer = NO_LAYER  # the open `layer(i)`: kernels (and XRT calls) inside it are in layer i
+        self._rows_added = 0  # kernel rows the manual API and XRT calls added (brackets around them see it)
+        self.xrt: Any = None  # the pyxrt tracker (agent/xrt_hooks.py), made on the first XRT call
+        self.before_first_step: list[Callable[[], None]] = []  # run once as the first manual step closes
         self._instrumentations: list[Any] = []
         self._sock: socket.socket | None = None
         # The most recent batches (up to `backlog_events` events), replayed to every viewer that connects,
@@ -173,6 +178,9 @@ class Agent:
         self._backlog: deque[tuple[int, Any]] = deque()
         self._backlog_n = 0
         self._recording: Any = None  # a RecordingWriter every drained batch is also written to
+        self._taps: list[Callable[[EventBatch], None]] = []  # in-process consumers of every drained batch
+        self.tap_errors = 0
+        self._close_hooks: list[Callable[[], None]] = []
         if engine is not None:
             self.attach_engine(engine)
         if model is not None:
@@ -207,10 +215,38 @@ class Agent:
         return inst
 
     def close_steps(self) -> None:
-        """End every instrumented model's open step now (a step stays open until the next forward)."""
+        """End every instrumented model's open step now (a step stays open until the next forward), and
+        hand over the XRT calls still waiting for their step to be inferred."""
         for inst in list(self._instrumentations):
             with contextlib.suppress(Exception):
                 inst.close_step()
+        if self.xrt is not None:
+            with contextlib.suppress(Exception):
+                self.xrt.flush()
+
+    def xrt_tracker(self) -> Any:
+        """The tracker pyxrt's wrapped calls report to (agent/xrt_hooks.py); None once the agent closed."""
+        if self._stop.is_set():
+            return None
+        if self.xrt is None:
+            from llmtop.agent.xrt_hooks import XrtTracker
+
+            with self._lock:
+                if self.xrt is None:
+                    self.xrt = XrtTracker(self)
+        return self.xrt
+
+    def watch_xrt(self) -> None:
+        """Time pyxrt's calls (BO write / NPU run / BO read per invocation) in this process: now if pyxrt is
+        imported, else as soon as it is. `llmtop.agent.start()` calls this."""
+        from llmtop.agent.xrt_hooks import watch
+
+        watch(self.xrt_tracker)
+
+    def _next_step(self) -> int:
+        n = self._manual_step
+        self._manual_step += 1
+        return n
 
     def add_recorder(self, recorder: KernelRecorder) -> None:
         """Drain another recorder; it must share `agent.names` (pass names=agent.names)."""
@@ -244,30 +280,72 @@ class Agent:
         ph = phase if isinstance(phase, int) else PHASES.index(phase)
         if ph not in (PREFILL, DECODE):
             raise ValueError(f"phase must be prefill or decode, got {phase!r}")
-        self.recorder.begin_step(ph, self._manual_step, tokens, batch, ctx)
+        xrt = self.xrt
+        if xrt is not None:
+            xrt.step_opening()
+        self.recorder.begin_step(ph, self._next_step(), tokens, batch, ctx)
         try:
             yield
         finally:
+            xrt = self.xrt  # made inside this step when its first XRT call was
+            if xrt is not None:
+                xrt.step_closing()  # the step's last XRT invocation joins it; its layers inferred if unmarked
+            hooks, self.before_first_step = self.before_first_step, []
+            for fn in hooks:  # `llmtop run`: the recording opens before the first step's rows can drain
+                with contextlib.suppress(Exception):
+                    fn()
             self.recorder.end_step()
-            self._manual_step += 1
+
+    def _inside(self) -> tuple[int, int]:
+        """What the manual API and XRT calls have added so far: a bracket that saw it change holds finer
+        events and is not recorded itself (its time would be counted twice)."""
+        xrt = self.xrt
+        return self._rows_added, xrt.calls if xrt is not None else 0
 
     @contextlib.contextmanager
     def kernel(
         self, name: str, op_class: str = "other", layer: int = NO_LAYER, m: int = 0, n: int = 0, k: int = 0
     ) -> Iterator[None]:
-        """Time one kernel (host clock) inside a `step`."""
+        """Time one kernel or CPU host op (host clock), in layer `layer` (default: the open `layer(i)`).
+
+        Inside a `step`, or, with pyxrt instrumented, anywhere (its step is inferred with the XRT calls).
+        A bracket around other marked kernels or XRT calls is not recorded itself: they carry its time."""
         if op_class not in OP_CLASS_ID:
             raise ValueError(f"unknown op class {op_class!r}")
         nid, opc = self.recorder.kernel_id(name, op_class)
+        lay = self._layer if layer == NO_LAYER else layer
+        xrt = self.xrt
+        if xrt is not None:  # before the clock starts: closing the previous invocation is not this op's time
+            xrt.host_start(time.perf_counter_ns())
+        before = self._inside()
         t0 = time.perf_counter_ns()
         try:
             yield
         finally:
-            self.recorder.add(nid, opc, layer, t0, time.perf_counter_ns() - t0, m, n, k)
+            t1 = time.perf_counter_ns()
+            if self._inside() == before:
+                row = (nid, opc, lay, t0, t1 - t0, m, n, k)
+                if xrt is not None:
+                    xrt.host_end(t0, t1)
+                if xrt is not None and not self.recorder.in_step:
+                    xrt.add_host(row, name)
+                else:
+                    self.recorder.rows.append(row)
+                self._rows_added += 1
 
-    def layer(self, i: int, name: str = "decoder_layer") -> contextlib.AbstractContextManager[None]:
-        """Time a whole decoder layer `i` as one kernel."""
-        return self.kernel(name, "other", i)
+    @contextlib.contextmanager
+    def layer(self, i: int, name: str = "decoder_layer") -> Iterator[None]:
+        """Decoder layer `i`: kernels, host ops and XRT calls inside it are in layer i. A layer with none of
+        them inside is timed as one kernel `name` (class other)."""
+        prev, self._layer = self._layer, i
+        before = self._inside()
+        try:
+            with self.kernel(name, "other", i):
+                yield
+        finally:
+            self._layer = prev
+            if self._inside() != before and self.xrt is not None:
+                self.xrt.layers_marked = True
 
     def publish_counters(self, source: str, values: dict[str, float]) -> None:
         """Send gauges (request counts, memory) to every viewer; they arrive as CounterSamples."""
@@ -316,11 +394,30 @@ class Agent:
     def dropped_events(self) -> int:
         return sum(v.dropped for v in self._viewer_list())
 
+    def add_tap(self, fn: Callable[[EventBatch], None]) -> None:
+        """Also hand every drained batch to `fn`, on the draining thread (the metrics endpoint folds them).
+
+        Its kernel name ids index `agent.names`, which holds every id the batch uses when `fn` runs.
+        `fn` must be quick and must not call back into the agent; what it raises is counted in
+        `tap_errors` and otherwise ignored, so a consumer can never stop the publisher."""
+        with self._lock:
+            self._taps.append(fn)
+
+    def add_close_hook(self, fn: Callable[[], None]) -> None:
+        """Call `fn` when the agent closes (after its last flush): servers started beside it."""
+        self._close_hooks.append(fn)
+
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
         for inst in self._instrumentations:
             inst.remove()
+        if self.xrt is not None:  # XRT calls still waiting for their step to be inferred
+            with contextlib.suppress(Exception):
+                self.xrt.flush()
         self.flush()
+        for fn in self._close_hooks:
+            with contextlib.suppress(Exception):
+                fn()
         with self._lock:
             if self._recording is not None:
                 self._recording.close()
@@ -582,8 +679,14 @@ class Agent:
                 while self._backlog_n > self.backlog_events and len(self._backlog) > 1:
                     self._backlog_n -= self._backlog.popleft()[0]
                 viewers = list(self._viewers)
+                taps = list(self._taps)
             for v in viewers:
                 self._enqueue(v, n, item)
+            for fn in taps:
+                try:
+                    fn(b)
+                except Exception:
+                    self.tap_errors += 1
         self.published_events += total
         return total
 

@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 MAGIC = b"LLMTOP\x00\x01"
-VERSION = 1
+VERSION = 2  # 2: step rows carry busy_ns / idle_ns (events.STEP_DTYPE); a version-1 peer is refused
 MAX_TOKEN = 1024
 
 OK, BAD_TOKEN, BAD_VERSION = 0, 1, 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtop.collectors.queue import BoundedQueue
-from llmtop.events import EventBatch
+from llmtop.events import EventBatch, Marker
 
 # Collector states shown in the UI.
 IDLE, RUNNING, DONE, STOPPED = "idle", "running", "done", "stopped"
@@ -162,3 +162,8 @@ def _merge_names(carried: EventBatch, batch: EventBatch) -> EventBatch:
         # batch.names_base == end normally; tolerate overlap (NameTable.extend accepts re-sent names)
         names.extend(batch.new_names[max(0, end - batch.names_base):])
     return EventBatch(batch.kernels, batch.steps, carried.names_base, names)
+
+
+class Rewind(Marker):
+    """A replay seeking backwards: the pipeline forgets what it folded when this reaches it in the queue
+    (so items queued before the seek can never land after the reset), then the replay refills it."""

@@ -36,10 +36,22 @@ class CounterStore:
         with self._lock:
             return dict(self._latest)
 
-    def history(self, source: str, name: str) -> list[tuple[int, float]]:
-        """(t_ns, value) pairs of one gauge, oldest first; empty when never sampled."""
+    def history(self, source: str, name: str, since_ns: int | None = None) -> list[tuple[int, float]]:
+        """(t_ns, value) pairs of one gauge, oldest first; empty when never sampled. `since_ns`: only the
+        samples from then on (a sparkline's window), found from the newest end without copying the rest."""
         with self._lock:
-            samples = list(self._history.get(source, ()))
+            h = self._history.get(source)
+            if h is None:
+                return []
+            if since_ns is None:
+                samples = list(h)
+            else:
+                samples = []
+                for s in reversed(h):
+                    if s.t_ns < since_ns:
+                        break
+                    samples.append(s)
+                samples.reverse()
         return [(s.t_ns, s.values[name]) for s in samples if name in s.values]
 
     def sources(self) -> list[str]:

@@ -106,6 +106,42 @@ def _prompt_from_json(obj: Any) -> str:
     raise ValueError("expected a string or an object with prompt/text/content/messages")
 
 
+def recorder_lost(recorder: Any) -> int:
+    """Events a recorder dropped before they reached the queue: finished steps dropped unread from a full
+    backlog, and kernel rows of CUDA steps whose event pool ran dry (those steps stay, untimed)."""
+    kinds = ("backlog_dropped", "backlog_dropped_rows", "dropped_rows")
+    return sum(int(getattr(recorder, a, 0)) for a in kinds)
+
+
+# The default loop continues one conversation per batch row, so the context grows round by round (the
+# attention pane needs contexts from tens to thousands of tokens to show growth): each round adds the
+# next built-in question and keeps the model's answer. When the next round would pass this many tokens
+# (or the engine's context), the conversation starts over.
+CONVERSATION_MAX_CTX = 4096
+
+
+class Conversation:
+    """One batch row's growing chat: the turns so far, encoded through the engine's chat template."""
+
+    def __init__(self, engine: Any, limit: int) -> None:
+        self.engine = engine
+        self.limit = limit
+        self.turns: list[dict[str, str]] = []
+        self.restarts = 0
+
+    def next_prompt(self, question: str, max_new_tokens: int) -> list[int]:
+        self.turns.append({"role": "user", "content": question})
+        ids = self.engine.encode_chat(self.turns)
+        if len(ids) + max_new_tokens > self.limit and len(self.turns) > 1:
+            self.turns = [self.turns[-1]]  # start over: the context drops back to one question
+            self.restarts += 1
+            ids = self.engine.encode_chat(self.turns)
+        return ids
+
+    def answered(self, text: str) -> None:
+        self.turns.append({"role": "assistant", "content": text})
+
+
 class EngineCollector(Collector):
     """Runs `engine.generate` in a thread and feeds the recorder's batches into the queue.
 
@@ -129,6 +165,7 @@ class EngineCollector(Collector):
         # cost 13 % of decode tok/s, at 4 Hz about 4 % (benchmarks/bench_tui_decode.py)
         drain_interval: float = 0.25,
         on_round: Callable[[int, list[Any]], None] | None = None,
+        conversation: bool | None = None,
     ) -> None:
         super().__init__()
         if batch < 1:
@@ -146,6 +183,11 @@ class EngineCollector(Collector):
         self.rounds = rounds if rounds is not None else (None if loop else -(-len(self.prompts) // batch))
         self.drain_interval = drain_interval
         self.on_round = on_round  # (round index, its Generations), on the engine thread after each round
+        # None: on for the default run (loop, built-in prompts) with an engine that has a chat encoder
+        if conversation is None:
+            conversation = loop and not prompts and hasattr(engine, "encode_chat")
+        limit = min(CONVERSATION_MAX_CTX, int(getattr(engine, "max_context", CONVERSATION_MAX_CTX)))
+        self.conversations = [Conversation(engine, limit) for _ in range(batch)] if conversation else []
         self.rounds_done = 0
         self.current_prompt = ""
         self.last_outputs: list[Any] = []
@@ -158,11 +200,16 @@ class EngineCollector(Collector):
         self._spawn(self._engine_loop, "engine-loop", measured=False)
         recorder = self.engine.ops.recorder
         t0 = time.thread_time()
+        lost_seen = 0
         while True:
             finished = self._engine_done.is_set()  # read before draining so the last steps are caught
             batch = recorder.drain()
             if batch is not None:
                 self.emit(batch)
+            lost = recorder_lost(recorder)
+            if lost > lost_seen:  # events the recorder itself dropped count like queue drops
+                self.dropped_events += lost - lost_seen
+                lost_seen = lost
             self.flush_pending()
             self.account_cpu(t0)
             if finished:
@@ -178,11 +225,20 @@ class EngineCollector(Collector):
                 n = len(self.prompts)
                 chosen = [self.prompts[(i * self.batch + j) % n] for j in range(self.batch)]
                 self.current_prompt = chosen[0]
-                self.emit(Marker(time.perf_counter_ns(), f"round {i}: {chosen[0][:60]}"))
+                inputs: list[Any] = list(chosen)
+                label = chosen[0][:60]
+                if self.conversations:
+                    pairs = zip(self.conversations, chosen, strict=True)
+                    inputs = [c.next_prompt(q, self.max_new_tokens) for c, q in pairs]
+                    turn = len(self.conversations[0].turns) // 2 + 1
+                    label += f" (conversation turn {turn}, {len(inputs[0])} tokens of context)"
+                self.emit(Marker(time.perf_counter_ns(), f"round {i}: {label}"))
                 self.last_outputs = self.engine.generate(
-                    chosen, self.max_new_tokens, sampling=self.sampling, chat=self.chat,
+                    inputs, self.max_new_tokens, sampling=self.sampling, chat=self.chat,
                     stop_event=self._stop,
                 )
+                for c, g in zip(self.conversations, self.last_outputs, strict=False):
+                    c.answered(g.text)
                 if self.on_round is not None:
                     self.on_round(i, self.last_outputs)
                 i += 1

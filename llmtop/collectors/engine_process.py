@@ -58,6 +58,7 @@ class EngineProcessCollector(Collector):
         self.last_outputs: list[WorkerGeneration] = []
         self.notes: list[str] = []
         self.worker_cpu_s = 0.0  # the worker's drain thread (its engine thread is the workload)
+        self._worker_dropped = 0  # events the worker reported lost so far (STATUS frames)
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self._end: dict[str, Any] | None = None
         self._stderr_thread: threading.Thread | None = None
@@ -147,7 +148,12 @@ class EngineProcessCollector(Collector):
             ]
             self.rounds_done = int(m.get("round", self.rounds_done)) + 1
         elif ftype == codec.STATUS:
-            self.worker_cpu_s = float(codec.decode_json(payload).get("cpu_s", self.worker_cpu_s))
+            st = codec.decode_json(payload)
+            self.worker_cpu_s = float(st.get("cpu_s", self.worker_cpu_s))
+            lost = int(st.get("dropped", 0))
+            if lost > self._worker_dropped:  # the worker's recorder drops join this collector's count
+                self.dropped_events += lost - self._worker_dropped
+                self._worker_dropped = lost
         elif ftype == codec.SOURCE:
             self.source = SourceInfo.from_dict(codec.decode_json(payload))
         elif ftype == codec.NOTE:

@@ -52,6 +52,9 @@ class EngineSpec:
     chat: bool = True
     loop: bool = False
     ignore_eos: bool = False  # keep generating past EOS: fixed-length rounds for benchmarks
+    gpu_sample_s: float = 2.0  # CUDA: profile one step every this many seconds under CUPTI (0: never)
+    peak: str | None = None  # --peak BW,FLOPS: the roofs instead of the probe's or the table's
+    warmup: int = 0  # --warmup N: untimed rounds before the first timed one (TTFT then says "warm")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -82,11 +85,16 @@ def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) ->
     from llmtop.model.engine import Engine
     from llmtop.model.loader import load_model
 
-    ops = make_ops(spec.backend, spec.dtype, threads=spec.threads, timing=spec.timing, adapter=spec.adapter)
+    ops = make_ops(spec.backend, spec.dtype, threads=spec.threads, timing=spec.timing, adapter=spec.adapter,
+                   gpu_sample_s=spec.gpu_sample_s)
     try:
         loaded = load_model(spec.model, seed=spec.seed or 0)
         if loaded.random_weights and note is not None:
             note(f"{loaded.source} has random weights; the generated text is meaningless")
+        if spec.peak:
+            from llmtop.kernels.peaks import parse_peak
+
+            ops.set_peak(parse_peak(spec.peak, ops.dtype_name))
         engine = Engine(loaded, ops, max_batch=spec.batch)
     except BaseException:
         ops.close()
@@ -94,7 +102,28 @@ def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) ->
     loaded.weights = {}  # the backend holds its own copies (or zero-copy views); drop our refs
     if spec.ignore_eos:
         engine.eos_ids = frozenset()
+    if spec.warmup > 0:
+        warm_up(engine, spec)
     return engine
+
+
+WARMUP_TOKENS = 8  # a warm-up round's decode steps: enough to run every decode code path once
+
+
+def warm_up(engine: Any, spec: EngineSpec) -> None:
+    """--warmup N: N rounds of the spec's first prompt(s), whose events are dropped before anything is
+    collected, so the first timed prefill no longer pays the process's one-time costs (allocations,
+    kernels loaded on first call). The source then says `warmup_rounds`."""
+    from llmtop.collectors.engine import BUILTIN_PROMPTS
+
+    prompts = (spec.prompts or [BUILTIN_PROMPTS[0]])[: spec.batch]
+    prompts = [prompts[i % len(prompts)] for i in range(spec.batch)]
+    for _ in range(spec.warmup):
+        engine.generate(prompts, min(spec.max_new_tokens, WARMUP_TOKENS), sampling=spec.sampling(),
+                        chat=spec.chat)
+    engine.ops.synchronize()
+    engine.ops.recorder.discard()
+    engine.warmup_rounds = spec.warmup
 
 
 class FrameSink:
@@ -131,8 +160,9 @@ class FrameSink:
         if isinstance(item, EventBatch):
             self.write(codec.encode_batch(item))
             # the drain thread's own CPU, so the parent's header shows the whole collector cost
+            # dropped: what the worker's recorder lost (this sink itself never drops: it blocks)
             self.json(codec.STATUS, {"t_ns": time.perf_counter_ns(), "cpu_s": c.cpu_s if c else 0.0,
-                                    "dropped": 0})
+                                    "dropped": c.dropped_events if c else 0})
         elif isinstance(item, Marker):
             self.json(codec.MARKER, {"t_ns": item.t_ns, "text": item.text,
                                     "round": c.rounds_done if c else 0,

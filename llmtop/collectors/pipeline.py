@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from llmtop.collectors.base import ERROR, RUNNING, UNAVAILABLE, Collector, CollectorStatus
+from llmtop.collectors.base import ERROR, RUNNING, UNAVAILABLE, Collector, CollectorStatus, Rewind
 from llmtop.collectors.counters import CounterStore
 from llmtop.collectors.queue import BoundedQueue
 from llmtop.errors import LlmtopError
@@ -96,6 +96,7 @@ class Pipeline:
         self.aggregator = aggregator
         self.writer = writer
         self._notes: dict[str, Callable[[], str | None]] = {}
+        self._tables: dict[str, Callable[[], list[dict[str, Any]]]] = {}
         self.queue: BoundedQueue[Item] = queue if queue is not None else BoundedQueue()
         self.collectors: list[Collector] = []
         self.counters = CounterStore(counter_history)
@@ -123,9 +124,40 @@ class Pipeline:
             collector.start(self.queue)
         return collector
 
+    def remove(self, collector: Collector, timeout: float = 5.0) -> None:
+        """Stop one collector and drop it (a target taken off an attach list); what it delivered stays.
+
+        The list is replaced, not edited in place, so a status() iterating the old one is not disturbed."""
+        collector.stop()
+        self.collectors = [c for c in self.collectors if c is not collector]
+        collector.join(timeout)
+        close = getattr(collector, "close", None)
+        if close is not None:
+            close()
+
     def add_note(self, name: str, fn: Callable[[], str | None]) -> None:
         """A source-specific warning for the header: `fn()` is asked at every status(); None hides it."""
         self._notes[name] = fn
+
+    def add_table(self, name: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
+        """Source-specific rows for a pane (attach: one row per target); `fn()` is asked by `table(name)`.
+
+        The source that knows its rows registers them here, so the UI reads them without importing it."""
+        self._tables[name] = fn
+
+    def note_lines(self) -> dict[str, str]:
+        """The source-specific warnings showing now (name -> line)."""
+        return {name: line for name, fn in self._notes.items() if (line := fn())}
+
+    @property
+    def folded_items(self) -> int:
+        """Items folded so far (batches, counter samples, markers): grows whenever there is news."""
+        return self._folded_items
+
+    def table(self, name: str) -> list[dict[str, Any]]:
+        """The rows registered under `name`, fresh; [] when none are."""
+        fn = self._tables.get(name)
+        return fn() if fn is not None else []
 
     def set_source(self, source: SourceInfo) -> None:
         self.source = source
@@ -202,7 +234,7 @@ class Pipeline:
                 errors.append(f"{c.name}: {c.error}")
             if c.state in (ERROR, UNAVAILABLE):
                 absent[c.name] = c.error or c.state
-        notes = {name: line for name, fn in self._notes.items() if (line := fn())}
+        notes = self.note_lines()
         return PipelineStatus(
             collectors=costs,
             aggregator_cpu_pct=self._cpu_pct.get(AGGREGATOR, 0.0),
@@ -241,6 +273,11 @@ class Pipeline:
                         self.ingested_events += len(item)
                     elif isinstance(item, CounterSample):
                         self.counters.add(item)
+                    elif isinstance(item, Rewind):  # a replay seeking back: start over from its refill
+                        self.aggregator.reset()
+                        self.counters.clear()
+                        self.markers.clear()
+                        self.markers.append(item)
                     elif isinstance(item, Marker):
                         self.markers.append(item)
                 except Exception as e:  # keep folding the rest; the header shows the failure

@@ -51,6 +51,8 @@ class ProcessCollector(Collector):
             except psutil.Error:  # a child that ended between listing and reading
                 if p is self.proc:
                     raise
+        if rss <= 0:  # a process that has exited but not been reaped reads as empty: keep the last sample
+            raise psutil.NoSuchProcess(self.proc.pid)
         values = {"cpu_pct": cpu, "rss_bytes": rss, "threads": threads,
                   "sys_cpu_pct": float(psutil.cpu_percent(None))}
         if self.tree:

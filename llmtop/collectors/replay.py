@@ -12,11 +12,11 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from llmtop.collectors.base import Collector
+from llmtop.collectors.base import Collector, Rewind
 from llmtop.errors import LlmtopError
 from llmtop.events import CounterSample, EventBatch, Item, Marker, SourceInfo
 from llmtop.traces.open import TraceFile, TracePaths, open_trace_file
@@ -25,17 +25,28 @@ from llmtop.traces.open import TraceFile, TracePaths, open_trace_file
 class ReplaySource(Collector):
     """A collector that replays records with their original spacing divided by `speed`.
 
-    Controls (any thread): pause(), resume(), toggle_pause(), set_speed(x). Gaps longer than
-    `max_gap_s` (a recording left idle) are shortened to it so replay does not sit still.
+    Controls (any thread): pause(), resume(), toggle_pause(), set_speed(x), seek(seconds),
+    seek_by(delta), restart(). Gaps longer than `max_gap_s` (a recording left idle) are shortened to it so
+    replay does not sit still; positions are on that shortened clock (what the footer shows).
+
+    Seeking forward folds the records up to the target at once; seeking back sends a `Rewind` (the
+    pipeline forgets what it folded when it reaches it) and refolds from the start up to the target, so
+    cumulative statistics are exactly those of a replay that had run to that point.
     """
 
     name = "replay"
 
     def __init__(self, records: Iterable[tuple[int, Item]], source: SourceInfo, *, speed: float = 1.0,
-                 max_gap_s: float | None = 5.0, warnings: list[str] | None = None) -> None:
+                 max_gap_s: float | None = 5.0, warnings: list[str] | None = None,
+                 keep_open: bool = False,
+                 reopen: Callable[[], Iterable[tuple[int, Item]]] | None = None) -> None:
         super().__init__()
         self._check_speed(speed)
-        self.records = iter(records)
+        self.records = records
+        # seeking back reads the records again from the start: a list is replayed as is, a file reopened
+        self._reopen: Callable[[], Iterable[tuple[int, Item]]] | None = reopen
+        if reopen is None and isinstance(records, list):
+            self._reopen = lambda: records
         self.source = source
         self.speed = speed
         self.max_gap_s = max_gap_s
@@ -45,17 +56,25 @@ class ReplaySource(Collector):
         self._resume = threading.Event()
         self._resume.set()
         self._changed = threading.Event()
+        self._seek: float | None = None  # a pending seek target, seconds of replayed time
+        self.keep_open = keep_open  # at the end, wait for a seek instead of finishing (the TUI)
+        self.at_end = False
 
     @classmethod
     def open(cls, path: TracePaths, *, speed: float = 1.0, max_gap_s: float | None = 5.0,
-             kernel_names: str = "demangled", max_bytes: int | None = None) -> ReplaySource:
+             kernel_names: str = "demangled", max_bytes: int | None = None,
+             keep_open: bool = False) -> ReplaySource:
         """Replay a file; `.source` is the recorded SourceInfo with kind="replay". max_bytes: `--max-bytes`
         (llmtop.traces.open.open_trace_file)."""
         tf = open_trace_file(path, kernel_names=kernel_names, max_bytes=max_bytes)
         extra = {**tf.source.extra, "replay_of": str(tf.path), "recorded_kind": tf.source.kind,
                  "format": tf.format}
         src = dataclasses.replace(tf.source, kind="replay", extra=extra)
-        return cls(tf.records, src, speed=speed, max_gap_s=max_gap_s, warnings=tf.warnings)
+        def reopen() -> Iterable[tuple[int, Item]]:  # a seek back reads the file again from its start
+            return open_trace_file(path, kernel_names=kernel_names, max_bytes=max_bytes).records
+
+        return cls(tf.records, src, speed=speed, max_gap_s=max_gap_s, warnings=tf.warnings,
+                   keep_open=keep_open, reopen=reopen)
 
     @staticmethod
     def _check_speed(speed: float) -> None:
@@ -83,6 +102,19 @@ class ReplaySource(Collector):
         self.speed = speed
         self._changed.set()
 
+    def seek(self, seconds: float) -> None:
+        """Go to `seconds` of replayed time; back and forth (back needs a list of records or a file)."""
+        if math.isnan(seconds):
+            raise LlmtopError("seek needs a time in seconds")
+        self._seek = max(0.0, seconds)  # past the end: everything is folded, the replay sits at its end
+        self._changed.set()  # a paused replay stays paused, at the new position
+
+    def seek_by(self, delta_s: float) -> None:
+        self.seek(self.position_ns / 1e9 + delta_s)
+
+    def restart(self) -> None:
+        self.seek(0.0)
+
     @property
     def as_fast_as_possible(self) -> bool:
         return self.speed == 0 or math.isinf(self.speed)
@@ -94,7 +126,35 @@ class ReplaySource(Collector):
         first: int | None = None
         virt = 0  # replayed source-clock ns since `first`
         anchor_wall, anchor_virt = time.monotonic(), 0
-        for t, item in self.records:
+        ff_until = -1  # fast-forward (no waiting) through records before this replayed time (a seek)
+        it = iter(self.records)
+        pending: tuple[int, Item] | None = None
+        while True:
+            if self._seek is not None:
+                to, self._seek = int(self._seek * 1e9), None
+                if to < virt and self._reopen is not None:  # back: forget, then refold up to `to`
+                    rewind = Rewind(time.perf_counter_ns(), f"seek to {to / 1e9:.1f} s")
+                    while not self._queue.put_wait(rewind, 0.1):
+                        if self.stopping:
+                            return
+                    it, pending, first, virt = iter(self._reopen()), None, None, 0
+                ff_until = max(to, virt)
+                self.position_ns = ff_until
+                self.at_end = False
+                anchor_wall, anchor_virt = time.monotonic(), ff_until
+            if pending is None:
+                pending = next(it, None)
+                if pending is None:  # the end
+                    if not self.keep_open:
+                        return
+                    self.at_end = True  # the TUI's replay stays open at its end: home / [ seek back
+                    while self._seek is None:
+                        if self.stopping:
+                            return
+                        self._changed.wait(0.1)
+                        self._changed.clear()
+                    continue
+            t, item = pending
             if first is None:
                 first = t
             target = max(t - first, virt)  # out-of-order records go out at once
@@ -103,9 +163,11 @@ class ReplaySource(Collector):
                 first += shift
                 target -= shift
             # Wait until the virtual clock reaches `target`, re-anchoring on pause and speed changes.
-            while True:
+            while target > ff_until:
                 if self.stopping:
                     return
+                if self._seek is not None:
+                    break
                 if self.paused:
                     self._resume.wait(0.1)
                     anchor_wall, anchor_virt = time.monotonic(), virt
@@ -119,8 +181,11 @@ class ReplaySource(Collector):
                 virt = max(virt, int(now_virt))
                 if self._changed.wait(min(0.1, (target - now_virt) / self.speed / 1e9)):
                     anchor_wall, anchor_virt = time.monotonic(), virt
+            if self._seek is not None:
+                continue  # the record is still pending: after a seek forward it goes out at once
+            pending = None
             virt = target
-            self.position_ns = virt
+            self.position_ns = max(virt, ff_until)
             if self.as_fast_as_possible:
                 anchor_wall, anchor_virt = time.monotonic(), virt
             item = _with_time(item, t)

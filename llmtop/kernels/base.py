@@ -84,7 +84,8 @@ class KernelRecorder:
         self._step_t0 = 0
         self._done: deque[tuple[tuple, list[tuple], int, int, Any]] = deque()
         self.max_pending = MAX_PENDING_STEPS
-        self.backlog_dropped = 0  # finished steps dropped unread because the backlog was full
+        self.backlog_dropped = 0  # finished steps dropped unread because the backlog was full ...
+        self.backlog_dropped_rows = 0  # ... and their kernel rows
         self._names_sent = 0
         self.ids: dict[str, tuple[int, int]] = {
             n: (self.names.intern(n), OP_CLASS_ID[c]) for n, c in KERNEL_NAMES.items()
@@ -96,6 +97,11 @@ class KernelRecorder:
         if ids is None:
             ids = self.ids[name] = (self.names.intern(name), OP_CLASS_ID[op_class])
         return ids
+
+    @property
+    def in_step(self) -> bool:
+        """Whether a step is open (between begin_step and end_step)."""
+        return self._step_meta is not None
 
     # -- engine thread -------------------------------------------------------------------
     def begin_step(self, phase: int, step: int, tokens: int, batch: int, ctx: int) -> None:
@@ -113,11 +119,28 @@ class KernelRecorder:
         assert self._step_meta is not None, "end_step without begin_step"
         if len(self._done) >= self.max_pending and self._pending_droppable():
             # nobody drains (serve --agent off) or the drain fell far behind: keep memory bounded
-            self._done.popleft()
+            self.backlog_dropped_rows += len(self._done.popleft()[1])
             self.backlog_dropped += 1
         self._done.append((self._step_meta, self.rows, self._step_t0, wall, pending))
         self.rows = []
         self._step_meta = None
+
+    def push_step(self, meta: tuple[int, int, int, int, int], rows: list[tuple], t0_ns: int,
+                  wall_ns: int) -> None:
+        """Hand over a step whose bounds were decided after its kernels ran (the agent's XRT step inference):
+        meta = (phase, step, tokens, batch, ctx), rows in `add`'s layout. A step number of -1 means rows
+        outside every step: they drain as kernels with step -1 and no step record."""
+        if len(self._done) >= self.max_pending and self._pending_droppable():
+            self.backlog_dropped_rows += len(self._done.popleft()[1])
+            self.backlog_dropped += 1
+        self._done.append((meta, rows, t0_ns, wall_ns, None))
+
+    def discard(self) -> None:
+        """Drop every finished step (untimed warm-up rounds) and rewind the name table, so the next drain
+        starts over as the first one did: its batch carries every name from 0."""
+        self.drain()
+        self._done.clear()
+        self._names_sent = 0
 
     def _pending_droppable(self) -> bool:
         """Whether the oldest finished step may be dropped unread (a backend whose pending steps hold
@@ -148,9 +171,10 @@ class KernelRecorder:
                 k["m"], k["n"], k["k"] = cols[5], cols[6], cols[7]
             k["phase"], k["step"], k["batch"], k["ctx"], k["track"] = phase, step, batch, ctx, self.track
             kernel_ns = int(k["dur_ns"].sum()) if self.enabled else -1
-            steps.append((phase, self.track, step, tokens, batch, ctx, t0, wall, kernel_ns))
+            if step >= 0:  # push_step's rows outside every step have no step record
+                steps.append((phase, self.track, step, tokens, batch, ctx, t0, wall, kernel_ns, 0, 0))
             kernel_parts.append(k)
-        if not steps:
+        if not kernel_parts:
             return None
         base = self._names_sent
         new = self.names.since(base)
@@ -246,6 +270,23 @@ class Ops(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources."""
+
+    # -- roofs (kernels/peaks.py) ----------------------------------------------------------
+    _peak: dict[str, Any] | None = None
+
+    def device_peak(self) -> dict[str, Any] | None:
+        """{bw_gbps, flops_gflops, dtype, source} of this backend's device, found once (a CPU probe is
+        cached per machine); None when unknown. What the kernel table's roofline columns divide by."""
+        if self._peak is None:
+            self._peak = self._find_peak() or {}
+        return self._peak or None
+
+    def set_peak(self, peak: dict[str, Any]) -> None:
+        """`--peak BW,FLOPS`: the user's roofs instead of the probe's or the table's."""
+        self._peak = peak
+
+    def _find_peak(self) -> dict[str, Any] | None:
+        return None
 
 
 __all__ = ["KERNEL_NAMES", "LINEAR_NAMES", "NO_LAYER", "KernelRecorder", "Ops", "SamplingParams"]

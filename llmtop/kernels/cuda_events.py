@@ -85,6 +85,7 @@ class CudaEventRecorder(KernelRecorder):
         self._last = -1  # index of the last event recorded when consecutive ops may share it, else -1
         self._short = False  # the open step ran out of events: it will be untimed
         self._untimed: set[int] = set()  # step numbers resolved without timings (drain patches them)
+        self._splits: dict[int, Any] = {}  # a resolved step's start_ns -> its GpuSplit, for drain to patch in
         self.sampler: Any = None  # a gpu_profile.StepSampler: CUPTI busy/idle of one step every few seconds
         self.pool_size = 0
         self.dropped_steps = 0
@@ -189,21 +190,29 @@ class CudaEventRecorder(KernelRecorder):
         return False  # a pending step holds pooled events: the fixed pool bounds the backlog instead
 
     def end_step(self, pending: Any = None) -> None:
+        sampler = self.sampler
+        # A sampled step's split is known only after its wall: the slot keeps the drain from resolving
+        # the step before after_step has filled it (else the split would miss the step's row).
+        slot: list[Any] | None = [] if sampler is not None and sampler.active else None
         if self.enabled and pending is None:
             ends = [self.mark_on(ln) for ln, _ in self._bounds]
             if self._short:
                 self.dropped_steps += 1
                 self.dropped_rows += len(self.rows)
-            pending = (self._events, self._foreign, self._bounds, ends, self._short)
+            pending = (self._events, self._foreign, self._bounds, ends, self._short, slot)
             self._events, self._foreign, self._bounds, self._last = [], {}, [], -1
         step, t0 = (self._step_meta[1] if self._step_meta is not None else -1), self._step_t0
         super().end_step(pending)
-        if self.sampler is not None:  # ... and stops after its wall was taken
-            self.sampler.after_step(step, time.perf_counter_ns() - t0)
+        if sampler is not None:  # ... and stops after its wall was taken
+            split = sampler.after_step(step, time.perf_counter_ns() - t0)
+            if slot is not None:
+                slot.append(split)
 
     # -- collector thread ---------------------------------------------------------------------------------
     def _ready(self, pending: Any) -> bool:
-        events, _, _, ends, short = pending
+        events, _, _, ends, short, slot = pending
+        if slot is not None and not slot:  # the sampled step's profiler has not stopped yet
+            return False
         if short:  # some marks failed: wait for whatever was recorded before handing it back
             return all(e.query() for e in events)
         return all(events[i].query() for i in ends)
@@ -219,7 +228,7 @@ class CudaEventRecorder(KernelRecorder):
 
     def _times(self, t0: int, pending: Any) -> tuple[np.ndarray, int]:
         """(host-clock ns of every event, GPU span of the step in ns)."""
-        events, foreign, bounds, ends, _ = pending
+        events, foreign, bounds, ends, _, _ = pending
         anchor0 = events[bounds[0][1]]
         el = anchor0.elapsed_time
         if not foreign:
@@ -244,7 +253,9 @@ class CudaEventRecorder(KernelRecorder):
                 continue
             if not self._ready(pending):
                 break
-            events, foreign, _, _, short = pending
+            events, foreign, _, _, short, slot = pending
+            if slot and slot[0] is not None:
+                self._splits[t0] = slot[0]  # keyed by the step's start: step numbers restart per prompt
             if short:
                 self._untimed.add(meta[1])
                 out: list[tuple] = []
@@ -262,6 +273,13 @@ class CudaEventRecorder(KernelRecorder):
             hit = np.isin(st["step"], list(self._untimed))
             st["kernel_ns"][hit] = -1
             self._untimed.difference_update(st["step"][hit].tolist())
+        if batch is not None and self._splits:
+            st = batch.steps
+            for i in np.flatnonzero(np.isin(st["start_ns"], list(self._splits))).tolist():
+                sp = self._splits.pop(int(st["start_ns"][i]), None)
+                # busy 0 reads "not sampled": a step without GPU work has no split to show
+                if sp is not None and sp.busy_ns > 0:
+                    st["busy_ns"][i], st["idle_ns"][i] = sp.busy_ns, sp.idle_ns
         return batch
 
     def _resolve(self, rows: list[tuple], pending: Any) -> list[tuple] | None:

@@ -24,7 +24,7 @@ def check_backend(backend: str, dtype: str) -> None:
 
 
 def make_ops(backend: str, dtype: str = "float32", *, threads: int | None = None, timing: bool = True,
-             adapter: str | None = None) -> Ops:
+             adapter: str | None = None, gpu_sample_s: float = 2.0) -> Ops:
     """The Ops for a backend name; unknown names and missing hardware raise LlmtopError.
 
     `adapter` (wgpu only) picks a WebGPU adapter by a substring of its "device (backend)" label. A wgpu
@@ -43,4 +43,5 @@ def make_ops(backend: str, dtype: str = "float32", *, threads: int | None = None
         raise UsageError("adapter selection applies to the wgpu backend only")
     from llmtop.kernels.torch_backend import TorchOps
 
-    return TorchOps(KernelRecorder(enabled=timing), device=backend, dtype=dtype, threads=threads)
+    return TorchOps(KernelRecorder(enabled=timing), device=backend, dtype=dtype, threads=threads,
+                    gpu_sample_s=gpu_sample_s)

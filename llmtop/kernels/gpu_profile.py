@@ -124,16 +124,25 @@ class StepSampler:
             return
         self._prof = p
 
-    def after_step(self, step: int, wall_ns: int) -> None:
+    @property
+    def active(self) -> bool:
+        """A profiler is running: the step now open is a sampled one."""
+        return self._prof is not None
+
+    def after_step(self, step: int, wall_ns: int) -> GpuSplit | None:
+        """Stop a sampled step's profiler: its split (None when this step was not sampled or failed)."""
         p, self._prof = self._prof, None
         if p is None:
-            return
+            return None
+        split = None
         try:
             p.stop()
-            self.splits.append((step, split_step(self._intervals(p), wall_ns)))
+            split = split_step(self._intervals(p), wall_ns)
+            self.splits.append((step, split))
         except Exception:
             self.errors += 1
         self._next = self._clock() + self.every_s
+        return split
 
 
 def _cuda_profiler() -> Any:

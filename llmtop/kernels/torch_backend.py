@@ -193,6 +193,7 @@ class TorchOps(CudaTimedOps, Ops):
         dtype: str = "float32",
         threads: int | None = None,
         tf32: bool = True,
+        gpu_sample_s: float = 2.0,
     ) -> None:
         dtype = resolve_dtype(device, dtype)
         if dtype not in DTYPES:
@@ -236,6 +237,11 @@ class TorchOps(CudaTimedOps, Ops):
             self.timing = "perf_counter_ns"
         if not recorder.enabled:
             self.timing = "off"
+        elif device == "cuda" and gpu_sample_s > 0:
+            # what the GPU really did, beside the event spans: one step every gpu_sample_s under CUPTI
+            from llmtop.kernels.gpu_profile import StepSampler
+
+            recorder.sampler = StepSampler(every_s=gpu_sample_s)  # type: ignore[attr-defined]
         if recorder.enabled and device == "cpu" and type(recorder).add is not KernelRecorder.add:
             raise TypeError("CPU timing appends rows to the recorder directly; override _resolve, not add")
         self._ids = recorder.ids
@@ -264,6 +270,13 @@ class TorchOps(CudaTimedOps, Ops):
         host allocator, which keeps the block until this copy completes), copied with non_blocking."""
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).pin_memory()
         return t.to(self.device, non_blocking=True)
+
+    def _find_peak(self) -> dict[str, Any] | None:
+        from llmtop.kernels import peaks
+
+        if self.device.type == "cuda":
+            return peaks.cuda_peak(self.device.index or 0, self.dtype_name, self.tf32)
+        return peaks.cpu_peak(self.device_name, self.dtype_name)
 
     def source_extra(self) -> dict[str, Any]:
         """Facts for SourceInfo.extra: the CUDA device's UUID (the GPU gauges follow it) and TF32."""

@@ -80,6 +80,15 @@ class Engine:
             ids = [bos if bos is not None else self._pad_id]
         return list(ids)
 
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """A multi-turn conversation ([{"role", "content"}, ...], ending with the user's turn) as prompt
+        ids through the model's chat template (without one: the turns' texts one after another)."""
+        tok = self.tokenizer
+        if tok is not None and self.cfg.chat_template:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True)
+            return list(tok.encode(text, add_special_tokens=False))
+        return self.encode_prompt("\n\n".join(m["content"] for m in messages), chat=False)
+
     def decode_tokens(self, ids: list[int]) -> str:
         if self.tokenizer is None:
             return " ".join(f"<{t}>" for t in ids)
@@ -258,8 +267,10 @@ class Engine:
                 "random_weights": bool(getattr(self.loaded, "random_weights", False)),
                 "max_batch": self.max_batch,
                 "warmup": "warm" if self.warmup else "cold",
+                "warmup_rounds": int(getattr(self, "warmup_rounds", 0)),  # --warmup: untimed whole rounds
                 **({"adapter": ops.adapter_summary()} if hasattr(ops, "adapter_summary") else {}),
                 **(ops.source_extra() if hasattr(ops, "source_extra") else {}),  # CUDA: device_uuid, tf32
+                **({"device_peak": pk} if (pk := ops.device_peak()) is not None else {}),
             },
         )
 

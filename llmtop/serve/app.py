@@ -1,7 +1,8 @@
 """`llmtop serve`'s HTTP side: OpenAI-style routes (Starlette) over the scheduler.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (stream=true -> server-sent events, ending
-with `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (Prometheus text, vLLM names).
+with `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (vLLM names and llmtop's own llmtop_*;
+Prometheus text, or OpenMetrics when the scraper asks for it).
 
 Every field is validated before anything is queued (`validate.py`); a refused request gets a 400, 401, 404,
 413 or 503 with OpenAI's error body `{"error": {"message", "type", "param", "code"}}` and leaves no
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from llmtop.errors import LlmtopError
-from llmtop.serve.metrics import CONTENT_TYPE, ServeMetrics
+from llmtop.serve.metrics import ServeMetrics
 from llmtop.serve.scheduler import Overloaded, Request, Scheduler, ShuttingDown
 from llmtop.serve.validate import (
     MAX_BODY_BYTES,
@@ -266,7 +267,11 @@ def build_app(
         return Response("ok")
 
     async def prom(http: HttpRequest) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        from starlette.concurrency import run_in_threadpool
+
+        # off the event loop: llmtop's families come from a snapshot (milliseconds, once a second)
+        body, ctype = await run_in_threadpool(metrics.exposition, http.headers.get("accept"))
+        return Response(body, headers={"Content-Type": ctype})
 
     return Starlette(
         routes=[

@@ -1,5 +1,7 @@
 """`/metrics` for llmtop serve: prometheus_client with vLLM's names, buckets and model_name label, so
-dashboards and `llmtop attach http://.../metrics` read it like a vLLM server."""
+dashboards and `llmtop attach http://.../metrics` read it like a vLLM server, and llmtop's own metrics
+(llmtop_*, docs/METRICS.md) in the same response once `add_collector` has registered them. A scraper that
+asks for OpenMetrics (`Accept: application/openmetrics-text`, as Prometheus does) gets OpenMetrics."""
 
 from __future__ import annotations
 
@@ -154,5 +156,15 @@ class ServeMetrics:
         self.waiting.set(waiting)
         self.kv.set(kv)
 
+    def add_collector(self, collector: Any) -> None:
+        """Serve another collector's families (llmtop's own metrics) in the same response."""
+        self.registry.register(collector)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """(body, content type) in the format the scraper's Accept header asks for."""
+        from llmtop.export.metrics import exposition
+
+        return exposition(self.registry, accept)

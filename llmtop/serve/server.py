@@ -185,6 +185,7 @@ def run_server(
     api_key: str | None = None,
     drain_timeout: float = DRAIN_TIMEOUT_S,
     dtype: str = "auto",
+    metrics_top: int | None = None,
 ) -> int:
     """Check, bind, load the model, serve HTTP until a signal; 0 after a signal's shutdown, 1 when the
     server did not start. Raises LlmtopError (UsageError for bad arguments) before the model loads."""
@@ -207,6 +208,9 @@ def run_server(
     from llmtop.kernels.factory import check_backend
 
     check_backend(backend, dtype)  # a bad --backend/--dtype is one line, before the model loads
+    from llmtop.export.options import check_top
+
+    metrics_top = check_top(metrics_top)
     # The agent is on by default (127.0.0.1:7070, or $LLMTOP_AGENT); "off" disables it.
     agent_addr = agent_addr or os.environ.get(agent_mod.ENV_ADDR) or agent_mod.DEFAULT_ADDR
     token = agent_token or os.environ.get(agent_mod.ENV_TOKEN) or None
@@ -233,7 +237,7 @@ def run_server(
     try:
         return _serve(backend, model, host, port, agent, max_batch=max_batch, threads=threads,
                       max_context=max_context, model_name=model_name, log_level=log_level, api_key=api_key,
-                      drain_timeout=drain_timeout, dtype=dtype)
+                      drain_timeout=drain_timeout, dtype=dtype, metrics_top=metrics_top)
     finally:
         if agent is not None:
             agent.close(timeout=1.0)
@@ -241,9 +245,11 @@ def run_server(
 
 def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_batch: int,
            threads: int | None, max_context: int | None, model_name: str | None, log_level: str,
-           api_key: str | None, drain_timeout: float, dtype: str = "auto") -> int:
+           api_key: str | None, drain_timeout: float, dtype: str = "auto", metrics_top: int = 20) -> int:
     import uvicorn
 
+    from llmtop.export.agent import AgentFeed, LocalGauges
+    from llmtop.export.metrics import LlmtopCollector
     from llmtop.kernels.factory import make_ops
     from llmtop.model.engine import Engine
     from llmtop.model.loader import load_model
@@ -259,12 +265,17 @@ def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_ba
     name = model_name or cfg_name or str(model)
     # without --served-model-name, requests may also name the model as it was given or as it calls itself
     aliases = () if model_name else tuple(a for a in (str(model), cfg_name) if a)
+    # llmtop's own metrics (llmtop_*) in /metrics: folded from the agent's stream, tapped before the engine's
+    # first batch; without the agent nothing is timed, and only the process gauges are there
+    feed = AgentFeed(agent) if agent is not None else None
     if agent is not None:
         agent.attach_engine(engine)
         src = agent.source
         src.extra["serve"] = f"http://{host}:{port}"
         agent.set_source(src)
     metrics = ServeMetrics(name)
+    gauges = LocalGauges()
+    metrics.add_collector(LlmtopCollector(feed, gauges.latest, top_n=metrics_top))
     sched = Scheduler(engine, metrics, max_batch=max_batch, agent=agent)
     sched.start()
     shutdown = _Shutdown(sched, drain_timeout)
@@ -287,6 +298,7 @@ def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_ba
         return 0 if server.started else 1
     finally:
         sched.stop(timeout=1.0)
+        gauges.close()
         if shutdown.signalled_at is not None:
             _say(f"stopped {time.monotonic() - shutdown.signalled_at:.1f} s after the signal")
         shutdown.cancel()
@@ -327,6 +339,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "a non-loopback host needs --agent-token)",
     )
     p.add_argument("--agent-token", default=None, help="shared token (default: $LLMTOP_AGENT_TOKEN)")
+    p.add_argument("--metrics-top", default=None, metavar="N",
+                   help="kernels with their own label in /metrics' llmtop_kernel_* series, the rest "
+                        "add up as kernel=\"other\" (default 20)")
     p.add_argument("--log-level", default="warning", type=str.lower, choices=LOG_LEVELS,
                    help="uvicorn's and llmtop serve's log level (info also logs aborted requests)")
 
@@ -350,4 +365,5 @@ def serve_main(args: argparse.Namespace) -> int:
         api_key=api_key,
         drain_timeout=args.drain_timeout,
         dtype=args.dtype,
+        metrics_top=getattr(args, "metrics_top", None),
     )

@@ -7,7 +7,8 @@ is the JSON of `llmtop report --format json` (keys: docs/REPORT.md) and whose `s
 from llmtop.stats.aggregator import Aggregator
 from llmtop.stats.buckets import ALPHA
 from llmtop.stats.filter import Filter, parse_filter
-from llmtop.stats.snapshot import Series, Snapshot
+from llmtop.stats.snapshot import PhaseSteps, Series, Snapshot
 from llmtop.stats.views import GROUPS, MODES, SORTS
 
-__all__ = ["ALPHA", "GROUPS", "MODES", "SORTS", "Aggregator", "Filter", "Series", "Snapshot", "parse_filter"]
+__all__ = ["ALPHA", "GROUPS", "MODES", "SORTS", "Aggregator", "Filter", "PhaseSteps", "Series", "Snapshot",
+           "parse_filter"]

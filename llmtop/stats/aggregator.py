@@ -62,6 +62,7 @@ BEHIND_CPU_FRACTION = 0.8  # a collector using >= 80 % of a core is falling behi
 CTX_WIDTH0 = 16  # initial context-bucket width (tokens) for the attention fit
 
 _ATTN = OP_CLASS_ID["attention"]
+_NPU = OP_CLASS_ID["npu"]
 _H1, _H2, _H3, _H4 = (np.uint64(v) for v in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F,
                                                  0x165667B19E3779F9, 0x27D4EB2F165667C5))
 
@@ -92,6 +93,7 @@ class Aggregator:
         self.names = NameTable()
         self._source = SourceInfo(kind="")
         self._ix = CellIndex()  # (name, layer, phase) -> key id; (key, bucket) -> cell id. Kept by reset.
+        self._decode_steps_total = 0  # decode steps since the start, kept by reset: the header's `step`
         self._reset_state()
 
     # -- public API ---------------------------------------------------------------------------
@@ -183,7 +185,8 @@ class Aggregator:
         self._now = 0
         self._events = 0
         self._run_carry: dict[int, int] = {}  # track -> code of its last kernel-step run
-        self._open: dict[int, list[Any]] = {}  # track -> [code, ctx, attention ns, slice] of the open run
+        # track -> [code, ctx, attention ns, slice, all kernels ns] of the open run
+        self._open: dict[int, list[Any]] = {}
         self._tok_bins: deque[list[int]] = deque(maxlen=SERIES_LEN)
         self._recent_end = np.zeros(0, np.int64)
         self._recent_gen = np.zeros(0, np.float64)
@@ -281,6 +284,12 @@ class Aggregator:
         nk, nc = self._ix.nk, self._ix.nc
         for s, ix in self._parts(sl):
             self._store_for(s).add_kernels(kid[ix], cell[ix], d[ix], nk, nc)
+        shaped = np.flatnonzero((k["m"] > 0) & (k["n"] > 0) & (k["k"] > 0))
+        if len(shaped):  # matmuls: what the roofline columns need (kernel_table.roofline)
+            m_, n_, k_ = (k[f][shaped].astype(np.float64) for f in ("m", "n", "k"))
+            elems, flops, ks, ds = n_ * k_ + m_ * k_ + m_ * n_, 2.0 * m_ * n_ * k_, kid[shaped], d[shaped]
+            for s, ix in self._parts(sl[shaped]):
+                self._store_for(s).add_shaped(ks[ix], elems[ix], flops[ix], ds[ix], nk)
 
         # Steps: runs of one (track, phase, step) code. A run that continues the previous batch's last
         # run of its track is the same step. A step counts in the slice of its first event.
@@ -310,10 +319,18 @@ class Aggregator:
         att = np.where((opc == _ATTN) & (phase == 1), d, 0.0)
         ys = np.add.reduceat(att, starts)
         if np.count_nonzero(ys):
+            kall = np.add.reduceat(np.where(phase == 1, d, 0.0), starts)  # the step's kernels, all classes
             self._attention_runs(rcode, firsts.tolist(), lasts.tolist(), cont, ys,
-                                 k["ctx"][starts].astype(np.int64), rsl)
+                                 k["ctx"][starts].astype(np.int64), rsl, kall)
 
         mnk = k["m"] | k["n"] | k["k"]
+        npu = opc == _NPU
+        if np.count_nonzero(npu):  # XRT events carry bytes / buffers in m / n (events.py), not a shape
+            sel = np.flatnonzero(npu)
+            kb, kn, ks = k["m"][sel].astype(np.float64), k["n"][sel].astype(np.float64), kid[sel]
+            for s, ix in self._parts(sl[sel]):
+                self._store_for(s).add_bytes(ks[ix], kb[ix], kn[ix], nk)
+            mnk = np.where(npu, 0, mnk)
         if np.count_nonzero(mnk):
             sm = np.flatnonzero(mnk)
             self._add_shapes(name[sm], k["m"][sm], k["n"][sm], k["k"][sm], d[sm])
@@ -345,33 +362,36 @@ class Aggregator:
         t[: hi + 1, TR_DECODE_WALL_NS] += np.bincount(track, weights=wall * dec, minlength=hi + 1)
 
     def _attention_runs(self, rcode: list[int], firsts: list[int], lasts: list[int], cont: np.ndarray,
-                        ys: np.ndarray, cs: np.ndarray, rsl: np.ndarray) -> None:
-        """Commit finished steps' attention time; keep each track's last step open (it may continue)."""
+                        ys: np.ndarray, cs: np.ndarray, rsl: np.ndarray, ks: np.ndarray) -> None:
+        """Commit finished steps' attention time (ys) and all-kernel time (ks); keep each track's last
+        step open (it may continue in the next batch)."""
         commit = ys > 0
-        extra: list[tuple[int, int, float]] = []  # finished open steps: (slice, ctx, ns)
+        extra: list[tuple[int, int, float, float]] = []  # finished open steps: (slice, ctx, ns, all ns)
         for i0, i1 in zip(firsts, lasts, strict=True):
             t = rcode[i0] >> 33
             op = self._open.pop(t, None)
             if op is not None:
                 if cont[i0] and op[0] == rcode[i0]:  # the open step continues in this batch
                     op[2] += float(ys[i0])
+                    op[4] += float(ks[i0])
                     commit[i0] = False
                     if i0 == i1:
                         self._open[t] = op
                         continue
-                extra.append((op[3], op[1], op[2]))
+                extra.append((op[3], op[1], op[2], op[4]))
             if ys[i1] > 0:
                 commit[i1] = False
-                self._open[t] = [rcode[i1], int(cs[i1]), float(ys[i1]), int(rsl[i1])]
-        c_sl, c_ctx, c_y = rsl[commit], cs[commit], ys[commit]
+                self._open[t] = [rcode[i1], int(cs[i1]), float(ys[i1]), int(rsl[i1]), float(ks[i1])]
+        c_sl, c_ctx, c_y, c_k = rsl[commit], cs[commit], ys[commit], ks[commit]
         if extra:
             c_sl = np.append(c_sl, [e[0] for e in extra])
             c_ctx = np.append(c_ctx, [e[1] for e in extra])
             c_y = np.append(c_y, [e[2] for e in extra])
+            c_k = np.append(c_k, [e[3] for e in extra])
         if len(c_sl):
             self._ensure_ctx_width(_max(c_ctx))
             for s, ix in self._parts(c_sl):
-                self._store_for(s).add_attention(c_ctx[ix], c_y[ix] / 1e6, self._ctx_width)
+                self._store_for(s).add_attention(c_ctx[ix], c_y[ix] / 1e6, self._ctx_width, c_k[ix] / 1e6)
 
     def _ensure_ctx_width(self, ctx: int) -> None:
         while ctx >= N_CTX_BUCKETS * self._ctx_width:
@@ -433,6 +453,7 @@ class Aggregator:
         start, dur = st["start_ns"], st["dur_ns"]
         wall = dur.astype(np.float64)
         kern = st["kernel_ns"].astype(np.float64)
+        busy, idle = st["busy_ns"].astype(np.float64), st["idle_ns"].astype(np.float64)
         # `tokens` is the step's total over the batch (engine: prefill = sum of prompt lengths, decode =
         # active sequences). A prefill also samples each sequence's first token: `batch` generated.
         proc = tokens
@@ -442,8 +463,10 @@ class Aggregator:
         sl = start // self._slice_ns
         self._advance(int(sl.max()))
         for s, ix in self._parts(sl):
-            self._store_for(s).add_steps(phase[ix], gen[ix], proc[ix], ctx[ix], wall[ix], kern[ix])
+            self._store_for(s).add_steps(phase[ix], gen[ix], proc[ix], ctx[ix], wall[ix], kern[ix],
+                                         busy[ix], idle[ix])
         self._context = int(st["ctx"][-1])
+        self._decode_steps_total += int(np.count_nonzero(phase == 1))
         end = start + np.maximum(dur, 0)
         self._add_tok_bins(end, gen)
         keep = self._recent_end > self._now - RATE_NS
@@ -486,9 +509,10 @@ class Aggregator:
         nk, nc, ns = ix.nk, ix.nc, len(self._shape_meta)
         lo = (self._head - self._n_slices + 1) if self._head is not None else 0
         merged = self._merged(mode, nk, nc)
-        for _code, c, y, s in self._open.values():
+        for _code, c, y, s, kn in self._open.values():
             if mode == "cumulative" or s >= lo:
-                merged.add_attention(np.array([c]), np.array([y / 1e6]), self._ctx_width)
+                merged.add_attention(np.array([c]), np.array([y / 1e6]), self._ctx_width,
+                                     np.array([kn / 1e6]))
         t_first = self._t_first if self._t_first is not None else 0
         if mode == "window" and self._head is not None:
             span = self._now - max(t_first, lo * self._slice_ns)
@@ -543,6 +567,7 @@ class Aggregator:
             span_s=max(0, span) / 1e9,
             events=self._events,
             context=self._context,
+            decode_steps_total=self._decode_steps_total,
             tok_s_now=tok_now,
             tok_bins=bins,
             gen=copy_gen(gen) if gen.n else None,

@@ -18,6 +18,9 @@ class LinearFit:
     slope: float
     r2: float | None  # None when y is constant (R² undefined)
     n: int
+    # Standard errors from the residual variance SSE / (n - 2) (None with 2 points: no residual left)
+    slope_se: float | None = None
+    intercept_se: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,14 @@ def linear_fit(n: float, sx: float, sy: float, sxx: float, sxy: float, syy: floa
     r2 = None
     if vy > 1e-12 * max(syy, 1e-300):
         r2 = min(1.0, max(0.0, cxy * cxy / (vx * vy)))
-    return LinearFit(intercept=intercept, slope=slope, r2=r2, n=int(n))
+    slope_se = intercept_se = None
+    if n > 2:
+        sse = max(0.0, vy - slope * cxy)  # residual sum of squares
+        s2 = sse / (n - 2)
+        slope_se = math.sqrt(s2 / vx)
+        intercept_se = math.sqrt(s2 * sxx / (n * vx))
+    return LinearFit(intercept=intercept, slope=slope, r2=r2, n=int(n), slope_se=slope_se,
+                     intercept_se=intercept_se)
 
 
 def quadratic_fit(n: float, sx: float, sy: float, sxx: float, sxy: float, syy: float,

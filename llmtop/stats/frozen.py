@@ -84,6 +84,7 @@ class Frozen:
     span_s: float
     events: int
     context: int
+    decode_steps_total: int  # since the start of the run: not windowed, not reset
     tok_s_now: float | None
     tok_bins: np.ndarray  # (n, 2): second index relative to the first event second, tokens
     gen: GenTrend | None

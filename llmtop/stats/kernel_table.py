@@ -14,6 +14,7 @@ from llmtop.stats.buckets import ALPHA, N_BUCKETS, REPRESENTATIVE, quantile_rank
 from llmtop.stats.filter import parse_filter
 from llmtop.stats.frozen import Frozen
 from llmtop.stats.plain import plain
+from llmtop.stats.roofline import device_peak, roofline_columns
 
 TABLE_QUANTILES = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
 DETAIL_QUANTILES = (
@@ -159,6 +160,9 @@ def kernel_rows(fz: Frozen, kmask: np.ndarray) -> list[dict[str, Any]]:
     values = gr.values.tolist()
     names = [_group_label(fz, fz.group, v) for v in values]
     qkeys = [k for k, _ in TABLE_QUANTILES]
+    st = fz.store
+    roof = roofline_columns(*(np.bincount(gr.inv, weights=a[gr.keys], minlength=g)
+                              for a in (st.kel, st.kfl, st.ksh, st.kshn)), fz.source)
     rows: list[dict[str, Any]] = []
     for i, (name, c, tot, mean, mn, q50, q95, q99, mx, sd, pct) in enumerate(
         zip(names, cnt.tolist(), *fcols, strict=True)
@@ -167,6 +171,7 @@ def kernel_rows(fz: Frozen, kmask: np.ndarray) -> list[dict[str, Any]]:
             "name": name, "op_class": opc[i], "count": c, "total_ms": tot, "mean_ms": mean, "min_ms": mn,
             qkeys[0]: q50, qkeys[1]: q95, qkeys[2]: q99, "max_ms": mx, "std_ms": sd, "pct": pct,
             "cum_pct": 0.0,
+            **roof[i],
         }
         if fz.group == "layer":
             row["layer"] = None if values[i] == NO_LAYER else values[i]
@@ -259,6 +264,10 @@ def kernel_detail(fz: Frozen, name: str) -> dict[str, Any]:
     shapes.sort(key=lambda s: (-s["count"], s["kernel"], s["m"], s["n"], s["k"]))
     out["shapes"] = shapes
     out["histogram"] = _histogram(fz, keys, float(one.mn[0]), float(one.mx[0]))
+    sums = (np.array([a[keys].sum()], np.float64) for a in (st.kel, st.kfl, st.ksh, st.kshn))
+    (roof,) = roofline_columns(*sums, fz.source)
+    out.update(roof)
+    out["device_peak"] = device_peak(fz.source)
     return out
 
 
@@ -285,4 +294,28 @@ def _histogram(fz: Frozen, keys: np.ndarray, lo: float, hi: float) -> dict[str, 
     return {"edges_ms": (edges / 1e6).tolist(), "counts": [int(c) for c in counts]}
 
 
-__all__ = ["DETAIL_QUANTILES", "HIST_BINS", "TABLE_QUANTILES", "kernel_detail", "kernel_rows"]
+def group_buckets(fz: Frozen, kmask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per row of the kernels table (the snapshot's group-by, its filter): the duration buckets its events
+    fell in and their counts, ascending by bucket. What a rank test between two snapshots needs: every
+    event's duration to within the buckets' 1 %."""
+    gr = _groups(fz, kmask, fz.group)
+    if not len(gr.values):
+        return {}
+    h = fz.store.hist
+    assert h is not None
+    nc = len(fz.cell_key)
+    sel = np.full(len(fz.key_name), -1, np.int64)
+    sel[gr.keys] = gr.inv
+    cg = sel[fz.cell_key[:nc]]
+    keep = (cg >= 0) & (h[:nc] > 0)
+    comp = cg[keep] * N_BUCKETS + fz.cell_bucket[:nc][keep]
+    u, inv = np.unique(comp, return_inverse=True)
+    cnt = np.bincount(inv, weights=h[:nc][keep]).astype(np.int64)
+    grp, bkt = u // N_BUCKETS, u % N_BUCKETS
+    cuts = np.searchsorted(grp, np.arange(len(gr.values) + 1))
+    return {_group_label(fz, fz.group, v): (bkt[cuts[i]:cuts[i + 1]], cnt[cuts[i]:cuts[i + 1]])
+            for i, v in enumerate(gr.values.tolist())}
+
+
+__all__ = ["DETAIL_QUANTILES", "HIST_BINS", "TABLE_QUANTILES", "group_buckets", "kernel_detail",
+           "kernel_rows"]

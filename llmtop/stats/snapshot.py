@@ -6,13 +6,14 @@ for durations), None where a value cannot be computed (no data, undefined fit) -
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from llmtop.events import NO_LAYER, OP_CLASSES, PHASES, track_label
-from llmtop.stats.buckets import REPRESENTATIVE, quantile_ranks
+from llmtop.stats.buckets import REPRESENTATIVE, UPPER, quantile_ranks
 from llmtop.stats.filter import parse_filter
 from llmtop.stats.fit import linear_fit, quadratic_fit
 from llmtop.stats.frozen import (
@@ -24,9 +25,12 @@ from llmtop.stats.frozen import (
     TR_STEPS,
     Frozen,
 )
-from llmtop.stats.kernel_table import kernel_detail, kernel_rows
+from llmtop.stats.kernel_table import group_buckets, kernel_detail, kernel_rows
+from llmtop.stats.npu import npu_section
 from llmtop.stats.plain import finite, ms, pct, plain
+from llmtop.stats.roofline import device_peak
 from llmtop.stats.store import (
+    A_K,
     A_N,
     A_X,
     A_X2Y,
@@ -39,6 +43,11 @@ from llmtop.stats.store import (
     N_ATT_COLS,
     S_CTX,
     S_GEN,
+    S_GPU_BUSY,
+    S_GPU_IDLE,
+    S_GPU_LB,
+    S_GPU_N,
+    S_GPU_WALL,
     S_HOST,
     S_KERNEL,
     S_N,
@@ -55,10 +64,17 @@ OUTLIER_MIN_RATIO = 1.10  # ... and at least 10 % above the median layer
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
 SUPERLINEAR_T = 3.0  # quadratic term significant at |t| >= 3 ...
 SUPERLINEAR_SHARE = 0.05  # ... and worth >= 5 % of the fitted attention at the largest context seen
-# A projection far beyond the measured contexts is only shown when the fit can carry it.
+# A fit is shown (and a projection made) only when the data can carry it. Measured on the default run
+# (SmolLM2-135M, CPU): attention is ~5 % of a decode step at short context and a step's attention time
+# scatters by ±20-40 % between neighbouring steps, so a slope needs many contexts over a wide span and
+# must stand clear of its own noise.
 FIT_MIN_STEPS = 8
-FIT_MIN_SPAN = 64  # tokens of context between the shortest and longest decode step
+FIT_MIN_POINTS = 6  # distinct context buckets with decode steps
+FIT_MIN_SPAN = 256  # tokens of context between the shortest and longest decode step
+FIT_MIN_T = 3.0  # slope / its standard error: growth must be 3 sigma above the noise
 FIT_MIN_R2 = 0.5
+FIT_RULE = (f">= {FIT_MIN_STEPS} steps, >= {FIT_MIN_POINTS} context buckets over >= {FIT_MIN_SPAN} tokens, "
+            f"slope >= {FIT_MIN_T:g} standard errors above 0, intercept not below 0, R² >= {FIT_MIN_R2}")
 _PLAIN_ALREADY = frozenset({"kernels", "layers"})  # sections built from tolist() values (finite, checked)
 
 
@@ -76,6 +92,18 @@ class Series:
     step_ms: np.ndarray  # decode step walls (ms) of the trend's generation (decimated beyond 8192)
 
 
+@dataclass(frozen=True, slots=True)
+class PhaseSteps:
+    """One phase's step records in a snapshot's scope (everything, in a cumulative snapshot): the counts,
+    sums and cumulative wall-time buckets a Prometheus histogram and token counters are made of."""
+
+    steps: int
+    wall_s: float  # summed step wall, exact
+    tokens: int  # tokens processed: a prefill's prompt tokens, a decode step's sequences
+    generated: int  # tokens sampled: one per sequence of a prefill, one per sequence of a decode step
+    le: tuple[int, ...]  # steps whose wall is <= each bound asked for (non-decreasing)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     report: dict[str, Any]
@@ -85,6 +113,48 @@ class Snapshot:
     def kernel_detail(self, name: str) -> dict[str, Any]:
         """Detail of one row of the kernels table (its `name`, in the snapshot's group-by)."""
         return plain(kernel_detail(self._fz, name))
+
+    def row_buckets(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per row of the kernels table: (duration buckets, counts) of its events (stats/compare.py)."""
+        return group_buckets(self._fz, parse_filter(self._fz.filter).key_mask(self._fz))
+
+    def phase_steps(self, bounds_s: Sequence[float]) -> dict[str, PhaseSteps]:
+        """Per phase (`prefill`, `decode`): step count, summed wall, tokens and how many step walls are
+        <= each of `bounds_s` (seconds, ascending).
+
+        The bucket counts come from the log-spaced step histogram (buckets.py): a wall within ~2 % below
+        a bound can land in the next bound up; a bound at or past the slowest step counts every step
+        and one below the fastest counts none (exact min/max)."""
+        st = self._fz.store
+        bounds_ns = np.asarray(bounds_s, np.float64) * 1e9
+        # last log bucket wholly at or below each bound (UPPER is ascending; bucket 0 holds walls <= 0)
+        last = np.searchsorted(UPPER, bounds_ns, side="right") - 1
+        out: dict[str, PhaseSteps] = {}
+        for p, name in enumerate(PHASES):
+            row, h = st.steps[p], st.step_hist[p]
+            n = int(row[S_N])
+            cum = np.cumsum(h)
+            le = np.where(last >= 0, cum[np.maximum(last, 0)], 0)
+            le = np.where(bounds_ns >= st.step_max[p], n, le)
+            le = np.where(bounds_ns < st.step_min[p], 0, le)
+            out[name] = PhaseSteps(steps=n, wall_s=float(row[S_WALL]) / 1e9, tokens=int(row[S_PROC]),
+                                   generated=int(row[S_GEN]), le=tuple(int(x) for x in le))
+        return out
+
+    def layer_totals(self) -> list[tuple[int, float, int]]:
+        """(layer, summed kernel ms, kernel count) per decoder layer, every phase, ascending; kernels
+        outside layers (embedding, lm_head, sampling) are left out. The snapshot's filter applies."""
+        fz = self._fz
+        nk = len(fz.key_name)
+        kc = fz.store.kc[:nk]
+        keys = np.flatnonzero(parse_filter(fz.filter).key_mask(fz) & (kc > 0) & (fz.key_layer != NO_LAYER))
+        if not len(keys):
+            return []
+        layers, inv = np.unique(fz.key_layer[keys], return_inverse=True)
+        tot = np.bincount(inv, weights=fz.store.ks[keys], minlength=len(layers)) / 1e6
+        cnt = np.bincount(inv, weights=kc[keys], minlength=len(layers))
+        return [(int(lv), float(t), int(c)) for lv, t, c in zip(layers.tolist(), tot.tolist(), cnt.tolist(),
+                                                               strict=True)]
 
 
 def _ro(a: Any) -> np.ndarray:
@@ -116,8 +186,10 @@ def build_snapshot(fz: Frozen) -> Snapshot:
         "dropped": {"total": int(sum(fz.dropped.values())), "by_collector": dict(fz.dropped)},
         "collectors": fz.collectors,
         "tracks": _tracks(fz),
+        "npu": npu_section(fz),  # XRT calls (stats/npu.py); None without them
     }
     report["kernels_total_ms"] = float(sum(r["total_ms"] for r in report["kernels"]))
+    report["device_peak"] = device_peak(fz.source)  # the roofs of the kernel rows' roofline columns
     # The kernel and layer rows are already plain JSON types (see _kernel_rows): skip the deep walk over them.
     report = {k: v if k in _PLAIN_ALREADY else plain(v) for k, v in report.items()}
     g = fz.gen
@@ -211,7 +283,22 @@ def _tokens(fz: Frozen) -> dict[str, Any]:
         "decode_steps": int(dec[S_N]),
         "context": fz.context,
         "context_max": int(max(pre[S_CTX], dec[S_CTX])),
+        "ttft_warm": _ttft_warm(fz.source),
+        "step_index": fz.decode_steps_total,
     }
+
+
+def _ttft_warm(source: Any) -> bool | None:
+    """True when untimed warm-up rounds ran before the first timed prefill (--warmup), False when the
+    first timed prefill was the process's first (a cold start, its one-time costs included), None when
+    the source does not say (imports, attach)."""
+    extra = source.get("extra") if isinstance(source, dict) else None
+    if not isinstance(extra, dict) or "warmup_rounds" not in extra:
+        return None
+    try:
+        return int(extra["warmup_rounds"]) > 0
+    except (TypeError, ValueError):
+        return None
 
 
 def _tracks(fz: Frozen) -> list[dict[str, Any]]:
@@ -269,8 +356,34 @@ def _attribution(fz: Frozen) -> dict[str, Any]:
             "kernel_ms_per_step": r[S_KERNEL] / tn / 1e6 if tn else None,
             "host_ms_per_step": r[S_HOST] / tn / 1e6 if tn else None,
             "by_op_class_ms": {OP_CLASSES[j]: float(by[j]) / 1e6 for j in np.flatnonzero(by).tolist()},
+            "gpu": _gpu_split(r),
         }
     return out
+
+
+def _gpu_split(r: np.ndarray) -> dict[str, Any] | None:
+    """Busy / idle / host of the steps sampled under CUPTI (kernels/gpu_profile.py); None without any.
+    Per step: busy = GPU kernel time, idle = gaps inside the GPU span, host = wall - span."""
+    n = float(r[S_GPU_N])
+    if not n:
+        return None
+    # A GPU span longer than the host wall (work queued before the step began still running) would give
+    # shares over 100 %: measure them against the longer of the two.
+    wall = max(float(r[S_GPU_WALL]), float(r[S_GPU_BUSY] + r[S_GPU_IDLE]))
+    busy, idle = float(r[S_GPU_BUSY]), float(r[S_GPU_IDLE])
+    host = wall - busy - idle
+    return {
+        "sampled_steps": int(n),
+        "wall_ms_per_step": wall / n / 1e6,
+        "busy_ms_per_step": busy / n / 1e6,
+        "idle_ms_per_step": idle / n / 1e6,
+        "host_ms_per_step": host / n / 1e6,
+        "busy_pct": pct(busy, wall),
+        "idle_pct": pct(idle, wall),
+        "host_pct": pct(host, wall),
+        "launch_bound_steps": int(r[S_GPU_LB]),
+        "launch_bound": idle > busy,
+    }
 
 
 def _trend(fz: Frozen) -> dict[str, Any]:
@@ -295,6 +408,16 @@ def _trend(fz: Frozen) -> dict[str, Any]:
 
 
 # -- attention ------------------------------------------------------------------------------------
+def _share(att: np.ndarray, occ: np.ndarray, cmin: np.ndarray, cmax: np.ndarray) -> dict[str, Any]:
+    """Attention's share of a decode step's kernel time against context (the number people quote, e.g.
+    6 % -> 58 % over 255 tokens in the WebGPU seed): per context bucket, and at the first and last."""
+    rows = np.flatnonzero(occ & (att[:, A_K] > 0))
+    by = [{"ctx_min": int(cmin[i]), "ctx_max": int(cmax[i]), "steps": int(att[i, A_N]),
+           "share_pct": float(100.0 * att[i, A_Y] / att[i, A_K])} for i in rows.tolist()]
+    return {"share_by_ctx": by, "share_pct_first": by[0]["share_pct"] if by else None,
+            "share_pct_last": by[-1]["share_pct"] if by else None}
+
+
 def _attention(fz: Frozen) -> tuple[dict[str, Any], tuple[Any, Any, Any, Any]]:
     st = fz.store
     att = st.att
@@ -316,6 +439,12 @@ def _attention(fz: Frozen) -> tuple[dict[str, Any], tuple[Any, Any, Any, Any]]:
         "superlinear": False,
         "fit_ok": False,
         "fit_note": "no decode steps with attention yet" if not n else None,
+        "slope_ms_per_1k": None,
+        "slope_ci95_ms_per_1k": None,
+        "slope_t": None,
+        "context_points": int(occ.sum()),
+        "fit_rule": FIT_RULE,
+        **_share(att, occ, st.att_min, st.att_max),
     }
     lin = linear_fit(n, m[A_X], m[A_Y], m[A_XX], m[A_XY], m[A_YY])
     if lin is None:
@@ -323,17 +452,26 @@ def _attention(fz: Frozen) -> tuple[dict[str, Any], tuple[Any, Any, Any, Any]]:
             out["fit_note"] = "one context length only: no fit"
         return out, pts
     span = (out["ctx_max"] or 0) - (out["ctx_min"] or 0)
+    se = lin.slope_se
+    t = lin.slope / se if se else None
+    # x is in thousands of tokens and y in ms, so the slope is ms per 1k tokens.
+    noise = f"±{1.96 * se:.3g} ms/1k tok" if se else "unknown noise"
     if n < FIT_MIN_STEPS:
         out["fit_note"] = f"only {int(n)} decode steps"
-    elif span < FIT_MIN_SPAN:
-        out["fit_note"] = f"context range too narrow ({out['ctx_min']}-{out['ctx_max']} tokens)"
-    elif lin.slope <= 0:
-        out["fit_note"] = "no growth with context measured"
-    elif lin.r2 < FIT_MIN_R2:
-        out["fit_note"] = f"weak fit (R² {lin.r2:.2f})"
+    elif span < FIT_MIN_SPAN or occ.sum() < FIT_MIN_POINTS:
+        out["fit_note"] = (f"context range too narrow ({out['ctx_min']}-{out['ctx_max']} tokens in "
+                           f"{int(occ.sum())} buckets; need {FIT_MIN_SPAN} tokens, {FIT_MIN_POINTS} buckets)")
+    elif t is None or t < FIT_MIN_T:
+        out["fit_note"] = f"no growth detectable above noise ({noise})"
+    elif lin.intercept_se is not None and lin.intercept < -2.0 * lin.intercept_se:
+        out["fit_note"] = "the line crosses below 0 at short context: growth is not linear here"
+    elif lin.r2 is None or lin.r2 < FIT_MIN_R2:
+        out["fit_note"] = f"weak fit (R² {lin.r2 or 0:.2f}): growth {lin.slope:.3g} {noise}"
     else:
         out["fit_ok"] = True
-    # x is in thousands of tokens and y in ms, so the slope is ms per 1k tokens.
+    out["slope_ms_per_1k"] = finite(lin.slope)
+    out["slope_ci95_ms_per_1k"] = finite(1.96 * se) if se else None
+    out["slope_t"] = finite(t) if t is not None else None
     out["slope_us_per_1k"] = finite(lin.slope * 1000.0)
     out["intercept_ms"] = finite(lin.intercept)
     out["r2"] = finite(lin.r2)

@@ -14,10 +14,14 @@ from llmtop.stats.buckets import N_BUCKETS, bucket_index
 
 # Columns of Store.steps (one row per phase).
 S_N, S_WALL, S_GEN, S_PROC, S_TIMED_N, S_TIMED_WALL, S_KERNEL, S_HOST, S_OVERLAP, S_CTX = range(10)
-N_STEP_COLS = 10
+# Steps sampled under CUPTI (busy_ns > 0): their count, wall, GPU busy and idle ns, and how many were
+# launch-bound (idle > busy).
+S_GPU_N, S_GPU_WALL, S_GPU_BUSY, S_GPU_IDLE, S_GPU_LB = range(10, 15)
+N_STEP_COLS = 15
 # Columns of Store.att (one row per context bucket): moments of x = ctx / 1000, y = attention ms.
 A_N, A_X, A_Y, A_XX, A_XY, A_YY, A_X3, A_X4, A_X2Y = range(9)
-N_ATT_COLS = 9
+A_K = 9  # Σ all kernels' ms of those decode steps: attention's share of the step per context bucket
+N_ATT_COLS = 10
 N_CTX_BUCKETS = 256
 
 
@@ -37,11 +41,17 @@ class Store:
         "att_max",
         "att_min",
         "hist",
+        "kb",
         "kc",
+        "kel",
+        "kfl",
         "kmax",
         "kmin",
+        "kn",
         "kq",
         "ks",
+        "ksh",
+        "kshn",
         "ksteps",
         "sp_cnt",
         "sp_idx",
@@ -57,6 +67,15 @@ class Store:
         self.kq = np.zeros(0, np.float64)  # sum of squared durations
         self.kmin = np.zeros(0, np.float64)
         self.kmax = np.zeros(0, np.float64)
+        # Roofline inputs of the events with a matmul shape (m, n, k): elements moved (n k weights + m k in +
+        # m n out; bytes once the dtype is known), flops (2 m n k), their durations and count.
+        self.kel = np.zeros(0, np.float64)
+        self.kfl = np.zeros(0, np.float64)
+        self.ksh = np.zeros(0, np.float64)
+        self.kshn = np.zeros(0, np.int64)
+        # XRT (npu) events only: sums of their m and n fields: bytes and buffers synced (events.py)
+        self.kb = np.zeros(0, np.float64)
+        self.kn = np.zeros(0, np.float64)
         self.hist: np.ndarray | None = np.zeros(0, np.int64)  # dense counts per cell, or None if sparse
         self.sp_idx = np.zeros(0, np.int64)  # sparse form: cell ids with counts
         self.sp_cnt = np.zeros(0, np.int64)
@@ -77,6 +96,12 @@ class Store:
             self.kq = _grow(self.kq, n, 0.0)
             self.kmin = _grow(self.kmin, n, np.inf)
             self.kmax = _grow(self.kmax, n, -np.inf)
+            self.kel = _grow(self.kel, n, 0.0)
+            self.kfl = _grow(self.kfl, n, 0.0)
+            self.ksh = _grow(self.ksh, n, 0.0)
+            self.kshn = _grow(self.kshn, n, 0)
+            self.kb = _grow(self.kb, n, 0.0)
+            self.kn = _grow(self.kn, n, 0.0)
 
     def dense(self, n_cells: int) -> np.ndarray:
         """The histogram as a dense array of at least n_cells (converting from sparse if needed)."""
@@ -119,9 +144,28 @@ class Store:
         np.minimum.at(self.kmin, kid, d)
         np.maximum.at(self.kmax, kid, d)
 
+    def add_bytes(self, kid: np.ndarray, m: np.ndarray, n: np.ndarray, n_keys: int) -> None:
+        """XRT events: bytes (m) and buffers (n) synced, summed per key."""
+        self.ensure_keys(n_keys)
+        size = len(self.kb)
+        self.kb += np.bincount(kid, weights=m, minlength=size)
+        self.kn += np.bincount(kid, weights=n, minlength=size)
+
+    def add_shaped(self, kid: np.ndarray, elems: np.ndarray, flops: np.ndarray, d: np.ndarray,
+                   n_keys: int) -> None:
+        """Events with a matmul shape: their elements moved, flops and durations, per key."""
+        self.ensure_keys(n_keys)
+        m = len(self.kc)
+        self.kel += np.bincount(kid, weights=elems, minlength=m)
+        self.kfl += np.bincount(kid, weights=flops, minlength=m)
+        self.ksh += np.bincount(kid, weights=d, minlength=m)
+        self.kshn += np.bincount(kid, minlength=m)
+
     def add_steps(self, phase: np.ndarray, gen: np.ndarray, proc: np.ndarray, ctx: np.ndarray,
-                  wall: np.ndarray, kernel: np.ndarray) -> None:
-        """One row per step; all arrays float64 except phase (0/1). kernel < 0 = step not timed."""
+                  wall: np.ndarray, kernel: np.ndarray, busy: np.ndarray | None = None,
+                  idle: np.ndarray | None = None) -> None:
+        """One row per step; all arrays float64 except phase (0/1). kernel < 0 = step not timed;
+        busy > 0 = a step sampled under CUPTI, with its GPU busy and idle ns."""
         for p in (0, 1):
             m = phase == p
             if not m.any():
@@ -142,19 +186,33 @@ class Store:
                 diff = wt - kt
                 row[S_HOST] += diff[diff > 0].sum()  # host / other time, clamped at zero per step
                 row[S_OVERLAP] -= diff[diff < 0].sum()  # kernels longer than the step (multi-stream)
+            if busy is not None and idle is not None:
+                b, i = busy[m], idle[m]
+                g = b > 0
+                if g.any():
+                    row[S_GPU_N] += int(g.sum())
+                    row[S_GPU_WALL] += w[g].sum()
+                    row[S_GPU_BUSY] += b[g].sum()
+                    row[S_GPU_IDLE] += i[g].sum()
+                    row[S_GPU_LB] += int((i[g] > b[g]).sum())
             np.add.at(self.step_hist[p], bucket_index(w), 1)
             self.step_min[p] = min(self.step_min[p], w.min())
             self.step_max[p] = max(self.step_max[p], w.max())
 
-    def add_attention(self, ctx: np.ndarray, y_ms: np.ndarray, width: int) -> None:
-        """Decode steps: context length (tokens) and attention-class ms of the whole step."""
+    def add_attention(self, ctx: np.ndarray, y_ms: np.ndarray, width: int,
+                      k_ms: np.ndarray | None = None) -> None:
+        """Decode steps: context length (tokens), attention-class ms of the whole step and (k_ms) all its
+        kernels' ms."""
+        if k_ms is None:
+            k_ms = np.zeros(len(ctx))
         if len(ctx) <= 4:  # the usual case (a few steps per batch): plain Python beats 12 numpy calls
-            for c_, y_ in zip(ctx.tolist(), np.asarray(y_ms, np.float64).tolist(), strict=True):
+            for c_, y_, k_ in zip(ctx.tolist(), np.asarray(y_ms, np.float64).tolist(),
+                                  np.asarray(k_ms, np.float64).tolist(), strict=True):
                 bi = min(c_ // width, N_CTX_BUCKETS - 1)
                 x_ = c_ / 1000.0
                 x2 = x_ * x_
                 row = self.att[bi]
-                row += (1.0, x_, y_, x2, x_ * y_, y_ * y_, x2 * x_, x2 * x2, x2 * y_)
+                row += (1.0, x_, y_, x2, x_ * y_, y_ * y_, x2 * x_, x2 * x2, x2 * y_, k_)
                 self.att_min[bi] = min(self.att_min[bi], c_)
                 self.att_max[bi] = max(self.att_max[bi], c_)
             return
@@ -162,8 +220,9 @@ class Store:
         x = ctx.astype(np.float64) / 1000.0
         y = np.asarray(y_ms, np.float64)
         x2 = x * x
-        cols = np.stack([np.ones_like(x), x, y, x2, x * y, y * y, x2 * x, x2 * x2, x2 * y], axis=1)
-        np.add.at(self.att, b, cols)  # column order = A_N .. A_X2Y
+        cols = np.stack([np.ones_like(x), x, y, x2, x * y, y * y, x2 * x, x2 * x2, x2 * y,
+                         np.asarray(k_ms, np.float64)], axis=1)
+        np.add.at(self.att, b, cols)  # column order = A_N .. A_X2Y, A_K
         c = ctx.astype(np.float64)
         np.minimum.at(self.att_min, b, c)
         np.maximum.at(self.att_max, b, c)
@@ -189,6 +248,12 @@ class Store:
         self.kq[:m] += o.kq
         np.minimum(self.kmin[:m], o.kmin, out=self.kmin[:m])
         np.maximum(self.kmax[:m], o.kmax, out=self.kmax[:m])
+        self.kel[:m] += o.kel
+        self.kfl[:m] += o.kfl
+        self.ksh[:m] += o.ksh
+        self.kshn[:m] += o.kshn
+        self.kb[:m] += o.kb
+        self.kn[:m] += o.kn
         o.hist_into(self.dense(n_cells))
         self.ksteps += o.ksteps
         ctx = np.maximum(self.steps[:, S_CTX], o.steps[:, S_CTX])

@@ -142,11 +142,13 @@ class _Exporter:
     def _steps(self, steps: np.ndarray) -> None:
         emit = self.out.emit
         for s in steps.tolist():
-            phase, track, step, tokens, batch, ctx, start, dur, kernel_ns = s
+            phase, track, step, tokens, batch, ctx, start, dur, kernel_ns, busy, idle = s
             pid = self._pid(track)
             tid = self._tid(pid, _STEPS_TID, "steps")
             pname = PHASES[phase] if phase < len(PHASES) else f"phase{phase}"
             kms = f"{kernel_ns / 1e6:.3f}" if kernel_ns >= 0 else "null"
+            if busy > 0:  # a step sampled under CUPTI: what the GPU did inside it
+                kms += f',"gpu_busy_ms":{busy / 1e6:.3f},"gpu_idle_ms":{idle / 1e6:.3f}'
             emit("X", f'{{"ph":"X","name":"{pname} step {step}","cat":"step","pid":{pid},"tid":{tid},'
                       f'"ts":{_us(start)},"dur":{_us(dur)},"args":{{"step":{step},"tokens":{tokens},'
                       f'"batch":{batch},"ctx":{ctx},"kernel_ms":{kms}}}}}')

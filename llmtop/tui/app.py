@@ -31,9 +31,13 @@ from llmtop.tui.panes import (
     HeaderBar,
     KernelTable,
     LayerPane,
+    NpuPane,
+    ServersPane,
+    SourceNote,
     TokenPane,
     row_key,
 )
+from llmtop.tui.panes.npu import npu_section
 from llmtop.tui.provider import Counters, ProviderStatus, SnapshotProvider
 from llmtop.tui.screens import FilterInput, HelpScreen, KernelDetailScreen
 
@@ -77,6 +81,7 @@ class _Taken:
     status: ProviderStatus
     error: str | None  # counters or status failed: shown, the frame still goes up
     snapshot_ms: float
+    version: Any = None  # the provider's version when this was taken (None: it has none)
 
 
 class LlmtopApp(App[None]):
@@ -93,6 +98,7 @@ class LlmtopApp(App[None]):
         Binding("enter", "detail", "detail"),
         Binding("question_mark", "help", "help"),
         Binding("t", "toggle_theme", "theme"),
+        Binding("escape", "all_servers", "all targets", show=False),
         Binding("plus,equals_sign", "speed(2.0)", "faster", show=False),
         Binding("minus", "speed(0.5)", "slower", show=False),
     ]
@@ -119,6 +125,10 @@ class LlmtopApp(App[None]):
         self._epoch = 0  # bumped by every synchronous refresh; older worker snapshots are dropped
         self._gc_frozen = False
         self._gc_threshold: tuple[int, ...] = gc.get_threshold()
+        self.server_focus: str | None = None  # the attach target drilled into (Servers pane), None: all
+        self._drawn_version: Any = None  # the provider's version of the frame on screen
+        self._servers_shown = False
+        self._metrics_only = False
 
     # -- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -129,6 +139,9 @@ class LlmtopApp(App[None]):
             yield TokenPane(id="tokens")
             yield LayerPane(id="layers")
             yield AttentionPane(id="attention")
+        yield ServersPane(id="servers")
+        yield NpuPane(id="npu")  # XRT calls (pyxrt); shown only when the source has them
+        yield SourceNote(id="source-note")
         yield KernelTable(id="kernels")
         yield FilterInput(placeholder="filter rows (substring) · enter keeps · esc clears", id="filter")
         yield Static(id="too-small")
@@ -140,6 +153,8 @@ class LlmtopApp(App[None]):
         self.layers_pane = self.query_one(LayerPane)
         self.attention_pane = self.query_one(AttentionPane)
         self.table = self.query_one(KernelTable)
+        self.servers_pane = self.query_one(ServersPane)
+        self.source_note = self.query_one(SourceNote)
         self.header_bar = self.query_one(HeaderBar)
         self.strip = self.query_one(DeviceStrip)
         self.error_bar = self.query_one(ErrorBar)
@@ -147,6 +162,8 @@ class LlmtopApp(App[None]):
         self.tokens_pane.border_title = "Token rate"
         self.layers_pane.border_title = "Per layer · ms / decode step"
         self.attention_pane.border_title = "Attention growth"
+        self.npu_pane = self.query_one(NpuPane)
+        self.npu_pane.border_title = "NPU · XRT calls: BO write / NPU run / BO read"
         self._apply_size()
         self._set_kernel_title()
         self.table.focus()
@@ -200,6 +217,9 @@ class LlmtopApp(App[None]):
             return
         if self._taking:
             return  # the previous snapshot is still being built: skip a tick rather than queue frames
+        version = self._version()
+        if version is not None and version == self._drawn_version:
+            return  # nothing new since the frame on screen (a /metrics-only source between scrapes)
         self._taking = True
         self._snapshot_worker(self._view(), self._epoch)
 
@@ -228,15 +248,20 @@ class LlmtopApp(App[None]):
         self._epoch += 1  # whatever a worker is building now predates this
         return self._apply(self._take(self._view()))
 
+    def _version(self) -> Any:
+        fn = getattr(self.provider, "version", None)
+        return _guarded(fn, None)[0] if fn is not None else None
+
     def _take(self, view: tuple[str, str, str, str]) -> _Taken:
         t0 = time.perf_counter()
+        version = self._version()  # before the numbers: anything folded meanwhile makes the next tick draw
         try:
             snap, snap_error = self.provider.snapshot(*view), None
         except Exception as e:  # a failing source must not kill the UI; say why and keep the last frame
             snap, snap_error = None, f"snapshot failed: {type(e).__name__}: {e}"
         counters, e1 = _guarded(self.provider.counters, {})
         status, e2 = _guarded(self.provider.status, {})
-        return _Taken(snap, snap_error, counters, status, e1 or e2, (time.perf_counter() - t0) * 1e3)
+        return _Taken(snap, snap_error, counters, status, e1 or e2, (time.perf_counter() - t0) * 1e3, version)
 
     def _apply(self, taken: _Taken) -> FrameTiming | None:
         if not self.table.is_attached:
@@ -249,6 +274,7 @@ class LlmtopApp(App[None]):
             return None
         self._error = taken.error
         self.snapshot = taken.snapshot
+        self._drawn_version = taken.version
         self._show_all()
         timing = FrameTiming(taken.snapshot_ms, (time.perf_counter() - t1) * 1e3)
         self.frames.append(timing)
@@ -273,12 +299,76 @@ class LlmtopApp(App[None]):
 
     def _show_all(self) -> None:
         snap = self.snapshot
-        for pane in (self.tokens_pane, self.layers_pane, self.attention_pane):
-            pane.set_snapshot(snap)
-        self._show_kernels()
+        tokens_changed = self._show_servers(snap)
+        # A /metrics-only source hides the op-level panes (nothing to show): they are not refilled.
+        for pane in (self.tokens_pane,) if self._metrics_only else (self.tokens_pane, self.layers_pane,
+                                                                       self.attention_pane):
+            if pane is not self.tokens_pane or tokens_changed:
+                pane.set_snapshot(snap)
+        self._show_npu(snap)
+        if not self._metrics_only:
+            self._show_kernels()
         self._show_header()
         if isinstance(self.screen, KernelDetailScreen):
             self.screen.reload()
+
+    def _show_npu(self, snap: Any) -> None:
+        """The NPU pane, only while the source has XRT calls (its `npu` report section)."""
+        shown = npu_section(snap) is not None
+        self.npu_pane.set_class(shown, "-shown")
+        if shown:
+            self.npu_pane.set_snapshot(snap)
+
+    def _show_servers(self, snap: Any) -> bool:
+        """The Servers pane when the source has targets with server numbers, and, for a /metrics-only
+        source, the token pane filled from them and one line in place of the op-level panes. False when
+        the token pane shows server numbers that did not change (it need not be redrawn)."""
+        rows = self.counters.get("servers") or []
+        missing = view.source_missing(snap)
+        metrics_only = bool(rows) and "kernels" in missing
+        shown = bool(rows) and (metrics_only or len(rows) > 1 or rows[0].get("kind") != "agent")
+        screen = self.screen_stack[0] if self.screen_stack else self.screen
+        if shown != self._servers_shown or metrics_only != self._metrics_only:
+            self._servers_shown, self._metrics_only = shown, metrics_only
+            screen.set_class(shown, "-servers")
+            screen.set_class(metrics_only, "-metrics-only")
+        if metrics_only and self.focused in (None, self.table) and screen is self.screen:
+            self.servers_pane.focus()  # the kernel table is hidden: keys go to the servers
+        if shown:
+            self.servers_pane.show(rows)
+        if metrics_only:
+            self.source_note.show(missing)
+        tok = view.section(snap, "tokens")
+        if shown and (metrics_only or not (view.num(tok.get("generated")) or 0)):
+            pick = next((r for r in rows if r.get("label") == self.server_focus), None) \
+                if self.server_focus else rows[-1]
+            changed = self.tokens_pane.set_server(pick, self.counters.get("servers_rate"))
+            title = "Token rate · " + (
+                str(pick.get("label")) if pick is not None and pick.get("kind") != "total" else "all targets")
+            if self.tokens_pane.border_title != title:
+                self.tokens_pane.border_title = title
+            return changed
+        if self.tokens_pane.server is not None:
+            self.tokens_pane.set_server(None)
+            self.tokens_pane.border_title = "Token rate"
+        return True
+
+    @on(ServersPane.Drill)
+    def _drill(self, event: ServersPane.Drill) -> None:
+        self._focus_server(event.label)
+
+    def action_all_servers(self) -> None:
+        if self.server_focus is not None:
+            self._focus_server(None)
+
+    def _focus_server(self, label: str | None) -> None:
+        """Show one target alone (its row, its rate and latencies in the token pane), or all again."""
+        self.server_focus = label
+        self.servers_pane.focus_label = label
+        set_focus = getattr(self.provider, "set_server_focus", None)
+        if set_focus is not None:
+            set_focus(label)
+        self.refresh_now()
 
     def _show_kernels(self) -> None:
         self.table.show(view.rows(self.snapshot, "kernels"), self.sort_key)
@@ -392,7 +482,7 @@ class LlmtopApp(App[None]):
         self.call_after_refresh(self._restyle)
 
     def _restyle(self) -> None:
-        for pane in (self.tokens_pane, self.layers_pane, self.attention_pane):
+        for pane in (self.tokens_pane, self.layers_pane, self.attention_pane, self.servers_pane):
             pane.refresh()
         self.table.restyle()
         if self.snapshot is not None:

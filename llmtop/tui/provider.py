@@ -7,7 +7,9 @@ status, and swaps them into the panes. One interface means the same panes serve 
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:
@@ -29,6 +31,41 @@ class ProviderStatus(TypedDict, total=False):
     progress: float  # replay position, 0..1
 
 
+class ServerRow(TypedDict, total=False):
+    """One row of the Servers pane: an attach target (or the "total" row), as `llmtop.attach.server_table`
+    gives it, plus its recent history. Numbers are NaN when unknown or while the target is not connected;
+    times in seconds, kv_cache and prefix_hit 0..1, preemptions/aborted/failed counted over the window."""
+
+    label: str
+    kind: str  # "agent", a server flavor ("vllm", "llamacpp", ...), or "total"
+    link: str  # connecting / connected / disconnected / refused ("2/3 connected" on the total row)
+    status: str  # the link plus its outages ("connected; disconnected 2.4 s")
+    error: str | None
+    model: str
+    url: str
+    source: str  # the CounterStore source of its samples ("" when it has none)
+    gen_tok_s: float
+    prompt_tok_s: float
+    gen_tokens: float  # generated so far (lifetime, kept while disconnected)
+    running: float
+    waiting: float
+    kv_cache: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    itl_p50_s: float
+    itl_p95_s: float
+    e2e_p50_s: float
+    req_s: float
+    prefix_hit: float
+    preemptions: float
+    aborted: float
+    failed: float
+    window_s: float  # what the window numbers cover now
+    spark_s: float  # the span of the sparklines (the percentile window)
+    tok_s_hist: list[tuple[float, float]]  # (time in s on the samples' clock, gen tok/s) over spark_s
+    ttft_hist: list[tuple[float, float]]  # (time in s, TTFT p50 in s) over spark_s
+
+
 class Counters(TypedDict, total=False):
     """Latest gauges for the device/process strip. Keys inside the dicts are optional too."""
 
@@ -37,6 +74,8 @@ class Counters(TypedDict, total=False):
     gpu: dict[str, float]  # util_pct, mem_used_bytes, mem_total_bytes, power_w, sm_clock_mhz, temp_c
     gpu_absent: str  # why there is no GPU strip ("no NVIDIA driver", "backend is cpu", ...)
     adapter: dict[str, Any]  # a WebGPU backend's adapter (SourceInfo.extra["adapter"]), shown without NVML
+    servers: list[ServerRow]  # attach targets, then a "total" row when there are several
+    servers_rate: list[tuple[float, float]]  # (time in s, gen tok/s) of the total or focused row
 
 
 @runtime_checkable
@@ -126,11 +165,22 @@ class Control(Protocol):
     def set_speed(self, speed: float) -> None: ...
 
 
+SPARK_S = 30.0  # sparkline span when a row does not say (the scrapers' percentile window)
+RATE_PLOT_S = 300.0  # the token-rate pane's plot of the servers' tok/s: the last five minutes
+
+
+def _hist(store: Any, source: str, name: str, since_ns: int) -> list[tuple[float, float]]:
+    # Absolute times (seconds on the samples' clock): between two scrapes the history, and so the row,
+    # stays equal, and the pane skips redrawing it.
+    return [(t / 1e9, v) for t, v in store.history(source, name, since_ns) if math.isfinite(v)]
+
+
 class PipelineProvider:
     """Adapts `llmtop.collectors.pipeline.Pipeline` (live runs, replay, attach) to the protocol.
 
     `control` is the collector that honours pause/speed (a ReplaySource); without one, pause only
-    freezes the display while the pipeline keeps collecting.
+    freezes the display while the pipeline keeps collecting. An attach pipeline's "targets" table
+    becomes `Counters["servers"]`, each row with the history of its scrapes from the CounterStore.
     """
 
     def __init__(self, pipeline: Pipeline, *, kind: str | None = None,
@@ -139,6 +189,44 @@ class PipelineProvider:
         self.control = control
         self._kind = kind
         self._paused = False
+        self.server_focus: str | None = None  # the target the Servers pane drilled into (its rate plot)
+
+    def version(self) -> tuple[Any, ...] | None:
+        """Changes whenever a refresh could show something new; None: always (a source with events, whose
+        window statistics age with time). A scrape-only source (attach to /metrics) is news only when an
+        item is folded (twice a second: the scrapes, then the fleet total), a collector changes state or a
+        target its link, so the app skips the ticks in between instead of redrawing the same numbers."""
+        p = self.pipeline
+        if p.ingested_events:
+            return None
+        # A collector's state, an attach target's link and a targets file's problem are what the header's
+        # warnings are made of; read as attributes, since building the warnings costs a frame's worth.
+        links = tuple((c.state, getattr(c, "link", None), getattr(c, "problem", None)) for c in p.collectors)
+        return (p.folded_items, len(p.errors), id(p.source), links, self._paused, self.server_focus)
+
+    def set_server_focus(self, label: str | None) -> None:
+        """Which row's tok/s `servers_rate` follows: a target's label, or None for the total."""
+        self.server_focus = label
+
+    def _servers(self, out: Counters) -> None:
+        rows: list[ServerRow] = self.pipeline.table("targets")  # type: ignore[assignment]
+        if not rows:
+            return
+        store = self.pipeline.counters
+        now = time.perf_counter_ns()
+        for r in rows:
+            src = r.get("source") or ""
+            span = r.get("spark_s") or SPARK_S
+            if src:
+                since = now - int(span * 1e9)
+                r["tok_s_hist"] = _hist(store, src, "gen_tok_s", since)
+                r["ttft_hist"] = _hist(store, src, "ttft_p50_s", since)
+        out["servers"] = rows
+        # The rate plot follows the drilled-into target, else the total (or the only target).
+        pick = next((r for r in rows if r.get("label") == self.server_focus), None) if self.server_focus \
+            else rows[-1]
+        if pick is not None and pick.get("source"):
+            out["servers_rate"] = _hist(store, pick["source"], "gen_tok_s", now - int(RATE_PLOT_S * 1e9))
 
     def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Snapshot:
         return self.pipeline.snapshot(mode=mode, group=group, sort=sort, filter=filter)
@@ -164,6 +252,7 @@ class PipelineProvider:
         adapter = src.extra.get("adapter") if src is not None else None
         if isinstance(adapter, dict):
             out["adapter"] = adapter
+        self._servers(out)
         return out
 
     def status(self) -> ProviderStatus:

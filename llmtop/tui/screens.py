@@ -22,8 +22,10 @@ HELP_KEYS: tuple[tuple[str, str], ...] = (
     ("w", "toggle sliding window / cumulative statistics"),
     ("r", "reset statistics"),
     ("/", "filter rows (substring; enter keeps it, esc clears it)"),
-    ("enter", "details of the selected kernel: shapes, distribution, per layer"),
+    ("enter", "details of the selected kernel: shapes, roofline, distribution, per layer"),
+    ("b", "kernel table: roofline columns (bytes, GB/s, GFLOP/s, % of peak, bound) / durations"),
     ("+ / -", "replay speed ×2 / ÷2 (replay only)"),
+    ("s ↵ esc", "Servers pane (attach): sort column / that target alone / all targets again"),
     ("t", "toggle light / dark theme"),
     ("?", "this help"),
     ("q", "quit"),
@@ -128,6 +130,7 @@ class KernelDetailScreen(ModalScreen[None]):
         else:
             lines.append(Text("  none recorded (not a matmul, or the backend gives no shapes)"))
         lines.append(Text(""))
+        lines += roofline_lines(detail, width)
         hist = view.detail_histogram(detail)
         lines.append(Text("Duration distribution", "bold"))
         lines += _bars(
@@ -153,6 +156,59 @@ class KernelDetailScreen(ModalScreen[None]):
                     )
                 )
         return join_lines(lines)
+
+
+def roofline_plot(intensity: float, gflops: float, bw_gbps: float, peak_gflops: float, width: int,
+                  height: int = 7) -> list[str]:
+    """A log-log roofline in text: the roof min(bw × I, peak) over intensities 1/100..1000 flop/byte, the
+    ridge, and the kernel's point (●) at its intensity and achieved GFLOP/s."""
+    import math
+
+    lo_x, hi_x = -2.0, 3.0  # log10 flop/byte
+    top = math.log10(peak_gflops * 1.5)
+    bottom = top - 4.0  # four decades of GFLOP/s
+    grid = [[" "] * width for _ in range(height)]
+
+    def row_of(gf: float) -> int:
+        y = (math.log10(max(gf, 1e-12)) - bottom) / (top - bottom)
+        return min(height - 1, max(0, height - 1 - round(y * (height - 1))))
+
+    for c in range(width):
+        x = 10 ** (lo_x + (hi_x - lo_x) * c / max(1, width - 1))
+        roof = min(bw_gbps * x, peak_gflops)
+        if math.log10(roof) >= bottom:
+            grid[row_of(roof)][c] = "─" if roof >= peak_gflops else "╱"
+    if intensity > 0 and gflops > 0:
+        c = round((math.log10(intensity) - lo_x) / (hi_x - lo_x) * (width - 1))
+        if 0 <= c < width:
+            grid[row_of(gflops)][c] = "●"
+    return ["".join(r) for r in grid]
+
+
+def roofline_lines(detail: Mapping[str, Any], width: int) -> list[Text]:
+    """The kernel on the device's roofline (stats/roofline.py), or one line saying why not."""
+    out = [Text("Roofline", "bold")]
+    gf, byts, flops = detail.get("gflops"), detail.get("bytes"), detail.get("flops")
+    pk = detail.get("device_peak")
+    if gf is None or not flops:
+        out.append(Text("  no shape recorded for this row: no bytes or flops to place it"))
+        return [*out, Text("")]
+    parts = [f"{view.fmt_bytes(byts)} and {view.fmt_count(flops)} flops per call",
+             f"{view.fmt_rate(detail.get('gbps'))} GB/s", f"{view.fmt_rate(gf)} GFLOP/s"]
+    if isinstance(pk, Mapping) and byts:
+        bw, fl = view.fmt_rate(pk.get("bw_gbps")), view.fmt_rate(pk.get("flops_gflops"))
+        parts.append(f"{view.fmt_pct(detail.get('pct_peak_bw'))} of {bw} GB/s, "
+                     f"{view.fmt_pct(detail.get('pct_peak_flops'))} of {fl} GFLOP/s ({pk.get('source')}): "
+                     f"{detail.get('bound')}-bound")
+    out.append(Text("  " + " · ".join(parts)))
+    if isinstance(pk, Mapping) and byts:
+        plot = roofline_plot(flops / byts, gf, float(pk["bw_gbps"]), float(pk["flops_gflops"]),
+                             min(width, 64))
+        out += [Text("  " + line) for line in plot]
+        out.append(Text("  intensity 0.01 … 1000 flop/byte (log) → ; GFLOP/s (log) ↑ ; ● this kernel", "dim"))
+    else:
+        out.append(Text("  no device peak: start with --peak BW,FLOPS to see it against the roofs", "dim"))
+    return [*out, Text("")]
 
 
 def _bars(items: Sequence[tuple[str, float]], width: int, fmt: Callable[[Any], str]) -> list[Text]:

@@ -105,6 +105,20 @@ def attention_points(snapshot: Any) -> tuple[list[float], list[float]]:
     return _pairs(_field(s, "attention", "attention_points"))
 
 
+# What a source without events cannot fill: the kernel, layer and attention panes (attach/metrics.py's
+# ALWAYS_MISSING, which every /metrics target lists under SourceInfo.extra["missing"]).
+OP_LEVEL = ("kernels", "layers", "attention scaling", "roofline")
+
+
+def source_missing(snapshot: Any) -> list[str]:
+    """The op-level numbers the source says it cannot provide (a /metrics-only attach); [] otherwise."""
+    extra = section(snapshot, "source").get("extra")
+    missing = extra.get("missing") if isinstance(extra, Mapping) else None
+    if not isinstance(missing, Sequence) or isinstance(missing, str):
+        return []
+    return [m for m in OP_LEVEL if m in missing]
+
+
 def token_context(tokens: Mapping[str, Any]) -> float | None:
     """Current context length (tokens) from the report's tokens section."""
     return num(_field(tokens, "context", "ctx", "context_len"))

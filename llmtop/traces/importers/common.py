@@ -255,6 +255,8 @@ def build_batches(
             s.start_ns,
             s.end_ns - s.start_ns,
             0,
+            0,
+            0,
         )
     has = k_step >= 0
     if len(st):

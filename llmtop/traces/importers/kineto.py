@@ -1041,9 +1041,23 @@ def import_kineto(
             "step_source": step_source,
             "layer_source": "inferred" if info["inferred_layers"] else "annotations/names",
             "kernels_outside_steps": info["kernels_outside_steps"],
+            **_peak_of(dev_names),
         },
     )
     return source, batches, dict(col.skipped), warnings
+
+
+def _peak_of(dev_names: list[str]) -> dict[str, Any]:
+    """{"device_peak": ...} when the trace's one GPU (deviceProperties name) is a known part. A trace does
+    not say its compute dtype: the 16-bit tensor peak is assumed, and the peak's source says so."""
+    from llmtop.kernels.peaks import known_gpu_peak
+
+    if len(dev_names) != 1:
+        return {}
+    p = known_gpu_peak(dev_names[0], "bfloat16")
+    if p is None:
+        return {}
+    return {"device_peak": {**p, "source": f"{p['source']} (deviceProperties; bfloat16 assumed)"}}
 
 
 # -- registration ----------------------------------------------------------------------------

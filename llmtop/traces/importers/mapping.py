@@ -64,8 +64,12 @@ _ELEMENTWISE = (
     r"|aten::(?:add|mul|sub|div|neg|copy_|fill_|cat|where|clamp|exp|pow)|copy|fill|residual|scale"
 )
 
+# llmtop's own names for XRT (NPU) calls (events.py: `xrt:<kernel>/<part>`), e.g. from an exported trace
+_XRT = r"^xrt(?:-setup)?:"
+
 # Kernel (or op) names, in priority order.
 OP_CLASS_RULES: tuple[tuple[str, str], ...] = (
+    ("npu", _XRT),
     ("comm", _COMM),
     ("memcpy", r"memcpy|memset|kv_?cache_?write|store_kvcache|kv_write|kv_rearrange|reshape_and_cache"
                r"|(?<![a-z])dma(?![a-z])"),
@@ -124,7 +128,7 @@ ANNOTATION_RULES: tuple[tuple[str, str], ...] = (
     ("elementwise", r"siluandmul|geluandmul|mulandsilu|act_?fn|activation"
                     r"|(?<![a-z])(?:silu|gelu|relu)(?![a-z])"),
 )
-_DEFINITE = re.compile(r"^(?:memcpy|memset)\b|" + _COMM)  # copies and collectives, whoever launched them
+_DEFINITE = re.compile(r"^(?:memcpy|memset)\b|" + _COMM + "|" + _XRT)  # copies, collectives, XRT calls
 _ANNOTATION_SKIP = re.compile(r"^## |compiledfxgraph|torch-compiled region")
 
 

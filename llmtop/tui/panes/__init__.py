@@ -11,6 +11,9 @@ from llmtop.tui.panes.error import ErrorBar
 from llmtop.tui.panes.header import HeaderBar
 from llmtop.tui.panes.kernels import KERNEL_COLUMNS, SORT_COLUMN, KernelTable, row_key
 from llmtop.tui.panes.layers import LayerPane
+from llmtop.tui.panes.npu import NpuPane
+from llmtop.tui.panes.servers import ServersPane
+from llmtop.tui.panes.source_note import SourceNote
 from llmtop.tui.panes.token import TokenPane
 
 __all__ = [
@@ -23,6 +26,9 @@ __all__ = [
     "HeaderBar",
     "KernelTable",
     "LayerPane",
+    "NpuPane",
+    "ServersPane",
+    "SourceNote",
     "TokenPane",
     "flow",
     "join_lines",

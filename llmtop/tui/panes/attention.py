@@ -22,17 +22,28 @@ class AttentionPane(_Pane):
         xs, ys = view.attention_points(self.snapshot)
         if not att and not xs:
             return [self.empty("no decode steps yet…")]
-        slope = view.num(att.get("slope_us_per_1k"))
-        intercept = view.num(att.get("intercept_ms"))
-        chunks = [
-            self.lv("slope", f"{view.fmt_rate(slope)} µs/1k tok"),
-            self.lv("R²", "–" if view.num(att.get("r2")) is None else f"{float(att['r2']):.3f}"),
-            self.lv("at 0 ctx", view.fmt_duration_ms(intercept)),
-        ]
+        ok = bool(att.get("fit_ok"))
+        # A slope and intercept are only stated (and the line drawn) when the fit passed its rule
+        # (stats/snapshot.py FIT_RULE); otherwise the points stand alone with what the noise allows.
+        slope = view.num(att.get("slope_ms_per_1k")) if ok else None
+        intercept = view.num(att.get("intercept_ms")) if ok else None
+        chunks: list[Text] = []
+        if ok:
+            ci = view.num(att.get("slope_ci95_ms_per_1k"))
+            pm = "" if ci is None else " ±" + view.fmt_ms(ci)
+            chunks += [
+                self.lv("growth", f"{view.fmt_ms(slope)}{pm} ms/1k tok"),
+                self.lv("R²", "–" if view.num(att.get("r2")) is None else f"{float(att['r2']):.2f}"),
+            ]
+        share = view.num(att.get("share_pct_last"))
+        if share is not None:
+            first = view.num(att.get("share_pct_first"))
+            chunks.append(self.lv("share of step", (f"{view.fmt_pct(first)} → " if first is not None else "")
+                                  + view.fmt_pct(share)))
         proj = att.get("projection")
         note = att.get("fit_note")
-        if note and not att.get("fit_ok"):
-            chunks.append(Text(f"no projection: {note}", self.cs("pane--dim")))
+        if note and not ok:
+            chunks.append(Text(str(note), self.cs("pane--dim")))
         elif isinstance(proj, Mapping) and view.num(proj.get("ctx")):
             chunks.append(
                 self.lv(
@@ -51,7 +62,7 @@ class AttentionPane(_Pane):
             series = [Series(xs, ys, self.cs("plot--main"))]
             if slope is not None and intercept is not None:
                 fx = [x_lo + (x_hi - x_lo) * i / 32 for i in range(33)]
-                fy = [intercept + slope * x / 1e6 for x in fx]  # µs per 1k tokens -> ms per token
+                fy = [intercept + slope * x / 1e3 for x in fx]  # ms per 1k tokens -> ms per token
                 fit_style = self.cs("plot--fit")
                 series.append(Series(fx, fy, fit_style, line=True))
             if room >= 4:  # the axis caption only when the plot keeps at least 3 rows

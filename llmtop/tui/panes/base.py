@@ -147,7 +147,17 @@ class _Pane(_CachedStyles, Widget):
         base = self._base = self._rich_base()
         console = self.app.console
         strips = []
+        # A pane that hands back the very same Strip object as last time (a cached table row or plot)
+        # gets the strip built from it then: at equal width and style it would come out the same.
+        prev = self.__dict__.get("_built")
+        reuse = prev[1] if prev is not None and prev[0] == (w, base) else {}
+        built: dict[int, tuple[Strip, Strip]] = {}
         for line in self.lines()[:h]:
+            hit = reuse.get(id(line)) if isinstance(line, Strip) else None
+            if hit is not None and hit[0] is line:
+                built[id(line)] = hit
+                strips.append(hit[1])
+                continue
             if isinstance(line, Strip):
                 n = line.cell_length
                 segs = list(line if n <= w else line.crop(0, w))
@@ -162,6 +172,9 @@ class _Pane(_CachedStyles, Widget):
             if n < w:
                 segs = [*segs, Segment(" " * (w - n))]
             strips.append(Strip(Segment.apply_style(segs, base), w))
+            if isinstance(line, Strip):
+                built[id(line)] = (line, strips[-1])  # the source line is kept, so its id stays its own
+        self.__dict__["_built"] = ((w, base), built)
         self._strips_key = (w, h)
         return strips
 
@@ -175,6 +188,7 @@ class _Pane(_CachedStyles, Widget):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._strips = None  # theme or CSS changed: styles baked into the strips are stale
+        self.__dict__.pop("_built", None)
         self._op_styles.clear()
 
     def op(self, op_class: str) -> Style:

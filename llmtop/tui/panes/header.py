@@ -11,6 +11,25 @@ from llmtop.tui.panes.base import _TextBar, join_lines
 from llmtop.tui.provider import ProviderStatus
 
 
+def attribution_text(att: Any) -> str:
+    """Per decode step: its wall = timed kernels + host/other (the report's `attribution.decode`), and
+    on a CUDA run sampled under CUPTI the GPU's busy / idle split; "" without decode steps."""
+    dec = att.get("decode") if hasattr(att, "get") else None
+    if not isinstance(dec, dict) or not dec.get("steps"):
+        return ""
+    wall, kern, host = (view.num(dec.get(k)) for k in ("wall_ms_per_step", "kernel_ms_per_step",
+                                                        "host_ms_per_step"))
+    if wall is None or kern is None or host is None:
+        return f"{view.fmt_ms(wall)} ms (untimed)" if wall is not None else ""
+    out = (f"{view.fmt_ms(wall)} ms = kernels {view.fmt_ms(kern)} + host {view.fmt_ms(host)} "
+           f"({view.fmt_pct(dec.get('host_pct'))})")
+    gpu = dec.get("gpu")
+    if isinstance(gpu, dict):
+        out += (f", GPU busy {view.fmt_pct(gpu.get('busy_pct'))} idle {view.fmt_pct(gpu.get('idle_pct'))}"
+                + (" LAUNCH-BOUND" if gpu.get("launch_bound") else ""))
+    return out
+
+
 class HeaderBar(_TextBar):
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "header--title",
@@ -49,9 +68,15 @@ class HeaderBar(_TextBar):
         if behind:
             line2.append("⚠ " + (behind if "behind" in behind else f"falling behind: {behind}") + "  ", warn)
         items: list[tuple[str, str, bool]] = []
-        step = view.token_step(tok)
+        # `step`: decode steps since the start (not the window's count, which shrinks as steps age out)
+        step = view.num(tok.get("step_index"))
+        if step is None:
+            step = view.token_step(tok)
         if step is not None:
             items.append(("step", view.fmt_count(step), False))
+        split = attribution_text(view.section(snapshot, "attribution"))
+        if split:
+            items.append(("decode step", split, False))
         window = view.report(snapshot).get("window_s")
         items.append(
             ("stats", f"last {view.fmt_rate(window)} s" if mode == "window" and window else mode, False)

@@ -32,6 +32,18 @@ KERNEL_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("pct", "%", 6),
     ("cum_pct", "cum %", 6),
 )
+# `b`: the roofline columns (stats/roofline.py) instead of the duration statistics.
+ROOFLINE_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("op_class", "op class", 11),
+    ("total_ms", "total ms", 9),
+    ("bytes", "bytes", 9),
+    ("gbps", "GB/s", 7),
+    ("gflops", "GFLOP/s", 8),
+    ("pct_peak_bw", "%BW", 6),
+    ("pct_peak_flops", "%FLOP", 6),
+    ("bound", "bound", 7),
+)
+ROOFLINE_DROP_ORDER = ("pct_peak_flops", "gflops", "bytes", "op_class")
 SORT_COLUMN = {
     "total": "total_ms",
     "count": "count",
@@ -40,7 +52,9 @@ SORT_COLUMN = {
     "max": "max_ms",
     "name": "name",
 }
-_FORMAT = {"count": view.fmt_count, "pct": view.fmt_pct, "cum_pct": view.fmt_pct}
+_FORMAT = {"count": view.fmt_count, "pct": view.fmt_pct, "cum_pct": view.fmt_pct, "bytes": view.fmt_bytes,
+           "gbps": view.fmt_rate, "gflops": view.fmt_rate, "pct_peak_bw": view.fmt_pct,
+           "pct_peak_flops": view.fmt_pct, "bound": lambda v: str(v) if v else view.DASH}
 MIN_NAME_WIDTH = 14
 # On narrow terminals these columns go first (in this order) so the kernel name stays readable;
 # the sort column is always kept. All columns show from about 120 columns up.
@@ -71,6 +85,7 @@ class KernelTable(ScrollView, can_focus=True):
         Binding("home", "edge(0)", "first", show=False),
         Binding("end", "edge(1)", "last", show=False),
         Binding("enter", "select", "detail", show=False),
+        Binding("b", "toggle_roofline", "roofline", show=False),  # listed in the help screen (?)
     ]
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "kernel-table--header",
@@ -97,6 +112,17 @@ class KernelTable(ScrollView, can_focus=True):
         # What each visible line showed at the last show(): (frame key, per-line signatures).
         self._shown_lines: tuple[Any, list[Any]] | None = None
         self.sort_key = "total"
+        self.roofline = False  # `b`: bytes, GB/s, GFLOP/s, % of the device's peaks, bound
+
+    def action_toggle_roofline(self) -> None:
+        self.roofline = not self.roofline
+        self._layout = None  # refit the columns at the next show()
+        if self._rows:
+            self.show([self._rows[k] for k in self._order], self.sort_key)
+
+    @property
+    def column_spec(self) -> tuple[tuple[str, str, int], ...]:
+        return ROOFLINE_COLUMNS if self.roofline else KERNEL_COLUMNS
 
     # -- read side (tests, app) -----------------------------------------------------------
     @property
@@ -134,8 +160,9 @@ class KernelTable(ScrollView, can_focus=True):
 
     def _fit_columns(self) -> tuple[int, tuple[str, ...]]:
         """(name width, shown column keys) for the current width and sort."""
-        shown = [k for k, _, _ in KERNEL_COLUMNS]
-        widths = {k: wd for k, _, wd in KERNEL_COLUMNS}
+        spec = self.column_spec
+        shown = [k for k, _, _ in spec]
+        widths = {k: wd for k, _, wd in spec}
         sort_col = SORT_COLUMN.get(self.sort_key)
 
         def name_width() -> int:
@@ -143,17 +170,17 @@ class KernelTable(ScrollView, can_focus=True):
             fixed = sum(widths[k] + 2 for k in shown) + 2 + self.styles.scrollbar_size_vertical
             return self.size.width - fixed
 
-        for k in DROP_ORDER:
+        for k in ROOFLINE_DROP_ORDER if self.roofline else DROP_ORDER:
             if name_width() >= WANT_NAME_WIDTH:
                 break
-            if k != sort_col:
+            if k != sort_col and k in shown:
                 shown.remove(k)
         return max(MIN_NAME_WIDTH, name_width()), tuple(shown)
 
     def _build_columns(self, width: int, shown: tuple[str, ...]) -> None:
         sort_col = SORT_COLUMN.get(self.sort_key, "")
         self._columns = [("name", "name ▲" if sort_col == "name" else "name", width, False)]
-        for key, label, wd in KERNEL_COLUMNS:
+        for key, label, wd in self.column_spec:
             if key in shown:
                 # Arrow in front: a trailing one would be cropped by the fixed column width.
                 self._columns.append((key, ("▼" if key == sort_col else "") + label, wd, key != "op_class"))

@@ -1,0 +1,92 @@
+"""Replay seek (issue 17): ReplaySource.seek / seek_by / restart on a real recording, through a real
+Pipeline and Aggregator; the statistics after a seek equal those of the records up to that point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmtop.collectors.base import Rewind
+from llmtop.collectors.pipeline import Pipeline
+from llmtop.collectors.replay import ReplaySource
+from llmtop.events import EventBatch
+from llmtop.stats.aggregator import Aggregator
+from llmtop.traces.open import open_trace_file
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("seek") / "r.llmtop"
+    cmd = [sys.executable, "-m", "llmtop", "--once", "--max-new-tokens", "24", "--ignore-eos", "--record",
+           str(path), "--format", "json"]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    return path
+
+
+def _generated_until(path: Path, seconds: float) -> int:
+    """Tokens of the steps in records whose time is within `seconds` of the first record (no long gaps in
+    a --once recording, so the replay clock is the recording's)."""
+    recs = list(open_trace_file(path).records)
+    t0 = recs[0][0]
+    agg = Aggregator()
+    agg.set_source(open_trace_file(path).source)
+    for t, item in recs:
+        if isinstance(item, EventBatch) and t - t0 <= seconds * 1e9:
+            agg.ingest(item)
+    return agg.snapshot(mode="cumulative").report["tokens"]["generated"]
+
+
+def _settle(p: Pipeline, src: ReplaySource, timeout: float = 20.0) -> int:
+    """Wait until the replay and the aggregator are both idle; the generated count then."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        n = p.snapshot(mode="cumulative").report["tokens"]["generated"]
+        if n == last and p.queue.fill == 0 and (src.at_end or src.paused):
+            return n
+        last = n
+    raise AssertionError("the replay did not settle")
+
+
+def test_seek_forward_back_and_restart(recording: Path) -> None:
+    total = _generated_until(recording, 1e9)
+    src = ReplaySource.open(recording, speed=0, keep_open=True)  # as fast as possible: the end at once
+    p = Pipeline(Aggregator(window_s=3600))
+    p.set_source(src.source)
+    p.add(src)
+    with p:
+        assert _settle(p, src) == total and src.at_end
+        end = src.position_ns / 1e9
+        # back to the middle: the pipeline forgets (a Rewind in the queue) and refolds up to there
+        src.pause()
+        mid = end / 2
+        src.seek(mid)
+        n = _settle(p, src)
+        assert n == _generated_until(recording, mid) and 0 < n < total
+        assert any(isinstance(m, Rewind) for m in p.markers)
+        assert src.position_ns == pytest.approx(mid * 1e9, abs=1)
+        # forward by 10 s: past the end, everything is folded again, once
+        src.resume()
+        src.seek_by(10.0)
+        assert _settle(p, src) == total and src.at_end
+        # restart from the beginning (paused at 0: nothing folded yet), then play to the end again
+        src.pause()
+        src.restart()
+        assert _settle(p, src) == _generated_until(recording, 0.0)
+        src.resume()
+        assert _settle(p, src) == total
+    assert not p.errors
+
+
+def test_a_replay_without_keep_open_still_finishes(recording: Path) -> None:
+    src = ReplaySource.open(recording, speed=0)
+    p = Pipeline(Aggregator(window_s=3600))
+    p.add(src)
+    with p:
+        p.wait_done()
+    assert p.producers_done and not src.at_end
