@@ -317,7 +317,6 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     The engine runs in a worker process (blocks here until its model is loaded), or with --in-process
     in a thread of this one.
     """
-    from llmtop.collectors.engine import BUILTIN_PROMPTS
     from llmtop.collectors.pipeline import child_pipeline, live_pipeline
     from llmtop.stats.aggregator import Aggregator
     from llmtop.tui.provider import PipelineProvider
@@ -326,7 +325,9 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     _check_workload(args)
     if args.max_new_tokens < 1:
         raise UsageError("the live profiler needs --max-new-tokens >= 1")
-    prompts = _prompts(args) or list(BUILTIN_PROMPTS)
+    # none given: the engine collector's built-in prompts, which in loop mode continue a conversation so
+    # the context grows (the attention pane needs it); given prompts are replayed as they are
+    prompts = _prompts(args) or None
     loop = True if args.loop is None else args.loop
     agg = Aggregator(window_s=args.window)
     cleanups: list[Callable[[], None]] = []
@@ -372,7 +373,8 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     agg = Aggregator(window_s=args.window)
     with using_limits(getattr(args, "max_bytes", None)):  # the pipeline opens the file here
         p, src = replay_pipeline(args.file, agg, speed=args.speed,
-                                 kernel_names=getattr(args, "names", "demangled"))
+                                 kernel_names=getattr(args, "names", "demangled"), keep_open=True,
+                                 start_s=args.start)
     app = make_app(PipelineProvider(p, kind="replay", control=src), args.refresh,
                window_title(p.source, f"replay {_files_label(args.file)}"))
     session = TuiSession(app, p)
@@ -434,6 +436,9 @@ def replay_parser() -> argparse.ArgumentParser:
                         "rank) are shown side by side")
     p.add_argument("--speed", type=_positive(float, "--speed", zero_ok=True), default=1.0, metavar="X",
                    help="playback speed, 0 = as fast as possible (default 1; +/- keys change it)")
+    p.add_argument("--start", type=_positive(float, "--start", zero_ok=True), default=0.0, metavar="S",
+                   help="start S seconds into the replay (what comes before is folded at once); in the TUI "
+                        "[ and ] seek -/+10 s, home restarts")
     _add_names_arg(p)
     _add_max_bytes_arg(p)
     _add_view_args(p)

@@ -102,25 +102,10 @@ def test_recorder_hooks_call_the_sampler(monkeypatch):
     """The CudaEventRecorder starts the sampler's profiler before a step's wall and stops it after."""
     import time
 
-    import torch
-
     from llmtop.events import DECODE
     from llmtop.kernels.cuda_events import CudaEventRecorder
 
-    class Ev:
-        def __init__(self, enable_timing=False):
-            self.t = None
-
-        def record(self, stream=None):
-            self.t = time.perf_counter_ns()
-
-        def query(self):
-            return True
-
-        def elapsed_time(self, end):
-            return (end.t - self.t) / 1e6
-
-    monkeypatch.setattr(torch.cuda, "Event", Ev)
+    _fake_events(monkeypatch)
     calls = []
 
     class S:

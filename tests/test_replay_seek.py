@@ -90,3 +90,41 @@ def test_a_replay_without_keep_open_still_finishes(recording: Path) -> None:
     with p:
         p.wait_done()
     assert p.producers_done and not src.at_end
+
+
+async def test_replay_keys_seek_and_restart(recording: Path) -> None:
+    """In the TUI: `[` / `]` / `home` are in the footer of a replay (not of a live run), `]` moves the
+    position forward, `home` goes back to 0 and the statistics start over; --start begins later."""
+    from textual.widgets import Footer
+
+    from llmtop.cli import PARSERS, build_replay_session
+    from llmtop.tui.panes import HeaderBar
+
+    argv = [str(recording), "--speed", "0.05", "--window", "3600", "--start", "0.1"]
+    args = PARSERS["replay"]().parse_args(argv)
+    session = build_replay_session(args)
+    app, p = session.app, session.pipeline
+    src = app.provider.control
+    with session:
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.pause()
+            keys = {fk.key for fk in app.query_one(Footer).query("FooterKey")}
+            assert {"left_square_bracket", "right_square_bracket", "home"} <= keys
+            assert src.position_ns >= 0.1e9 - 1  # --start
+            before = src.position_ns
+            await pilot.press("right_square_bracket")
+            for _ in range(40):
+                await pilot.pause(0.05)
+                if src.position_ns >= before + 9e9 or src.at_end:
+                    break
+            assert src.position_ns >= min(before + 9e9, src.position_ns) and src.position_ns > before
+            await pilot.press("home")
+            for _ in range(40):
+                await pilot.pause(0.05)
+                if src.position_ns < 0.05e9:
+                    break
+            assert src.position_ns < 0.05e9
+            app.refresh_now()
+            await pilot.pause()
+            assert " s" in app.query_one(HeaderBar).content.plain  # the position, in seconds
+    assert not p.errors

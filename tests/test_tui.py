@@ -263,10 +263,20 @@ async def test_window_toggle(provider: AggregatorProvider) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert report(app)["mode"] == "window"
+        # every pane names its scope (issue 17): the window's length, or since start / since reset
+        assert "last 3,600 s" in str(table(app).border_title) or "last 3600 s" in str(table(app).border_title)
+        for pane in (TokenPane, LayerPane):
+            assert "last 3600 s" in str(app.query_one(pane).border_title)
+        assert "since start" in str(app.query_one(AttentionPane).border_title)  # context needs all of it
         await pilot.press("w")
         assert app.mode == "cumulative" and report(app)["mode"] == "cumulative"
-        assert "cumulative" in str(table(app).border_title)
+        assert "since start" in str(table(app).border_title)
+        assert all("since start" in str(app.query_one(p).border_title) for p in (TokenPane, LayerPane,
+                                                                                 AttentionPane))
         assert "cumulative" in app.query_one(HeaderBar).content.plain
+        await pilot.press("r")
+        await pilot.pause()
+        assert "since reset" in str(table(app).border_title)
         await pilot.press("w")
         assert app.mode == "window"
 

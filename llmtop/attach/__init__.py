@@ -5,6 +5,8 @@ http(s)://host:port[/metrics] is a server's Prometheus endpoint (vLLM, SGLang, T
 request-level numbers. `target_rows(pipeline)` gives one row per target plus a total; `server_table`
 (registered on the pipeline as its "targets" table) is the same rows as plain dicts for the TUI's
 Servers pane, with the numbers of a target that is not connected blanked (never shown as current).
+`AttachFleet` owns the set of targets (the command line's, plus a `--targets` file's, which targets.py
+re-reads when it changes); `FleetSampler` keeps a history of the total row for its sparklines.
 
 `attach_once` (`llmtop attach --once`) collects for a while and reports; each row says whether its target
 ever answered (`reached`) and how long it was disconnected after that (`disconnected_s`, `outages`), every
@@ -151,7 +153,11 @@ _TOTAL_SERIES = ("gen_tok_s", "prompt_tok_s", "ttft_p50_s", "itl_p50_s", "runnin
 
 class FleetSampler(Collector):
     """Samples the total row once per scrape interval into the CounterStore (source TOTAL_SOURCE), so the
-    fleet's tok/s and TTFT have a history to draw, like each target's own scrapes."""
+    fleet's tok/s and TTFT have a history to draw, like each target's own scrapes.
+
+    The sample is derived from what the targets already delivered, not news from a source: it goes
+    straight into the pipeline's CounterStore instead of through the queue, so it is not recorded and
+    does not by itself make the TUI draw a frame (the next scrapes, 50 ms later, do, and show it)."""
 
     name = "fleet"
 
@@ -162,14 +168,14 @@ class FleetSampler(Collector):
 
     def run(self) -> None:
         t_cpu = time.thread_time()
-        # just before the next scrape tick: every scrape of this one has landed long since, and the sample
-        # folds with the next scrapes, so the TUI draws both in one frame (once per tick, not twice)
+        # just before the next scrape tick: every scrape of this one has landed long since
         while not self.wait(aligned_wait(self.interval, 0.95 * self.interval)):
             rows = target_rows(self.pipeline, live=True)
             if len(rows) > 1:
                 tot = rows[-1]
                 vals = {k: float(getattr(tot, k)) for k in _TOTAL_SERIES if not math.isnan(getattr(tot, k))}
-                self.emit(CounterSample(TOTAL_SOURCE, time.perf_counter_ns(), vals))
+                self.pipeline.counters.add(CounterSample(TOTAL_SOURCE, time.perf_counter_ns(), vals))
+                self.emitted_events += 1
             self.account_cpu(t_cpu)
 
 

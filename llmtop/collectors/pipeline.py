@@ -208,8 +208,9 @@ class Pipeline:
 
     @property
     def producers_done(self) -> bool:
-        """Every collector finished (or never ran) — a non-loop run or a replay has ended."""
-        return all(not c.alive for c in self.collectors)
+        """Every collector finished (or never ran) — a non-loop run or a replay has ended (a replay kept
+        open for seeking counts as done while it waits at its end)."""
+        return all(not c.alive or getattr(c, "at_end", False) for c in self.collectors)
 
     @property
     def done(self) -> bool:
@@ -385,12 +386,17 @@ def child_pipeline(spec: EngineSpec, aggregator: Sink, *, record: str | None = N
         raise
 
 
-def replay_pipeline(path: str, aggregator: Sink, *, speed: float = 1.0,
-                    kernel_names: str = "demangled") -> tuple[Pipeline, ReplaySource]:
-    """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource)."""
+def replay_pipeline(path: str, aggregator: Sink, *, speed: float = 1.0, kernel_names: str = "demangled",
+                    keep_open: bool = False, start_s: float = 0.0) -> tuple[Pipeline, ReplaySource]:
+    """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource).
+
+    keep_open: at its end the replay waits for a seek (the TUI) instead of finishing; start_s: begin
+    there (everything before it folded at once, as after a seek)."""
     from llmtop.collectors.replay import ReplaySource
 
-    src = ReplaySource.open(path, speed=speed, kernel_names=kernel_names)
+    src = ReplaySource.open(path, speed=speed, kernel_names=kernel_names, keep_open=keep_open)
+    if start_s > 0:
+        src.seek(start_s)
     p = Pipeline(aggregator)
     p.set_source(src.source)
     p.add(src)

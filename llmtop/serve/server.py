@@ -246,6 +246,8 @@ def run_server(
 def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_batch: int,
            threads: int | None, max_context: int | None, model_name: str | None, log_level: str,
            api_key: str | None, drain_timeout: float, dtype: str = "auto", metrics_top: int = 20) -> int:
+    import logging
+
     import uvicorn
 
     from llmtop.export.agent import AgentFeed, LocalGauges
@@ -257,10 +259,20 @@ def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_ba
     from llmtop.serve.metrics import ServeMetrics
     from llmtop.serve.scheduler import Scheduler
 
+    log = logging.getLogger("llmtop.serve")
+    t0 = time.monotonic()
+    if sys.stderr.isatty():  # a person waiting sees progress; a script's stderr keeps to one error line
+        _say(f"starting: loading {model} on {backend} (--log-level info shows each stage)")
     loaded = load_model(model)
+    t1 = time.monotonic()
+    log.info("model %s read in %.2f s (%s layers)", loaded.source, t1 - t0, loaded.config.n_layers)
     # per-kernel timing only where something reads it (the agent); its recorder's backlog is bounded anyway
     ops = make_ops(backend, dtype, threads=threads, timing=agent is not None)
+    t2 = time.monotonic()
+    log.info("backend %s ready in %.2f s: %s, %s", backend, t2 - t1, ops.device_name, ops.dtype_name)
     engine = Engine(loaded, ops, max_batch=max_batch, max_context=max_context)
+    t3 = time.monotonic()
+    log.info("engine ready in %.2f s (KV cache for %d x %d tokens)", t3 - t2, max_batch, engine.max_context)
     cfg_name = getattr(loaded.config, "name", "") or ""
     name = model_name or cfg_name or str(model)
     # without --served-model-name, requests may also name the model as it was given or as it calls itself
@@ -294,6 +306,7 @@ def _serve(backend: str, model: str, host: str, port: int, agent: Any, *, max_ba
             file=sys.stderr,
             flush=True,
         )
+        log.info("ready %.2f s after start", time.monotonic() - t0)
         server.run()
         return 0 if server.started else 1
     finally:

@@ -509,10 +509,15 @@ class Aggregator:
         nk, nc, ns = ix.nk, ix.nc, len(self._shape_meta)
         lo = (self._head - self._n_slices + 1) if self._head is not None else 0
         merged = self._merged(mode, nk, nc)
-        for _code, c, y, s, kn in self._open.values():
-            if mode == "cumulative" or s >= lo:
-                merged.add_attention(np.array([c]), np.array([y / 1e6]), self._ctx_width,
-                                     np.array([kn / 1e6]))
+        if mode == "window":
+            # Attention growth is about context, which a window of seconds cannot span (the default run's
+            # context grows for minutes): its moments are always since the start (or the last reset).
+            att_stores = [self._archive, *self._live.values()]
+            merged.att = np.sum([st.att for st in att_stores], axis=0)
+            merged.att_min = np.min([st.att_min for st in att_stores], axis=0)
+            merged.att_max = np.max([st.att_max for st in att_stores], axis=0)
+        for _code, c, y, _slice, kn in self._open.values():
+            merged.add_attention(np.array([c]), np.array([y / 1e6]), self._ctx_width, np.array([kn / 1e6]))
         t_first = self._t_first if self._t_first is not None else 0
         if mode == "window" and self._head is not None:
             span = self._now - max(t_first, lo * self._slice_ns)

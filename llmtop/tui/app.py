@@ -89,6 +89,12 @@ class LlmtopApp(App[None]):
     TITLE = "llmtop"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
+        # help and theme early: a narrow terminal crops the footer's end (issue 17: 80x24 keeps them)
+        Binding("question_mark", "help", "help"),
+        Binding("t", "toggle_theme", "theme"),
+        Binding("left_square_bracket", "seek(-10)", "-10s"),  # replay only (check_action)
+        Binding("right_square_bracket", "seek(10)", "+10s"),
+        Binding("home", "restart", "restart", priority=True),  # over the table's home (first row)
         Binding("space", "toggle_pause", "pause"),
         Binding("s", "cycle_sort", "sort"),
         Binding("g", "cycle_group", "group"),
@@ -96,8 +102,6 @@ class LlmtopApp(App[None]):
         Binding("r", "reset", "reset"),
         Binding("slash", "filter", "filter"),
         Binding("enter", "detail", "detail"),
-        Binding("question_mark", "help", "help"),
-        Binding("t", "toggle_theme", "theme"),
         Binding("escape", "all_servers", "all targets", show=False),
         Binding("plus,equals_sign", "speed(2.0)", "faster", show=False),
         Binding("minus", "speed(0.5)", "slower", show=False),
@@ -108,6 +112,7 @@ class LlmtopApp(App[None]):
         if not (0 < refresh_hz <= MAX_REFRESH_HZ):
             raise UsageError(f"--refresh must be in (0, {MAX_REFRESH_HZ:g}] Hz, got {refresh_hz:g}")
         self.provider = provider
+        self.resets = 0  # `r` presses: the cumulative scope is then "since reset"
         self.refresh_hz = refresh_hz
         if title:
             self.title = title
@@ -159,9 +164,7 @@ class LlmtopApp(App[None]):
         self.strip = self.query_one(DeviceStrip)
         self.error_bar = self.query_one(ErrorBar)
         self.filter_box = self.query_one(FilterInput)
-        self.tokens_pane.border_title = "Token rate"
-        self.layers_pane.border_title = "Per layer · ms / decode step"
-        self.attention_pane.border_title = "Attention growth"
+        self._set_pane_titles()
         self.npu_pane = self.query_one(NpuPane)
         self.npu_pane.border_title = "NPU · XRT calls: BO write / NPU run / BO read"
         self._apply_size()
@@ -350,7 +353,7 @@ class LlmtopApp(App[None]):
             return changed
         if self.tokens_pane.server is not None:
             self.tokens_pane.set_server(None)
-            self.tokens_pane.border_title = "Token rate"
+            self._set_pane_titles()
         return True
 
     @on(ServersPane.Drill)
@@ -372,6 +375,7 @@ class LlmtopApp(App[None]):
 
     def _show_kernels(self) -> None:
         self.table.show(view.rows(self.snapshot, "kernels"), self.sort_key)
+        self._set_kernel_title()  # the window's length is known from the first snapshot on
 
     def _show_header(self) -> None:
         if not self.header_bar.is_attached:
@@ -383,16 +387,39 @@ class LlmtopApp(App[None]):
             errors["ui"] = self._error
         self.error_bar.show(errors)
 
+    def scope(self) -> str:
+        """What the statistics cover, named on every pane title (issue 17: no unnamed scopes)."""
+        if self.mode == "window":
+            w = view.num(view.report(self.snapshot).get("window_s")) if self.snapshot is not None else None
+            return f"last {w:g} s" if w else "window"
+        return "since reset" if self.resets else "since start"
+
+    def _set_pane_titles(self) -> None:
+        scope = self.scope()
+        titles = ((self.tokens_pane, "Token rate"), (self.layers_pane, "Per layer · ms / decode step"),
+                  (self.attention_pane, "Attention growth"))
+        for pane, title in titles:
+            if pane is self.tokens_pane and getattr(pane, "server", None) is not None:
+                continue  # a server's rate: its own title (see _show_servers)
+            # attention growth spans context, so it is always since the start (stats/aggregator.py _freeze)
+            since = "since reset" if self.resets else "since start"
+            want = f"{title} · {since if pane is self.attention_pane else scope}"
+            if pane.border_title != want:
+                pane.border_title = want
+
     def _set_kernel_title(self) -> None:
+        self._set_pane_titles()
         parts = [
             "Top kernels",
             GROUP_LABEL[self.group],
             f"sort {self.sort_key}",
-            "window" if self.mode == "window" else "cumulative",
+            self.scope(),
         ]
         if self.filter_text:
             parts.append(f"filter “{self.filter_text}”")
-        self.table.border_title = " · ".join(parts)
+        title = " · ".join(parts)
+        if self.table.border_title != title:
+            self.table.border_title = title
 
     def _changed(self) -> None:
         """A view setting changed: re-query now (also while paused, so keys answer at once)."""
@@ -423,6 +450,7 @@ class LlmtopApp(App[None]):
         self._changed()
 
     def action_reset(self) -> None:
+        self.resets += 1
         self.provider.reset()
         self.notify("statistics reset", timeout=2)
         self._changed()
@@ -488,6 +516,22 @@ class LlmtopApp(App[None]):
         if self.snapshot is not None:
             self._show_kernels()
             self._show_header()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Seek keys exist only where the source can seek (a replay): elsewhere they leave the footer."""
+        if action in ("seek", "restart"):
+            return bool(getattr(self.provider, "can_seek", False))
+        return True
+
+    def action_seek(self, delta_s: float) -> None:
+        self.provider.seek_by(float(delta_s))  # type: ignore[attr-defined]
+        self.notify(f"seek {'+' if delta_s > 0 else '−'}{abs(float(delta_s)):g} s", timeout=1.5)
+        self.refresh_now()
+
+    def action_restart(self) -> None:
+        self.provider.restart()  # type: ignore[attr-defined]
+        self.notify("replay restarted", timeout=1.5)
+        self.refresh_now()
 
     def action_speed(self, factor: float) -> None:
         if self.status.get("kind") != "replay":

@@ -29,6 +29,7 @@ class ProviderStatus(TypedDict, total=False):
     collector_cost_pct: float  # the collectors' own CPU time, percent of one core
     speed: float  # replay speed multiplier
     progress: float  # replay position, 0..1
+    position_s: float  # replay position, seconds of replayed time
 
 
 class ServerRow(TypedDict, total=False):
@@ -164,6 +165,10 @@ class Control(Protocol):
 
     def set_speed(self, speed: float) -> None: ...
 
+    def seek_by(self, delta_s: float) -> None: ...
+
+    def restart(self) -> None: ...
+
 
 SPARK_S = 30.0  # sparkline span when a row does not say (the scrapers' percentile window)
 RATE_PLOT_S = 300.0  # the token-rate pane's plot of the servers' tok/s: the last five minutes
@@ -281,6 +286,9 @@ class PipelineProvider:
             out["prompt"] = st.activity
         if self.control is not None:
             out["speed"] = float(self.control.speed)
+            pos = getattr(self.control, "position_ns", None)
+            if pos is not None:
+                out["position_s"] = float(pos) / 1e9
         return out
 
     def pause(self) -> None:
@@ -301,3 +309,16 @@ class PipelineProvider:
             return 1.0
         self.control.set_speed(speed)
         return float(self.control.speed)
+
+    @property
+    def can_seek(self) -> bool:
+        return self.control is not None and hasattr(self.control, "seek_by")
+
+    def seek_by(self, delta_s: float) -> None:
+        """Replay: jump `delta_s` seconds of replayed time (back refolds from the start)."""
+        if self.can_seek:
+            self.control.seek_by(delta_s)  # type: ignore[union-attr]
+
+    def restart(self) -> None:
+        if self.can_seek:
+            self.control.restart()  # type: ignore[union-attr]

@@ -118,7 +118,7 @@ class KernelDetailScreen(ModalScreen[None]):
         width = max(20, self.size.width - 40)
         lines: list[Text] = []
         shapes = view.detail_shapes(detail)
-        lines.append(Text("Shapes (m × n × k)", "bold"))
+        lines.append(Text("Shapes (m × n × k; counted since the start, whatever the view)", "bold"))
         if shapes:
             for label, count, mean_ms in shapes:
                 lines.append(

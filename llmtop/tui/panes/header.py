@@ -91,6 +91,8 @@ class HeaderBar(_TextBar):
             items.append(("speed", f"{status['speed']:g}×", False))
             if status.get("progress") is not None:
                 items.append(("at", view.fmt_pct(100 * float(status["progress"])), False))
+            elif status.get("position_s") is not None:
+                items.append(("at", f"{float(status['position_s']):.1f} s", False))
         if status.get("prompt"):
             items.append(("prompt", str(status["prompt"]), False))
         for k, v, is_warn in items:

@@ -144,7 +144,7 @@ SORT_LABEL = dict(SORTS)
 # On narrow terminals these go first (in this order); the sort column always stays.
 DROP_ORDER = ("model", "aborted", "prefix_hit", "req_s", "e2e_p50_s", "itl_p95_s", "prompt_tok_s", "failed",
               "preemptions", "ttft_hist", "gen_tokens", "waiting", "itl_p50_s", "ttft_p95_s", "kv_cache")
-MIN_LABEL, WANT_LABEL = 10, 21
+MIN_LABEL, MAX_LABEL = 10, 30
 
 
 _SIG_TEXT = ("label", "kind", "link", "status", "error", "model")
@@ -214,8 +214,8 @@ class ServersPane(_Pane, can_focus=True):
         self._rows: list[ServerRow] = []  # in display order
         self._top = 0  # first row shown when the rows outgrow the pane
         self._end = 0.0  # the sparklines' right edge: the newest sample of any row, rounded up to a cell (s)
-        # Built row strips by what they show: with 16 targets scraped at their own moments some row
-        # changes at almost every refresh, but rarely more than one or two.
+        # Built row strips by what they show: a row whose numbers, sparklines and cursor are as before
+        # (a target that was not scraped since, or is down) is not formatted again.
         self._row_cache: dict[tuple[Any, ...], Strip] = {}
         self._shown_sig: tuple[Any, ...] | None = None  # what the last show() drew, to skip an unchanged one
 
@@ -239,12 +239,15 @@ class ServersPane(_Pane, can_focus=True):
         if sig == self._shown_sig and not force:
             return
         self._shown_sig = sig
+        grew = len(rows) != len(self._rows)
+        self._rows = sort_rows(rows, self.sort_key)
         ends = [pts[-1][0] for r in rows for k in ("tok_s_hist", "ttft_hist") if (pts := r.get(k))]  # type: ignore[misc]
         # The edge moves a whole cell at a time, so a row's sparkline (and its cached strip) stays put
         # until the row itself changes or a cell's worth of time has passed.
         cell = self.span_s / _WIDTH["tok_s_hist"]
         self._end = math.ceil(max(ends, default=0.0) / cell) * cell
-        self._rows = sort_rows(rows, self.sort_key)
+        if grew:
+            self.refresh(layout=True)  # a target came or went: the pane's height follows its rows
         labels = [str(r.get("label")) for r in self._rows]
         if self.cursor_label not in labels:
             self.cursor_label = labels[0] if labels else None
@@ -311,29 +314,48 @@ class ServersPane(_Pane, can_focus=True):
     def on_blur(self) -> None:
         self.set_snapshot(self._rows)
 
-    def _scroll_to_cursor(self) -> None:
+    def _window(self) -> tuple[int, bool]:
+        """(target lines that fit, whether the total row is pinned below them): when the rows outgrow the
+        pane the targets scroll and the total stays in sight."""
         visible = max(1, self.size.height - 1)
+        pinned = bool(self._rows) and self._rows[-1].get("kind") == "total" and len(self._rows) > visible
+        return (max(1, visible - 1), True) if pinned else (visible, False)
+
+    def _scroll_to_cursor(self) -> None:
+        n, pinned = self._window()
+        targets = len(self._rows) - (1 if pinned else 0)
         i = self._cursor_index()
-        if i < self._top:
-            self._top = i
-        elif i >= self._top + visible:
-            self._top = i - visible + 1
-        self._top = max(0, min(self._top, max(0, len(self._rows) - visible)))
+        if i < targets:
+            if i < self._top:
+                self._top = i
+            elif i >= self._top + n:
+                self._top = i - n + 1
+        self._top = max(0, min(self._top, max(0, targets - n)))
 
     # -- drawing --------------------------------------------------------------------------
     def fit_columns(self, width: int) -> tuple[int, tuple[str, ...]]:
-        """(target column width, shown column keys) for a pane `width` cells wide."""
-        shown = [k for k, _, _, _ in COLUMNS]
+        """(target column width, shown column keys) for a pane `width` cells wide: the target column as
+        wide as its longest label (10 to 30 cells), the columns that do not fit dropped in DROP_ORDER
+        (never the sort column), then any that fit the room left taken back."""
+        want = max(MIN_LABEL, min(MAX_LABEL, max((cell_len(str(r.get("label") or "")) for r in self._rows),
+                                                 default=MIN_LABEL)))
+        shown = {k for k, _, _, _ in COLUMNS}
 
-        def label_width() -> int:
+        def room() -> int:
             return width - sum(_WIDTH[k] + 1 for k in shown) - 1
 
+        dropped: list[str] = []
         for k in DROP_ORDER:
-            if label_width() >= WANT_LABEL:
+            if room() >= want:
                 break
             if k != self.sort_key:
-                shown.remove(k)
-        return max(MIN_LABEL, min(label_width(), 40)), tuple(shown)
+                shown.discard(k)
+                dropped.append(k)
+        for k in reversed(dropped):  # the most useful of the dropped first
+            if room() - _WIDTH[k] - 1 >= want:
+                shown.add(k)
+        label_w = want if room() >= want else max(MIN_LABEL, room())
+        return label_w, tuple(k for k, _, _, _ in COLUMNS if k in shown)
 
     def lines(self) -> list[Line]:
         w = self.size.width
@@ -349,11 +371,15 @@ class ServersPane(_Pane, can_focus=True):
                 header.append(Segment(" " + _cell(text, wd, fmt is not None), sorted_ if key == self.sort_key
                                       else head))
         out: list[Line] = [Strip(header)]
-        visible = max(1, self.size.height - 1)
+        n, pinned = self._window()
         cursor = self._cursor_index() if self.has_focus else -1
         cache, built = self._row_cache, {}
         layout = (label_w, shown, self._end, self.span_s)
-        for i, r in enumerate(self._rows[self._top:self._top + visible], self._top):
+        last = len(self._rows) - 1
+        on_screen = list(enumerate(self._rows[self._top:self._top + n], self._top))
+        if pinned:
+            on_screen.append((last, self._rows[last]))
+        for i, r in on_screen:
             key = (layout, cursor == i, row_signature(r))
             strip = cache.get(key)
             if strip is None:
