@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -255,6 +256,13 @@ def engine_spec(args: argparse.Namespace, prompts: list[str] | None = None, loop
     )
 
 
+def _progress(text: str) -> None:
+    """Start-up progress for a person at a terminal (the TUI's screen replaces it once it starts); nothing
+    when stderr is not a terminal, so scripts keep one error line."""
+    if sys.stderr.isatty():
+        _eprint(f"llmtop: {text}")
+
+
 def _note(text: str) -> None:
     _eprint(f"llmtop: note: {text}")
 
@@ -345,7 +353,10 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
             raise
         cleanups.append(engine.ops.close)
     else:
+        t0 = time.monotonic()
+        _progress(f"starting the engine worker: {args.model} model on the {args.backend} backend …")
         p = child_pipeline(engine_spec(args, prompts, loop), agg, record=args.record, on_note=_note)
+        _progress(f"engine ready after {time.monotonic() - t0:.1f} s; starting the TUI")
     if metrics is not None:
         metrics.bind(p, p.counters.latest)
     try:
@@ -371,6 +382,7 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     from llmtop.tui.session import TuiSession, make_app, window_title
 
     agg = Aggregator(window_s=args.window)
+    _progress(f"opening {_files_label(args.file)} …")
     with using_limits(getattr(args, "max_bytes", None)):  # the pipeline opens the file here
         p, src = replay_pipeline(args.file, agg, speed=args.speed,
                                  kernel_names=getattr(args, "names", "demangled"), keep_open=True,

@@ -513,3 +513,5 @@ async def test_header_step_since_start_and_decode_attribution(provider: Aggregat
                 f"{view.fmt_ms(dec['kernel_ms_per_step'])} + host {view.fmt_ms(dec['host_ms_per_step'])} "
                 f"({view.fmt_pct(dec['host_pct'])})")
         assert attribution_text(rep["attribution"]) == want and want in header
+        # the model's name, not the (venv) path it was read from
+        assert "SmolLM2-135M-Instruct" in header and "site-packages" not in header

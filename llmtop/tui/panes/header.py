@@ -11,6 +11,16 @@ from llmtop.tui.panes.base import _TextBar, join_lines
 from llmtop.tui.provider import ProviderStatus
 
 
+def model_label(src: Any) -> str:
+    """The model's own name (not the path it was read from: a venv path would fill the header)."""
+    extra = src.get("extra") if hasattr(src, "get") else None
+    name = extra.get("model_name") if isinstance(extra, dict) else None
+    model = str(src.get("model") or "") if hasattr(src, "get") else ""
+    if name:
+        return str(name)
+    return ", ".join(m.rsplit("/", 1)[-1] for m in model.split(", ")) if "/" in model else model
+
+
 def attribution_text(att: Any) -> str:
     """Per decode step: its wall = timed kernels + host/other (the report's `attribution.decode`), and
     on a CUDA run sampled under CUPTI the GPU's busy / idle split; "" without decode steps."""
@@ -47,7 +57,7 @@ class HeaderBar(_TextBar):
         line1 = Text(no_wrap=True, overflow="ellipsis")
         line1.append("llmtop ", self.cs("header--title"))
         kind = src.get("kind") or status.get("kind") or ""
-        parts = [kind, src.get("backend"), src.get("device"), src.get("model"), src.get("dtype")]
+        parts = [kind, src.get("backend"), src.get("device"), model_label(src), src.get("dtype")]
         line1.append(" · ".join(str(p) for p in parts if p))
         if src.get("timing"):
             line1.append("  timing ", label)
