@@ -387,8 +387,20 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
         p, src = replay_pipeline(args.file, agg, speed=args.speed,
                                  kernel_names=getattr(args, "names", "demangled"), keep_open=True,
                                  start_s=args.start)
-    app = make_app(PipelineProvider(p, kind="replay", control=src), args.refresh,
-               window_title(p.source, f"replay {_files_label(args.file)}"))
+    against = None
+    if args.against:  # the baseline, folded whole now: the table compares every row with it
+        from llmtop.collectors.replay import load_into
+
+        _progress(f"reading the baseline {args.against} …")
+        against = Aggregator(window_s=args.window)
+        for w in load_into(args.against, against, kernel_names=getattr(args, "names", "demangled"),
+                           max_bytes=getattr(args, "max_bytes", None)).warnings:
+            _eprint(f"llmtop: warning: baseline: {' '.join(str(w).split())}")
+    what = f"replay {_files_label(args.file)}"
+    if args.against:
+        what += f" against {Path(args.against).name}"
+    app = make_app(PipelineProvider(p, kind="replay", control=src, against=against), args.refresh,
+                   window_title(p.source, what))
     session = TuiSession(app, p)
 
     def warnings() -> None:
@@ -451,6 +463,10 @@ def replay_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_positive(float, "--start", zero_ok=True), default=0.0, metavar="S",
                    help="start S seconds into the replay (what comes before is folded at once); in the TUI "
                         "[ and ] seek -/+10 s, home restarts")
+    p.add_argument("--against", default=None, metavar="B",
+                   help="a baseline recording or trace: the kernel table gets a `vs B` column, each row's "
+                        "change of mean against B (* = significant, as `llmtop diff`), red slower, green "
+                        "faster")
     _add_names_arg(p)
     _add_max_bytes_arg(p)
     _add_view_args(p)

@@ -161,3 +161,33 @@ def test_bad_input_is_one_line(args: list[str], tmp_path: Path) -> None:
     r = subprocess.run([*LLMTOP, "diff", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and r.stderr.startswith("llmtop: error:") and len(r.stderr.splitlines()) == 1
     assert "Traceback" not in r.stderr
+
+
+async def test_replay_against_a_baseline_colours_each_rows_change(recordings: dict[str, Path]) -> None:
+    """`llmtop replay A --against B`: the kernel table gets a `vs B` column with the same numbers and
+    significance as `llmtop diff B A`, styled by direction."""
+    from llmtop.cli import PARSERS, build_replay_session
+
+    a, b = recordings["bf16"], recordings["t1"]
+    args = PARSERS["replay"]().parse_args([str(a), "--speed", "0", "--window", "3600", "--against", str(b)])
+    session = build_replay_session(args)
+    app = session.app
+    with session:
+        assert session.pipeline.wait_done(60)
+        async with app.run_test(size=(180, 40)) as pilot:
+            app.refresh_now()
+            await pilot.pause()
+            from llmtop.tui.panes import KernelTable
+
+            t = app.query_one(KernelTable)
+            assert "vs_b" in t.shown_columns and t.header_labels()["vs_b"] == "vs B"
+            app.action_toggle_window()  # cumulative: the whole replay against the whole baseline
+            app.refresh_now()
+            await pilot.pause()
+            want = {r["name"]: r for r in _diff(b, a)["rows"]}
+            for key in t.order:
+                cells = dict(zip(("name", *t.shown_columns), t.row_cells(key), strict=True))
+                w = want[key]
+                assert cells["vs_b"] == f"{w['delta_mean_pct']:+.0f}%" + ("*" if w["significant"] else "")
+            assert any(c.endswith("*") for c in (dict(zip(("name", *t.shown_columns), t.row_cells(k),
+                                                              strict=True))["vs_b"] for k in t.order))

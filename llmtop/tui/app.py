@@ -374,6 +374,9 @@ class LlmtopApp(App[None]):
         self.refresh_now()
 
     def _show_kernels(self) -> None:
+        compare = getattr(self.provider, "compare", None)
+        if compare is not None:  # `replay --against B`: each row's change against the baseline
+            self.table.set_compare(compare(self.snapshot))
         self.table.show(view.rows(self.snapshot, "kernels"), self.sort_key)
         self._set_kernel_title()  # the window's length is known from the first snapshot on
 

@@ -189,9 +189,12 @@ class PipelineProvider:
     """
 
     def __init__(self, pipeline: Pipeline, *, kind: str | None = None,
-                 control: Control | None = None) -> None:
+                 control: Control | None = None, against: Any = None) -> None:
         self.pipeline = pipeline
         self.control = control
+        # `replay A --against B`: B folded whole (an Aggregator); the kernel table shows each row vs B
+        self.against = against
+        self._against_cache: tuple[tuple[str, str], Any] | None = None
         self._kind = kind
         self._paused = False
         self.server_focus: str | None = None  # the target the Servers pane drilled into (its rate plot)
@@ -309,6 +312,22 @@ class PipelineProvider:
             return 1.0
         self.control.set_speed(speed)
         return float(self.control.speed)
+
+    def compare(self, snapshot: Any) -> dict[str, dict[str, Any]]:
+        """Per kernel-table row of `snapshot` (A, the replay): its diff against the baseline B in the same
+        group-by and filter (stats/compare.py: B is the diff's "a" side, so delta = A - B); {} without B."""
+        if self.against is None or snapshot is None:
+            return {}
+        from llmtop.stats.compare import diff_rows
+
+        rep = snapshot.report
+        key = (str(rep.get("group")), str(rep.get("filter") or ""))
+        if self._against_cache is None or self._against_cache[0] != key:
+            self._against_cache = (key, self.against.snapshot(mode="cumulative", group=key[0], sort="total",
+                                                              filter=key[1]))
+        base = self._against_cache[1]
+        rows = diff_rows(base.report["kernels"], rep["kernels"], base.row_buckets(), snapshot.row_buckets())
+        return {r["name"]: r for r in rows}
 
     @property
     def can_seek(self) -> bool:

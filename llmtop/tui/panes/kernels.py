@@ -44,6 +44,8 @@ ROOFLINE_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("bound", "bound", 7),
 )
 ROOFLINE_DROP_ORDER = ("pct_peak_flops", "gflops", "bytes", "op_class")
+# `replay A --against B`: the change of the row's mean against B (* = significant), coloured by direction.
+VS_COLUMN = ("vs_b", "vs B", 9)
 SORT_COLUMN = {
     "total": "total_ms",
     "count": "count",
@@ -60,6 +62,18 @@ MIN_NAME_WIDTH = 14
 # the sort column is always kept. All columns show from about 120 columns up.
 DROP_ORDER = ("p99_ms", "p50_ms", "max_ms", "cum_pct", "count")
 WANT_NAME_WIDTH = 20
+
+
+def _vs_text(d: Mapping[str, Any] | None) -> str:
+    """A row's change of mean against the baseline: "+12%*" (* significant), "new", or "" (no baseline)."""
+    if not d:
+        return ""
+    if d.get("change") == "new":
+        return "new"
+    pct = d.get("delta_mean_pct")
+    if pct is None:
+        return view.DASH
+    return f"{pct:+.0f}%" + ("*" if d.get("significant") else "")
 
 
 def row_key(row: Mapping[str, Any]) -> str:
@@ -92,6 +106,8 @@ class KernelTable(ScrollView, can_focus=True):
         "kernel-table--sorted",
         "kernel-table--zebra",
         "kernel-table--cursor",
+        "kernel-table--faster",
+        "kernel-table--slower",
     } | OP_COMPONENTS
 
     # The table's message, defined in llmtop.tui.messages; `KernelTable.RowSelected` as before.
@@ -113,6 +129,15 @@ class KernelTable(ScrollView, can_focus=True):
         self._shown_lines: tuple[Any, list[Any]] | None = None
         self.sort_key = "total"
         self.roofline = False  # `b`: bytes, GB/s, GFLOP/s, % of the device's peaks, bound
+        self.compare: dict[str, Mapping[str, Any]] = {}  # `replay --against B`: row name -> its diff vs B
+
+    def set_compare(self, rows: dict[str, Mapping[str, Any]]) -> None:
+        """Each row's change against a baseline (stats/compare.py rows), shown as a coloured `vs B` column."""
+        changed = bool(rows) != bool(self.compare)
+        self.compare = rows
+        self._generation += 1  # the cells show these numbers: format them again
+        if changed:
+            self._layout = None
 
     def action_toggle_roofline(self) -> None:
         self.roofline = not self.roofline
@@ -122,7 +147,8 @@ class KernelTable(ScrollView, can_focus=True):
 
     @property
     def column_spec(self) -> tuple[tuple[str, str, int], ...]:
-        return ROOFLINE_COLUMNS if self.roofline else KERNEL_COLUMNS
+        spec = ROOFLINE_COLUMNS if self.roofline else KERNEL_COLUMNS
+        return (*spec, VS_COLUMN) if self.compare else spec
 
     # -- read side (tests, app) -----------------------------------------------------------
     @property
@@ -193,6 +219,9 @@ class KernelTable(ScrollView, can_focus=True):
         out = [view.shorten(row_key(row), width)]
         for key in shown:
             v = row.get(key)
+            if key == "vs_b":
+                out.append(_vs_text(self.compare.get(row_key(row))))
+                continue
             if key == "op_class":
                 out.append(str(v) if v is not None else "")
             else:
@@ -345,6 +374,10 @@ class KernelTable(ScrollView, can_focus=True):
             "header": base + self.get_component_rich_style("kernel-table--header"),
         }
         self._paint["sorted"] = self._paint["header"] + self.get_component_rich_style("kernel-table--sorted")
+        for kind in ("base", "cursor", "zebra"):
+            for change in ("faster", "slower"):
+                self._paint[f"{kind}+{change}"] = self._paint[kind] + self.get_component_rich_style(
+                    f"kernel-table--{change}")
         # Row style + op-class colour for the op class cell, combined once here instead of per cell.
         for c in OP_CLASSES:
             oc = op_style(self, c)
@@ -377,10 +410,14 @@ class KernelTable(ScrollView, can_focus=True):
         run: list[str] = []
         for (col, _, wd, right), text in zip(self._columns, cells, strict=True):
             cell = " " + _fit(text, wd, right) + " "
-            if col == "op_class":
+            if col == "op_class" or (col == "vs_b" and self.compare):
                 if run:
                     segs.append(Segment("".join(run), style))
                     run = []
+                if col == "vs_b":
+                    ch = (self.compare.get(key) or {}).get("change")
+                    segs.append(Segment(cell, paint.get(f"{kind}+{ch}", style)))
+                    continue
                 segs.append(Segment(cell, op_style_))
             else:
                 run.append(cell)
