@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -256,6 +255,11 @@ def engine_spec(args: argparse.Namespace, prompts: list[str] | None = None, loop
     )
 
 
+def _interactive() -> bool:
+    """A person at a terminal (the TUI's own condition): start-up is shown, not waited through blank."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def _progress(text: str) -> None:
     """Start-up progress for a person at a terminal (the TUI's screen replaces it once it starts); nothing
     when stderr is not a terminal, so scripts keep one error line."""
@@ -353,10 +357,28 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
             raise
         cleanups.append(engine.ops.close)
     else:
-        t0 = time.monotonic()
-        _progress(f"starting the engine worker: {args.model} model on the {args.backend} backend …")
-        p = child_pipeline(engine_spec(args, prompts, loop), agg, record=args.record, on_note=_note)
-        _progress(f"engine ready after {time.monotonic() - t0:.1f} s; starting the TUI")
+        spec = engine_spec(args, prompts, loop)
+        if _interactive():  # a loading screen while the worker starts and reads the model (issue 17)
+            from llmtop.tui.loading import run_loading
+
+            notes: list[str] = []
+
+            def build(say: Callable[[str], None]) -> Any:
+                say(f"starting the engine worker: {args.model} model on the {args.backend} backend, reading "
+                    "and dequantizing the weights")
+                def on_note(text: str) -> None:
+                    notes.append(text)  # printed once the loading screen is gone
+                    say(text)
+
+                pipe = child_pipeline(spec, agg, record=args.record, on_note=on_note)
+                say("engine ready: starting the TUI")
+                return pipe
+
+            p = run_loading(build, "llmtop · loading")
+            for text in notes:
+                _note(text)
+        else:
+            p = child_pipeline(spec, agg, record=args.record, on_note=_note)
     if metrics is not None:
         metrics.bind(p, p.counters.latest)
     try:
