@@ -284,12 +284,6 @@ class Aggregator:
         nk, nc = self._ix.nk, self._ix.nc
         for s, ix in self._parts(sl):
             self._store_for(s).add_kernels(kid[ix], cell[ix], d[ix], nk, nc)
-        shaped = np.flatnonzero((k["m"] > 0) & (k["n"] > 0) & (k["k"] > 0))
-        if len(shaped):  # matmuls: what the roofline columns need (kernel_table.roofline)
-            m_, n_, k_ = (k[f][shaped].astype(np.float64) for f in ("m", "n", "k"))
-            elems, flops, ks, ds = n_ * k_ + m_ * k_ + m_ * n_, 2.0 * m_ * n_ * k_, kid[shaped], d[shaped]
-            for s, ix in self._parts(sl[shaped]):
-                self._store_for(s).add_shaped(ks[ix], elems[ix], flops[ix], ds[ix], nk)
 
         # Steps: runs of one (track, phase, step) code. A run that continues the previous batch's last
         # run of its track is the same step. A step counts in the slice of its first event.
@@ -334,6 +328,18 @@ class Aggregator:
         if np.count_nonzero(mnk):
             sm = np.flatnonzero(mnk)
             self._add_shapes(name[sm], k["m"][sm], k["n"][sm], k["k"][sm], d[sm])
+            self._add_roofline(k[sm], kid[sm], d[sm], sl[sm])
+
+    def _add_roofline(self, k: np.ndarray, kid: np.ndarray, d: np.ndarray, sl: np.ndarray) -> None:
+        """Matmuls (every dimension > 0): elements moved and flops per key, what the roofline columns
+        need (stats/roofline.py)."""
+        full = np.flatnonzero((k["m"] > 0) & (k["n"] > 0) & (k["k"] > 0))
+        if not len(full):
+            return
+        m_, n_, k_ = (k[f][full].astype(np.float64) for f in ("m", "n", "k"))
+        elems, flops, ks, ds = n_ * k_ + m_ * k_ + m_ * n_, 2.0 * m_ * n_ * k_, kid[full], d[full]
+        for s, ix in self._parts(sl[full]):
+            self._store_for(s).add_shaped(ks[ix], elems[ix], flops[ix], ds[ix], self._ix.nk)
 
     def _track_rows(self, top: int) -> np.ndarray:
         if top >= len(self._tracks):
