@@ -164,7 +164,8 @@ def test_real_captures_fill_the_servers_pane() -> None:
             note = app.query_one(SourceNote)
             assert note.display and "/metrics has no kernels, layers" in note.content.plain
             assert "llmtop run --" in note.content.plain
-            assert app.focused is pane
+            # focus moves once the pane has been styled visible (the frame after the rows arrive)
+            assert await _until(pilot, lambda: app.focused is pane), app.focused
 
             # s cycles the sort column, and the title and the header say which
             await pilot.press("s")

@@ -336,7 +336,9 @@ class LlmtopApp(App[None]):
             screen.set_class(shown, "-servers")
             screen.set_class(metrics_only, "-metrics-only")
         if metrics_only and self.focused in (None, self.table) and screen is self.screen:
-            self.servers_pane.focus()  # the kernel table is hidden: keys go to the servers
+            # The kernel table is hidden: keys go to the servers. After the refresh, since the pane
+            # only becomes focusable once the `-servers` class has been styled (set_focus skips it before).
+            self.call_after_refresh(self._focus_servers_pane)
         if shown:
             self.servers_pane.show(rows)
         if metrics_only:
@@ -355,6 +357,10 @@ class LlmtopApp(App[None]):
             self.tokens_pane.set_server(None)
             self._set_pane_titles()
         return True
+
+    def _focus_servers_pane(self) -> None:
+        if self._metrics_only and self.focused in (None, self.table) and self.screen is self.screen_stack[0]:
+            self.screen.set_focus(self.servers_pane)
 
     @on(ServersPane.Drill)
     def _drill(self, event: ServersPane.Drill) -> None:

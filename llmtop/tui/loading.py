@@ -9,6 +9,8 @@ it fails). The main app starts right after, on the same terminal.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -68,7 +70,10 @@ class LoadingApp(App[None]):
             self.error = e
         finally:
             self._done.set()
-            self.call_from_thread(self.exit)
+            if not self.cancelled:
+                # the app may have closed first (its loop already ended): nothing left to exit then
+                with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError):
+                    self.call_from_thread(self.exit)
 
     def stage_text(self) -> str:
         with self._lock:
