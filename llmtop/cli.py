@@ -260,13 +260,6 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def _progress(text: str) -> None:
-    """Start-up progress for a person at a terminal (the TUI's screen replaces it once it starts); nothing
-    when stderr is not a terminal, so scripts keep one error line."""
-    if sys.stderr.isatty():
-        _eprint(f"llmtop: {text}")
-
-
 def _note(text: str) -> None:
     _eprint(f"llmtop: note: {text}")
 
@@ -399,25 +392,37 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
     """`llmtop replay FILE`: the file through ReplaySource (space pauses, +/- change speed)."""
     from llmtop.collectors.pipeline import replay_pipeline
     from llmtop.stats.aggregator import Aggregator
-    from llmtop.traces.open import using_limits
     from llmtop.tui.provider import PipelineProvider
     from llmtop.tui.session import TuiSession, make_app, window_title
 
     agg = Aggregator(window_s=args.window)
-    _progress(f"opening {_files_label(args.file)} …")
-    with using_limits(getattr(args, "max_bytes", None)):  # the pipeline opens the file here
-        p, src = replay_pipeline(args.file, agg, speed=args.speed,
-                                 kernel_names=getattr(args, "names", "demangled"), keep_open=True,
-                                 start_s=args.start)
-    against = None
-    if args.against:  # the baseline, folded whole now: the table compares every row with it
-        from llmtop.collectors.replay import load_into
+    names = getattr(args, "names", "demangled")
+    max_bytes = getattr(args, "max_bytes", None)
+    warned: list[str] = []
 
-        _progress(f"reading the baseline {args.against} …")
-        against = Aggregator(window_s=args.window)
-        for w in load_into(args.against, against, kernel_names=getattr(args, "names", "demangled"),
-                           max_bytes=getattr(args, "max_bytes", None)).warnings:
-            _eprint(f"llmtop: warning: baseline: {' '.join(str(w).split())}")
+    def build(say: Callable[[str], None]) -> tuple[Any, Any, Any]:
+        say(f"reading {_files_label(args.file)} ({_files_size(args.file)})")
+        p, src = replay_pipeline(args.file, agg, speed=args.speed, kernel_names=names, keep_open=True,
+                                 start_s=args.start, max_bytes=max_bytes)
+        against = None
+        if args.against:  # the baseline, folded whole now: the table compares every row with it
+            from llmtop.collectors.replay import load_into
+
+            say(f"reading the baseline {Path(args.against).name} ({_files_size(args.against)})")
+            against = Aggregator(window_s=args.window)
+            for w in load_into(args.against, against, kernel_names=names, max_bytes=max_bytes).warnings:
+                warned.append(f"baseline: {' '.join(str(w).split())}")
+        say("starting the TUI")
+        return p, src, against
+
+    if _interactive():  # a big file takes a while: the loading screen says what, unless it is quick
+        from llmtop.tui.loading import run_loading
+
+        p, src, against = run_loading(build, f"llmtop · replay {_files_label(args.file)}", show_after_s=0.5)
+    else:
+        p, src, against = build(lambda text: None)
+    for w in warned:
+        _eprint(f"llmtop: warning: {w}")
     what = f"replay {_files_label(args.file)}"
     if args.against:
         what += f" against {Path(args.against).name}"
@@ -431,6 +436,19 @@ def build_replay_session(args: argparse.Namespace) -> TuiSession:
 
     session.after.append(warnings)
     return session
+
+
+def _files_size(files: str | Path | list[str]) -> str:
+    """The bytes the FILE argument(s) hold (a directory: its files), for the loading screen."""
+    from llmtop.numfmt import fmt_bytes
+
+    total = 0
+    for f in [files] if isinstance(files, str | Path) else list(files):
+        p = Path(f)
+        with contextlib.suppress(OSError):
+            total += (sum(q.stat().st_size for q in p.iterdir() if q.is_file()) if p.is_dir()
+                      else p.stat().st_size)
+    return fmt_bytes(total)
 
 
 def _files_label(files: str | Path | list[str]) -> str:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmtop.collectors.base import Rewind
@@ -128,3 +129,73 @@ async def test_replay_keys_seek_and_restart(recording: Path) -> None:
             await pilot.pause()
             assert " s" in app.query_one(HeaderBar).content.plain  # the position, in seconds
     assert not p.errors
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+IMPORTS = sorted(str(p) for d in ("kineto", "nsys") for p in (FIXTURES / d).iterdir())
+
+
+@pytest.mark.parametrize("path", IMPORTS, ids=lambda p: Path(p).name)
+def test_an_imported_trace_replays_in_time_slices_with_the_numbers_of_the_whole(path: str) -> None:
+    """Other tools' traces (one batch from the importer) replay in 50 ms slices of trace time, so the
+    position moves and seek works; folded to the end they give the report of the whole file."""
+    from llmtop.collectors.replay import SLICE_NS, time_sliced
+
+    whole = list(open_trace_file(path).records)
+    sliced = list(time_sliced(open_trace_file(path).records))
+    n_rows = sum(len(i) for _, i in whole if isinstance(i, EventBatch))
+    assert sum(len(i) for _, i in sliced if isinstance(i, EventBatch)) == n_rows
+    span = max(t for t, _ in whole) - min(t for t, _ in whole)
+    if any(isinstance(i, EventBatch) and len(i.kernels) > 1 and np.ptp(i.kernels["start_ns"]) > SLICE_NS
+           for _, i in whole):
+        assert len(sliced) > len(whole)  # cut into several records ...
+        ts = [t for t, _ in sliced]
+        assert max(ts) - min(ts) >= span  # ... spread over the trace's own time
+
+    def report(records: list) -> dict:
+        agg = Aggregator()
+        agg.set_source(open_trace_file(path).source)
+        for _, item in records:
+            if isinstance(item, EventBatch):
+                agg.ingest(item)
+        return agg.snapshot(mode="cumulative").report
+
+    a, b = report(whole), report(sliced)
+    def rows(r: dict) -> list:
+        return sorted((k["name"], k["op_class"], k["count"], round(k["total_ms"], 6)) for k in r["kernels"])
+
+    assert rows(a) == rows(b)
+    assert [(x["layer"], round(x["ms_per_step"], 6)) for x in a["layers"]] == \
+        [(x["layer"], round(x["ms_per_step"], 6)) for x in b["layers"]]
+    assert a["tokens"]["decode_steps"] == b["tokens"]["decode_steps"]
+    assert a["tokens"]["generated"] == b["tokens"]["generated"]
+    assert a["attention"].get("points") == b["attention"].get("points")
+
+
+def test_an_import_replays_over_its_span_and_seeks() -> None:
+    """Through a real pipeline: the vLLM-CPU worker trace plays out (position moves with the trace), a
+    seek back refolds exactly to the whole file's numbers at the end."""
+    path = Path(__file__).parent / "fixtures" / "kineto" / "vllm_cpu_0.32_worker_rank0.pt.trace.json.gz"
+    agg = Aggregator()
+    src = ReplaySource.open(path, speed=0, keep_open=True)
+    p = Pipeline(agg)
+    p.set_source(src.source)
+    p.add(src)
+    p.start()
+    try:
+        end = _settle(p, src)
+        assert src.at_end and src.end_ns is not None and src.end_ns > 0
+        total = p.snapshot(mode="cumulative").report["events"]
+        src.pause()  # paused, the replay stays where a seek puts it (at speed 0 it would run on at once)
+        src.seek(src.end_ns / 2e9)  # back to the middle: fewer events folded
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (p.snapshot(mode="cumulative").report["events"] < total):
+            time.sleep(0.1)
+        assert p.snapshot(mode="cumulative").report["events"] < total
+        assert p.snapshot(mode="cumulative").report["events"] > 0
+        src.seek(1e9)  # and on to the end: the whole file again
+        src.resume()
+        assert _settle(p, src) == end
+        assert p.snapshot(mode="cumulative").report["events"] == total
+    finally:
+        p.stop()

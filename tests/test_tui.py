@@ -312,6 +312,9 @@ async def test_detail_screen_opens_and_closes(provider: AggregatorProvider) -> N
         assert "Shapes" in body and "Duration distribution" in body and "Per layer" in body
         title = screen.query_one("#detail-title").content.plain
         assert "count" in title and "p95" in title
+        # each count names its scope: the view's (the window here) beside the shapes' (the whole run)
+        assert "last 3600 s · count" in title, title
+        assert "Duration distribution · last 3600 s" in body and "counted since start" in body
         await pilot.press("escape")
         assert not isinstance(app.screen, KernelDetailScreen)
 

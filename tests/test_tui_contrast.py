@@ -91,3 +91,32 @@ async def test_seek_keys_are_replay_only_and_home_still_reaches_the_first_row(ge
         assert table.cursor_row == table.row_count - 1 > 0
         await pilot.press("home")
         assert table.cursor_row == 0
+
+
+def _waiting_replay() -> Any:
+    """Nothing folded yet, a replay position and a source that says what it is doing: the waiting note and
+    the footer's position are on screen together."""
+    from llmtop.stats.aggregator import Aggregator
+    from llmtop.tui.provider import AggregatorProvider
+
+    class P(AggregatorProvider):
+        def status(self) -> Any:
+            return {**super().status(), "kind": "replay", "position_s": 1.5, "speed": 1.0,
+                    "prompt": "python my_script.py (pid 42, no model hooked yet)"}
+
+    return P(Aggregator())
+
+
+@pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])
+async def test_the_waiting_note_and_the_footer_position_reach_aa(theme: str) -> None:
+    from llmtop.tui.panes import SourceNote
+
+    app = LlmtopApp(_waiting_replay())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        if (theme == "textual-light") == app.current_theme.dark:
+            await pilot.press("t")
+        for _ in range(3):
+            await pilot.pause()
+        assert app.query_one(SourceNote).display and app.query_one("#footer-position").display
+        assert low_contrast_text(app) == {}

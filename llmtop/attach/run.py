@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from llmtop.collectors.base import Collector
 from llmtop.collectors.pipeline import Pipeline
 from llmtop.errors import LlmtopError
 from llmtop.events import SourceInfo
+from llmtop.numfmt import printable
 
 OPS = ("all", "layers")
 
@@ -118,6 +120,28 @@ class CommandRun:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def last_line(path: Path, *, tail_bytes: int = 4096, width: int = 200) -> str:
+    """The last non-blank line of a growing log (a progress bar's latest `\\r` update counts as a line),
+    control characters escaped and cut to `width`; "" when there is none or the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - tail_bytes))
+            data = f.read(tail_bytes)
+    except OSError:
+        return ""
+    for line in reversed(re.split(r"[\r\n]+", data.decode("utf-8", "replace"))):
+        line = _ANSI.sub("", line).strip()
+        if line:
+            line = printable(line)
+            return line if len(line) <= width else line[: width - 1] + "…"
+    return ""
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # colour and cursor sequences a progress bar writes
+
+
 class RunWatcher(Collector):
     """Attaches an AgentCollector to every process of the run that announces an agent; ends (after the
     agents have delivered what the processes sent) once COMMAND has exited."""
@@ -138,7 +162,14 @@ class RunWatcher(Collector):
         if self.exit_code is not None:
             return f"{cmd} exited ({self.exit_code})"
         n = len(self.agents)
-        return f"{cmd} (pid {self.run_.pid}, " + (f"{n} instrumented)" if n else "no model yet)")
+        text = f"{cmd} (pid {self.run_.pid}, " + (f"{n} instrumented)" if n else "no model hooked yet)")
+        if not n and self.run_.log_path is not None:
+            # Until a model is hooked, the command's own output is the best account of what it is doing
+            # (imports, "Loading checkpoint shards: 50%", vLLM's start-up stages): its last line.
+            last = last_line(self.run_.log_path)
+            if last:
+                text += f" · last output: {last}"
+        return text
 
     def run(self) -> None:
         while not self.stopping:
@@ -173,4 +204,4 @@ class RunWatcher(Collector):
         self.pipeline.set_source(dataclasses.replace(src, kind="run", extra=extra))
 
 
-__all__ = ["OPS", "CommandRun", "RunWatcher"]
+__all__ = ["OPS", "CommandRun", "RunWatcher", "last_line"]

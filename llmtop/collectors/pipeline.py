@@ -387,14 +387,17 @@ def child_pipeline(spec: EngineSpec, aggregator: Sink, *, record: str | None = N
 
 
 def replay_pipeline(path: str, aggregator: Sink, *, speed: float = 1.0, kernel_names: str = "demangled",
-                    keep_open: bool = False, start_s: float = 0.0) -> tuple[Pipeline, ReplaySource]:
+                    keep_open: bool = False, start_s: float = 0.0,
+                    max_bytes: int | None = None) -> tuple[Pipeline, ReplaySource]:
     """Replay a recording or imported trace through the same pipeline; returns (pipeline, ReplaySource).
 
     keep_open: at its end the replay waits for a seek (the TUI) instead of finishing; start_s: begin
-    there (everything before it folded at once, as after a seek)."""
+    there (everything before it folded at once, as after a seek); max_bytes: `--max-bytes`, for the
+    first read and every re-read a seek back makes (on the replay's own thread)."""
     from llmtop.collectors.replay import ReplaySource
 
-    src = ReplaySource.open(path, speed=speed, kernel_names=kernel_names, keep_open=keep_open)
+    src = ReplaySource.open(path, speed=speed, kernel_names=kernel_names, keep_open=keep_open,
+                            max_bytes=max_bytes)
     if start_s > 0:
         src.seek(start_s)
     p = Pipeline(aggregator)

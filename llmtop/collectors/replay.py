@@ -12,14 +12,17 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from llmtop.collectors.base import Collector, Rewind
 from llmtop.errors import LlmtopError
 from llmtop.events import CounterSample, EventBatch, Item, Marker, SourceInfo
 from llmtop.traces.open import TraceFile, TracePaths, open_trace_file
+from llmtop.traces.recording import batch_time_ns
 
 
 class ReplaySource(Collector):
@@ -59,6 +62,7 @@ class ReplaySource(Collector):
         self._seek: float | None = None  # a pending seek target, seconds of replayed time
         self.keep_open = keep_open  # at the end, wait for a seek instead of finishing (the TUI)
         self.at_end = False
+        self.end_ns: int | None = None  # the replay's length (replayed time), once it has reached its end
 
     @classmethod
     def open(cls, path: TracePaths, *, speed: float = 1.0, max_gap_s: float | None = 5.0,
@@ -70,10 +74,18 @@ class ReplaySource(Collector):
         extra = {**tf.source.extra, "replay_of": str(tf.path), "recorded_kind": tf.source.kind,
                  "format": tf.format}
         src = dataclasses.replace(tf.source, kind="replay", extra=extra)
-        def reopen() -> Iterable[tuple[int, Item]]:  # a seek back reads the file again from its start
-            return open_trace_file(path, kernel_names=kernel_names, max_bytes=max_bytes).records
+        # An importer hands its whole trace over as one batch (or a few): cut into slices of trace time,
+        # it plays out over its own span like a recording, and the footer's position and seek mean
+        # something. Our recordings are already timed records, written as they happened.
+        sliced = tf.format != "llmtop"
 
-        return cls(tf.records, src, speed=speed, max_gap_s=max_gap_s, warnings=tf.warnings,
+        def records(t: TraceFile) -> Iterable[tuple[int, Item]]:
+            return time_sliced(t.records) if sliced else t.records
+
+        def reopen() -> Iterable[tuple[int, Item]]:  # a seek back reads the file again from its start
+            return records(open_trace_file(path, kernel_names=kernel_names, max_bytes=max_bytes))
+
+        return cls(records(tf), src, speed=speed, max_gap_s=max_gap_s, warnings=tf.warnings,
                    keep_open=keep_open, reopen=reopen)
 
     @staticmethod
@@ -148,6 +160,7 @@ class ReplaySource(Collector):
                     if not self.keep_open:
                         return
                     self.at_end = True  # the TUI's replay stays open at its end: home / [ seek back
+                    self.end_ns = max(self.end_ns or 0, virt)
                     while self._seek is None:
                         if self.stopping:
                             return
@@ -195,6 +208,38 @@ class ReplaySource(Collector):
             self.emitted_events += len(item)
             self.emitted_records += 1
             self.account_cpu(t_cpu)
+
+
+SLICE_NS = 50_000_000  # an imported batch replays in slices of this much trace time
+
+
+def time_sliced(records: Iterable[tuple[int, Item]], slice_ns: int = SLICE_NS) -> Iterator[tuple[int, Item]]:
+    """Records with every batch spanning more than `slice_ns` cut into consecutive slices of that much
+    trace time (rows in start order; each slice timed by its own last end, as `timed_batches` times a
+    batch). The first slice carries the batch's new names. A step whose kernels straddle a cut stays one
+    step: the aggregator joins a track's run that continues into the next batch (stats/aggregator.py)."""
+    for t, item in records:
+        if not isinstance(item, EventBatch) or len(item) < 2:
+            yield t, item
+            continue
+        k = item.kernels[np.argsort(item.kernels["start_ns"], kind="stable")]
+        st = item.steps[np.argsort(item.steps["start_ns"], kind="stable")]
+        starts = np.concatenate([k["start_ns"], st["start_ns"]])
+        lo, hi = int(starts.min()), int(starts.max())
+        if hi - lo <= slice_ns:
+            yield t, item
+            continue
+        edges = np.arange(lo + slice_ns, hi + 1, slice_ns, dtype=np.int64)
+        ki = np.searchsorted(k["start_ns"], edges, side="left")
+        si = np.searchsorted(st["start_ns"], edges, side="left")
+        k_parts, s_parts = np.split(k, ki), np.split(st, si)
+        names_base, new_names = item.names_base, item.new_names
+        for kp, sp in zip(k_parts, s_parts, strict=True):
+            if not len(kp) and not len(sp):
+                continue
+            part = EventBatch(kp, sp, names_base, new_names)
+            names_base, new_names = names_base + len(new_names), []
+            yield batch_time_ns(part) or t, part
 
 
 def _with_time(item: Item, t: int) -> Item:

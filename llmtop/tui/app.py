@@ -19,11 +19,12 @@ from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from llmtop.errors import LlmtopError, UsageError
 from llmtop.stats.views import GROUPS, MODES, SORTS
 from llmtop.tui import view
+from llmtop.tui.footer import LlmtopFooter, replay_position_text
 from llmtop.tui.panes import (
     AttentionPane,
     DeviceStrip,
@@ -134,6 +135,8 @@ class LlmtopApp(App[None]):
         self._drawn_version: Any = None  # the provider's version of the frame on screen
         self._servers_shown = False
         self._metrics_only = False
+        self._waiting = True  # no event has arrived yet: the note says how long and what the source is doing
+        self._started = time.monotonic()
 
     # -- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -150,7 +153,7 @@ class LlmtopApp(App[None]):
         yield KernelTable(id="kernels")
         yield FilterInput(placeholder="filter rows (substring) · enter keeps · esc clears", id="filter")
         yield Static(id="too-small")
-        yield Footer()
+        yield LlmtopFooter()
 
     def on_mount(self) -> None:
         # Looked up once: refreshes touch these every frame, and keep working during shutdown.
@@ -164,6 +167,7 @@ class LlmtopApp(App[None]):
         self.strip = self.query_one(DeviceStrip)
         self.error_bar = self.query_one(ErrorBar)
         self.filter_box = self.query_one(FilterInput)
+        self.footer_bar = self.query_one(LlmtopFooter)
         self._set_pane_titles()
         self.npu_pane = self.query_one(NpuPane)
         self.npu_pane.border_title = "NPU · XRT calls: BO write / NPU run / BO read"
@@ -213,6 +217,11 @@ class LlmtopApp(App[None]):
 
     # -- refresh loop ---------------------------------------------------------------------
     def _tick(self) -> None:
+        if self._waiting and not self.paused:
+            # Nothing has been folded, so no new snapshot comes: the wait's seconds and the source's
+            # account of itself still move on every tick.
+            self.status = self._safe(self.provider.status, {})
+            self._show_waiting()
         if self.paused:
             # Frozen panes, but the header keeps saying what the pipeline is doing (errors, behind).
             self.status = self._safe(self.provider.status, {})
@@ -303,6 +312,7 @@ class LlmtopApp(App[None]):
     def _show_all(self) -> None:
         snap = self.snapshot
         tokens_changed = self._show_servers(snap)
+        self._show_waiting()
         # A /metrics-only source hides the op-level panes (nothing to show): they are not refilled.
         for pane in (self.tokens_pane,) if self._metrics_only else (self.tokens_pane, self.layers_pane,
                                                                        self.attention_pane):
@@ -314,6 +324,26 @@ class LlmtopApp(App[None]):
         self._show_header()
         if isinstance(self.screen, KernelDetailScreen):
             self.screen.reload()
+
+    def _show_waiting(self) -> None:
+        """The waiting note until the first event, step or server row (then never again: a reset's empty
+        panes are not a wait)."""
+        if not self._waiting:
+            return
+        snap = self.snapshot
+        tok = view.section(snap, "tokens")
+        arrived = (view.num(view.report(snap).get("events")) or 0) > 0 or any(
+            (view.num(tok.get(k)) or 0) > 0 for k in ("generated", "prefills", "step_index")) or \
+            self._servers_shown or self.status.get("state") == "finished"
+        screen = self.screen_stack[0] if self.screen_stack else self.screen
+        if arrived:
+            self._waiting = False
+            screen.set_class(False, "-waiting")
+            return
+        screen.set_class(True, "-waiting")
+        if not self._metrics_only:
+            waited = time.monotonic() - self._started
+            self.source_note.show_waiting(waited, str(self.status.get("prompt") or ""))
 
     def _show_npu(self, snap: Any) -> None:
         """The NPU pane, only while the source has XRT calls (its `npu` report section)."""
@@ -350,8 +380,7 @@ class LlmtopApp(App[None]):
             changed = self.tokens_pane.set_server(pick, self.counters.get("servers_rate"))
             title = "Token rate · " + (
                 str(pick.get("label")) if pick is not None and pick.get("kind") != "total" else "all targets")
-            if self.tokens_pane.border_title != title:
-                self.tokens_pane.border_title = title
+            self.tokens_pane.set_title([title])
             return changed
         if self.tokens_pane.server is not None:
             self.tokens_pane.set_server(None)
@@ -390,6 +419,8 @@ class LlmtopApp(App[None]):
         if not self.header_bar.is_attached:
             return
         self.header_bar.show(self.snapshot, self.status, mode=self.mode, paused=self.paused)
+        self.footer_bar.show_position(replay_position_text(
+            {**self.status, "state": "paused" if self.paused else self.status.get("state")}))
         self.strip.show(self.counters, self.status)
         errors = dict(self.status.get("errors") or {})
         if self._error:
@@ -401,20 +432,26 @@ class LlmtopApp(App[None]):
         if self.mode == "window":
             w = view.num(view.report(self.snapshot).get("window_s")) if self.snapshot is not None else None
             return f"last {w:g} s" if w else "window"
+        return self.since()
+
+    def since(self) -> str:
+        """What cumulative numbers cover (attention growth, a kernel's shapes), whatever the view."""
         return "since reset" if self.resets else "since start"
 
     def _set_pane_titles(self) -> None:
         scope = self.scope()
-        titles = ((self.tokens_pane, "Token rate"), (self.layers_pane, "Per layer · ms / decode step"),
-                  (self.attention_pane, "Attention growth"))
-        for pane, title in titles:
+        # attention growth spans context, so it is always since the start (stats/aggregator.py _freeze)
+        since = self.since()
+        titles = (
+            (self.tokens_pane, [f"Token rate · {scope}", f"Tokens · {scope}", f"tok/s · {scope}"]),
+            (self.layers_pane, [f"Per layer · ms / decode step · {scope}", f"Per layer · ms/step · {scope}",
+                                f"Layer ms/step · {scope}", f"Layer ms · {scope}", f"Layer ms, {scope}"]),
+            (self.attention_pane, [f"Attention growth · {since}", f"Attention · {since}", f"Attn · {since}"]),
+        )
+        for pane, variants in titles:
             if pane is self.tokens_pane and getattr(pane, "server", None) is not None:
                 continue  # a server's rate: its own title (see _show_servers)
-            # attention growth spans context, so it is always since the start (stats/aggregator.py _freeze)
-            since = "since reset" if self.resets else "since start"
-            want = f"{title} · {since if pane is self.attention_pane else scope}"
-            if pane.border_title != want:
-                pane.border_title = want
+            pane.set_title(variants)
 
     def _set_kernel_title(self) -> None:
         self._set_pane_titles()
@@ -494,7 +531,7 @@ class LlmtopApp(App[None]):
 
     def _open_detail(self, name: str) -> None:
         if not isinstance(self.screen, KernelDetailScreen):
-            self.push_screen(KernelDetailScreen(name, self.kernel_detail))
+            self.push_screen(KernelDetailScreen(name, self.kernel_detail, self.scope, self.since))
 
     def kernel_detail(self, name: str) -> tuple[Mapping[str, Any] | None, Mapping[str, Any]]:
         """(detail from the current snapshot, the row's report entry) for one table row."""

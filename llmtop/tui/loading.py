@@ -47,6 +47,7 @@ class LoadingApp(App[None]):
         self.cancelled = False
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._started = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="loading-box"):
@@ -56,6 +57,13 @@ class LoadingApp(App[None]):
     def on_mount(self) -> None:
         self.set_interval(0.25, self._tick)
         self._tick()
+        self.start_build()
+
+    def start_build(self) -> None:
+        """Start the build thread (once): before the app runs, so a quick build needs no screen at all."""
+        if self._started:
+            return
+        self._started = True
         threading.Thread(target=self._run, name="llmtop-loading", daemon=True).start()
 
     def say(self, text: str) -> None:
@@ -89,17 +97,25 @@ class LoadingApp(App[None]):
 
     def _tick(self) -> None:
         self.query_one("#loading-stages", Static).update(self.stage_text())
+        if self._done.is_set() and not self.cancelled:
+            self.exit()  # the build ended before this app's loop could take its exit call
 
     def action_cancel(self) -> None:
         self.cancelled = True
         self.exit()
 
 
-def run_loading(build: Callable[[Callable[[str], None]], T], title: str) -> T:
+def run_loading(build: Callable[[Callable[[str], None]], T], title: str, *, show_after_s: float = 0.0) -> T:
     """Run `build(say)` behind the loading screen and return its result; KeyboardInterrupt when the user
-    cancels (the build is left to finish on its thread and its result is closed if it has `stop`)."""
+    cancels (the build is left to finish on its thread and its result is closed if it has `stop`).
+    `show_after_s`: a build done within this time returns without the screen ever being drawn (a small
+    file opens without a flash of the loading screen before the TUI)."""
     app = LoadingApp(title, build)
-    app.run()
+    if show_after_s > 0:
+        app.start_build()
+        app._done.wait(show_after_s)
+    if not app._done.is_set():
+        app.run()
     if app.cancelled and not app._done.is_set():
         def close_when_built() -> None:
             app._done.wait()

@@ -28,8 +28,9 @@ class ProviderStatus(TypedDict, total=False):
     behind: str  # non-empty when collectors or the aggregator cannot keep up (py-spy style warning)
     collector_cost_pct: float  # the collectors' own CPU time, percent of one core
     speed: float  # replay speed multiplier
-    progress: float  # replay position, 0..1
-    position_s: float  # replay position, seconds of replayed time
+    position_s: float  # replay position, seconds of replayed time (shown in the footer)
+    end_s: float  # the replay's length, once it has reached its end
+    at_end: bool  # the replay sits at its end (waiting for a seek)
 
 
 class ServerRow(TypedDict, total=False):
@@ -292,6 +293,10 @@ class PipelineProvider:
             pos = getattr(self.control, "position_ns", None)
             if pos is not None:
                 out["position_s"] = float(pos) / 1e9
+            end = getattr(self.control, "end_ns", None)
+            if end is not None:
+                out["end_s"] = float(end) / 1e9
+            out["at_end"] = bool(getattr(self.control, "at_end", False))
         return out
 
     def pause(self) -> None:

@@ -70,11 +70,16 @@ class KernelDetailScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "dismiss", "close")]
 
     def __init__(
-        self, name: str, fetch: Callable[[str], tuple[Mapping[str, Any] | None, Mapping[str, Any]]]
+        self, name: str, fetch: Callable[[str], tuple[Mapping[str, Any] | None, Mapping[str, Any]]],
+        scope: Callable[[], str] | None = None, since: Callable[[], str] | None = None,
     ) -> None:
         super().__init__()
         self.kernel = name
         self._fetch = fetch
+        # What the view's numbers cover ("last 10 s", "since reset"): said beside them, since the shapes
+        # below are counted over the whole run and the two counts must not be read as one scope.
+        self._scope = scope or (lambda: "")
+        self._since = since or (lambda: "since start")  # what the shapes cover: the whole run (or reset)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="detail-box"):
@@ -97,8 +102,10 @@ class KernelDetailScreen(ModalScreen[None]):
     def _summary(self, row: Mapping[str, Any]) -> Text:
         if not row:
             return Text("not in the current snapshot (filtered out, reset, or outside the window)")
+        scope = self._scope()
         parts = [
             f"{row.get('op_class', '')}",
+            *([scope] if scope else []),
             f"count {view.fmt_count(row.get('count'))}",
             f"total {view.fmt_duration_ms(row.get('total_ms'))}",
             f"mean {view.fmt_duration_ms(row.get('mean_ms'))}",
@@ -118,7 +125,7 @@ class KernelDetailScreen(ModalScreen[None]):
         width = max(20, self.size.width - 40)
         lines: list[Text] = []
         shapes = view.detail_shapes(detail)
-        lines.append(Text("Shapes (m × n × k; counted since the start, whatever the view)", "bold"))
+        lines.append(Text(f"Shapes (m × n × k; counted {self._since()}, whatever the view)", "bold"))
         if shapes:
             for label, count, mean_ms in shapes:
                 lines.append(
@@ -132,7 +139,9 @@ class KernelDetailScreen(ModalScreen[None]):
         lines.append(Text(""))
         lines += roofline_lines(detail, width)
         hist = view.detail_histogram(detail)
-        lines.append(Text("Duration distribution", "bold"))
+        scope = self._scope()
+        over = f" · {scope}" if scope else ""
+        lines.append(Text(f"Duration distribution{over}", "bold"))
         lines += _bars(
             [(f"{view.fmt_duration_ms(lo)}–{view.fmt_duration_ms(hi)}", c) for lo, hi, c in hist],
             width,
@@ -140,7 +149,7 @@ class KernelDetailScreen(ModalScreen[None]):
         )
         lines.append(Text(""))
         per_layer = view.detail_layers(detail)
-        lines.append(Text("Per layer (ms per decode step)", "bold"))
+        lines.append(Text(f"Per layer (ms per decode step){over}", "bold"))
         lines += _bars(per_layer, width, view.fmt_duration_ms)
         phases = [p for p in detail.get("phases") or [] if isinstance(p, Mapping)]
         if phases:

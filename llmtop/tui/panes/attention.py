@@ -38,20 +38,18 @@ class AttentionPane(_Pane):
         share = view.num(att.get("share_pct_last"))
         if share is not None:
             first = view.num(att.get("share_pct_first"))
-            chunks.append(self.lv("share of step", (f"{view.fmt_pct(first)} → " if first is not None else "")
-                                  + view.fmt_pct(share)))
+            value = (f"{view.fmt_pct(first)} → " if first is not None else "") + view.fmt_pct(share)
+            # the short label on a narrow pane, so the two shares stay on one line
+            chunks.append(self.lv("share of step" if len(value) + 14 <= w else "share", value))
         proj = att.get("projection")
         note = att.get("fit_note")
         if note and not ok:
             chunks.append(Text(str(note), self.cs("pane--dim")))
         elif isinstance(proj, Mapping) and view.num(proj.get("ctx")):
-            chunks.append(
-                self.lv(
-                    f"at {view.fmt_count(proj.get('ctx'))} tok",
-                    f"{view.fmt_pct(proj.get('pct_of_step'))} of a step "
-                    f"({view.fmt_duration_ms(proj.get('attention_ms'))})",
-                )
-            )
+            label = f"at {view.fmt_count(proj.get('ctx'))} tok"
+            pct, ms = view.fmt_pct(proj.get("pct_of_step")), view.fmt_duration_ms(proj.get("attention_ms"))
+            value = f"{pct} of a step ({ms})"
+            chunks.append(self.lv(label, value if len(label) + len(value) + 1 <= w else f"{pct} ({ms})"))
         if att.get("superlinear"):
             warn = self.cs("pane--warn")
             chunks.append(Text("⚠ superlinear growth", warn))
@@ -67,15 +65,18 @@ class AttentionPane(_Pane):
                 series.append(Series(fx, fy, fit_style, line=True))
             if room >= 4:  # the axis caption only when the plot keeps at least 3 rows
                 y_all = [y for s in series for y in s.ys if math.isfinite(y)]
-                lines.append(
-                    Text(
-                        f"ctx {view.fmt_count(x_lo)}–{view.fmt_count(x_hi)}  "
-                        f"ms {view.fmt_ms(min(y_all))}–{view.fmt_ms(max(y_all))}  (· points, ─ fit)",
-                        self.cs("pane--dim"),
-                        no_wrap=True,
-                    )
-                )
-                room -= 1
+                dim = self.cs("pane--dim")
+                ranges = [Text(f"ctx {view.fmt_count(x_lo)}–{view.fmt_count(x_hi)}", dim),
+                          Text(f"ms {view.fmt_ms(min(y_all))}–{view.fmt_ms(max(y_all))}", dim)]
+                caption = flow(ranges, w)
+                key = Text("(· points, ─ fit)" if slope is not None else "(· points)", dim)
+                legend = flow([*ranges, key], w)
+                if len(legend) == len(caption):  # the legend only where it costs the plot no row
+                    caption = legend
+                if room - len(caption) < 3:  # a narrow pane: the ranges, not the legend
+                    caption = caption[: max(1, room - 3)]
+                lines += caption
+                room -= len(caption)
             # Points first, then the fitted line on top: where they coincide the fit shows.
             lines += [Strip(r) for r in plot_segments(w, room, series)]
         return lines

@@ -32,19 +32,70 @@ def op_style(widget: Widget, op_class: str) -> Style:
 
 
 def flow(chunks: Sequence[Text], width: int, sep: str = "  ") -> list[Text]:
-    """Greedy word-wrap of whole chunks (a label+value never splits across lines)."""
+    """Greedy word-wrap of whole chunks (a label+value stays on one line when it fits the width; one
+    wider than the pane is wrapped at its spaces rather than cropped, so no number loses its unit)."""
     lines: list[Text] = []
     cur = Text(no_wrap=True, overflow="crop")
     for ch in chunks:
         if cur.cell_len and cur.cell_len + len(sep) + ch.cell_len > width:
             lines.append(cur)
             cur = Text(no_wrap=True, overflow="crop")
+        if ch.cell_len > width > 0:  # on lines of its own: its tail is not read as the next chunk's
+            lines += wrap_words(ch, width)
+            continue
         if cur.cell_len:
             cur.append(sep)
         cur.append_text(ch)
     if cur.cell_len:
         lines.append(cur)
     return lines
+
+
+_UNITS = frozenset(["ms", "µs", "ns", "s", "%", "tok", "tok/s", "ms/1k", "MiB", "GiB", "KiB", "B", "GB/s",
+                    "GFLOP/s", "x", "×"])
+
+
+def _breakable(plain: str, i: int) -> bool:
+    """May a line break at the space `plain[i]`? Not between a number and its unit ("12.0 ms")."""
+    if i <= 0 or not plain[i - 1].isdigit():
+        return True
+    word = plain[i + 1:].split(" ", 1)[0].rstrip("),;:")
+    return word not in _UNITS
+
+
+def wrap_words(t: Text, width: int) -> list[Text]:
+    """`t` wrapped at its spaces into lines of at most `width` cells (styles kept), never between a number
+    and its unit; a single word longer than the width stays whole on its own line (cropped there)."""
+    plain = t.plain
+    cuts: list[int] = []
+    start = 0
+    while len(plain) - start > width:
+        cut = next((i for i in range(min(start + width, len(plain) - 1), start, -1)
+                    if plain[i] == " " and _breakable(plain, i)), -1)
+        if cut <= start:  # one word fills the line: break after it
+            cut = next((i for i in range(start + width, len(plain))
+                        if plain[i] == " " and _breakable(plain, i)), -1)
+            if cut < 0:
+                break
+        cuts.append(cut)
+        start = cut + 1
+    if not cuts:
+        return [t]
+    out = []
+    for piece in t.divide(cuts):
+        piece = piece.copy()
+        piece.no_wrap, piece.overflow = True, "crop"
+        if piece.plain.startswith(" "):
+            piece = piece[1:]
+        out.append(piece)
+    return out
+
+
+def fit_title(variants: list[str], width: int) -> str:
+    """The first (longest) wording of a pane title that fits a border `width` cells wide, so the unit
+    and the scope survive a narrow terminal; the last one when none fits (Textual crops it)."""
+    room = width - 6  # the corners, a rule and a space on each side of the title
+    return next((v for v in variants if len(v) <= room), variants[-1]) if width > 0 else variants[0]
 
 
 def join_lines(lines: Iterable[Text]) -> Text:
@@ -113,6 +164,21 @@ class _Pane(_CachedStyles, Widget):
         self._strips_key: tuple[int, int] | None = None
         self._base = Style()
         self._op_styles: dict[str, Style] = {}
+        self._title_variants: list[str] = []
+
+    def set_title(self, variants: list[str]) -> None:
+        """The border title, worded to fit (`fit_title`), longest wording first; reworded on resize."""
+        self._title_variants = list(variants)
+        self._fit_title()
+
+    def _fit_title(self) -> None:
+        if self._title_variants:
+            want = fit_title(self._title_variants, self.outer_size.width)
+            if self.border_title != want:
+                self.border_title = want
+
+    def on_resize(self) -> None:
+        self._fit_title()
 
     def set_snapshot(self, snapshot: Any) -> None:
         """Show a new snapshot, repainting only the lines whose content changed.

@@ -21,9 +21,10 @@ def model_label(src: Any) -> str:
     return ", ".join(m.rsplit("/", 1)[-1] for m in model.split(", ")) if "/" in model else model
 
 
-def attribution_text(att: Any) -> str:
+def attribution_text(att: Any, *, short: bool = False) -> str:
     """Per decode step: its wall = timed kernels + host/other (the report's `attribution.decode`), and
-    on a CUDA run sampled under CUPTI the GPU's busy / idle split; "" without decode steps."""
+    on a CUDA run sampled under CUPTI the GPU's busy / idle split; "" without decode steps. `short`: the
+    same numbers in fewer words (a narrow terminal), host share first among what is dropped last."""
     dec = att.get("decode") if hasattr(att, "get") else None
     if not isinstance(dec, dict) or not dec.get("steps"):
         return ""
@@ -31,11 +32,15 @@ def attribution_text(att: Any) -> str:
                                                         "host_ms_per_step"))
     if wall is None or kern is None or host is None:
         return f"{view.fmt_ms(wall)} ms (untimed)" if wall is not None else ""
-    out = (f"{view.fmt_ms(wall)} ms = kernels {view.fmt_ms(kern)} + host {view.fmt_ms(host)} "
-           f"({view.fmt_pct(dec.get('host_pct'))})")
+    if short:
+        out = f"{view.fmt_ms(wall)} ms, host {view.fmt_pct(dec.get('host_pct'))}"
+    else:
+        out = (f"{view.fmt_ms(wall)} ms = kernels {view.fmt_ms(kern)} + host {view.fmt_ms(host)} "
+               f"({view.fmt_pct(dec.get('host_pct'))})")
     gpu = dec.get("gpu")
     if isinstance(gpu, dict):
-        out += (f", GPU busy {view.fmt_pct(gpu.get('busy_pct'))} idle {view.fmt_pct(gpu.get('idle_pct'))}"
+        out += (f", GPU busy {view.fmt_pct(gpu.get('busy_pct'))}" + ("" if short else
+                f" idle {view.fmt_pct(gpu.get('idle_pct'))}")
                 + (" LAUNCH-BOUND" if gpu.get("launch_bound") else ""))
     return out
 
@@ -48,7 +53,17 @@ class HeaderBar(_TextBar):
         "header--paused",
     }
 
+    _last: tuple[Any, ProviderStatus, str, bool] | None = None
+
+    def on_resize(self) -> None:
+        # What fits depends on the width (items are shortened or left out, not cut): a new width
+        # rewords the last numbers even when no new snapshot is coming (a finished import).
+        if self._last is not None:
+            snapshot, status, mode, paused = self._last
+            self.show(snapshot, status, mode=mode, paused=paused)
+
     def show(self, snapshot: Any, status: ProviderStatus, *, mode: str, paused: bool) -> None:
+        self._last = (snapshot, status, mode, paused)
         src = view.section(snapshot, "source")
         tok = view.section(snapshot, "tokens")
         dropped = view.section(snapshot, "dropped")
@@ -77,36 +92,40 @@ class HeaderBar(_TextBar):
         behind = str(status.get("behind") or "") or (f"{behind_names} cannot keep up" if behind_names else "")
         if behind:
             line2.append("⚠ " + (behind if "behind" in behind else f"falling behind: {behind}") + "  ", warn)
-        items: list[tuple[str, str, bool]] = []
+        # (label, value, warn, a shorter value or None): an item that does not fit whole is said shorter
+        # or left out, never cut through a number; only the prompt (words, last) may end in "…"
+        items: list[tuple[str, str, bool, str | None]] = []
         # `step`: decode steps since the start (not the window's count, which shrinks as steps age out)
         step = view.num(tok.get("step_index"))
         if step is None:
             step = view.token_step(tok)
         if step is not None:
-            items.append(("step", view.fmt_count(step), False))
-        split = attribution_text(view.section(snapshot, "attribution"))
+            items.append(("step", view.fmt_count(step), False, None))
+        att = view.section(snapshot, "attribution")
+        split = attribution_text(att)
         if split:
-            items.append(("decode step", split, False))
+            items.append(("decode step", split, False, attribution_text(att, short=True)))
         window = view.report(snapshot).get("window_s")
         items.append(
-            ("stats", f"last {view.fmt_rate(window)} s" if mode == "window" and window else mode, False)
+            ("stats", f"last {view.fmt_rate(window)} s" if mode == "window" and window else mode, False, None)
         )
         total_dropped = view.num(dropped.get("total")) or 0
-        items.append(("dropped", view.fmt_count(total_dropped), total_dropped > 0))
+        items.append(("dropped", view.fmt_count(total_dropped), total_dropped > 0, None))
         if cost is None:
             cost = view.num(status.get("collector_cost_pct"))
         if cost is not None:
-            items.append(("collectors", f"{cost:.1f}% CPU", False))
+            items.append(("collectors", f"{cost:.1f}% CPU", False, None))
         if status.get("speed") is not None and status.get("kind") == "replay":
-            items.append(("speed", f"{status['speed']:g}×", False))
-            if status.get("progress") is not None:
-                items.append(("at", view.fmt_pct(100 * float(status["progress"])), False))
-            elif status.get("position_s") is not None:
-                items.append(("at", f"{float(status['position_s']):.1f} s", False))
+            items.append(("speed", f"{status['speed']:g}×", False, None))  # its position: in the footer
+        room = self.size.width - 2 if self.size.width else 1 << 30  # the bar's padding
+        for k, v, is_warn, short in items:
+            for value in (v, short):
+                if value is not None and line2.cell_len + len(k) + 1 + len(value) <= room:
+                    line2.append(k + " ", label)
+                    line2.append(value, warn if is_warn else "")
+                    line2.append("  ")
+                    break
         if status.get("prompt"):
-            items.append(("prompt", str(status["prompt"]), False))
-        for k, v, is_warn in items:
-            line2.append(k + " ", label)
-            line2.append(v, warn if is_warn else "")
-            line2.append("  ")
+            line2.append("prompt ", label)
+            line2.append(str(status["prompt"]))
         self.show_text(join_lines([line1, line2]))

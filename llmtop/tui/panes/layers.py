@@ -35,26 +35,22 @@ class LayerPane(_Pane):
         legend = flow([Text("■ " + c, self.op(c)) for c in present], w, sep=" ")
         peak_i = max(range(len(layers)), key=lambda i: totals[i])
         outliers = [str(r.get("layer")) for r in layers if r.get("outlier")]
-        summary = Text(no_wrap=True, overflow="crop")
-        summary.append_text(
-            self.lv("peak", f"L{layers[peak_i].get('layer')} {view.fmt_duration_ms(totals[peak_i])}")
-        )
-        summary.append("  ")
-        summary.append_text(self.lv("median", view.fmt_duration_ms(statistics.median(totals))))
+        peak = f"L{layers[peak_i].get('layer')} {view.fmt_duration_ms(totals[peak_i])}"
+        median = view.fmt_duration_ms(statistics.median(totals))
+        chunks = [self.lv("peak", peak), self.lv("median", median)]
+        if sum(c.cell_len for c in chunks) + 2 > w:  # a narrow pane: the short label, not a cut number
+            chunks[1] = self.lv("med", median)
         if outliers:
-            summary.append("  ")
-            summary.append(
-                "⚠ outlier " + ",".join("L" + o for o in outliers),
-                self.cs("pane--warn"),
-            )
+            chunks.append(Text("⚠ outlier " + ",".join("L" + o for o in outliers), self.cs("pane--warn")))
+        summary_lines = flow(chunks, w)
         # Priority when space is short: bars, then the summary line, then the legend.
-        bar_h = h - 2  # summary + layer-number axis
+        bar_h = h - len(summary_lines) - 1  # summary + layer-number axis
         if bar_h < 1:
-            return [summary]
+            return list(summary_lines[:h])
         if bar_h - len(legend) < 3:
             legend = legend[: max(0, bar_h - 3)]
         bar_h -= len(legend)
-        return [summary, *self._bars(layers, totals, w, bar_h), *legend]
+        return [*summary_lines, *self._bars(layers, totals, w, bar_h), *legend]
 
     def _bars(self, layers: Sequence[Mapping[str, Any]], totals: list[float], w: int, h: int) -> list[Line]:
         n = len(layers)

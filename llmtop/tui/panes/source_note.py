@@ -1,7 +1,10 @@
-"""One line in place of the kernel, layer and attention panes when the source cannot fill them.
+"""A note above the kernel table: what the source cannot fill, or what it is doing before its first event.
 
 A server's Prometheus /metrics carries request-level numbers only; rather than three empty panes the
 screen says what is missing and how to get it (the op-level sources: `llmtop run -- …`, or the agent).
+Before the first event (a user's script importing torch and loading its model under `llmtop run`, an
+agent not yet connected) the same place says how long the wait has lasted and what the source is doing,
+so the empty panes below it are not mistaken for a hang.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ def note_text(missing: Sequence[str]) -> str:
     return f"/metrics has no {what}: {HOW}"
 
 
+def waiting_text(seconds: float, activity: str) -> str:
+    """The waiting note's two lines: how long, then what the source says it is doing."""
+    what = activity or "the source has not said what it is doing"
+    return f"waiting for the first events · {seconds:.0f} s\n{what}"
+
+
 class SourceNote(_TextBar):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"note--label"}
 
@@ -31,4 +40,11 @@ class SourceNote(_TextBar):
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("ⓘ ", self.cs("note--label"))
         t.append(note_text(missing))
+        self.show_text(t)
+
+    def show_waiting(self, seconds: float, activity: str) -> None:
+        first, _, second = waiting_text(seconds, activity).partition("\n")
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append("⏳ ", self.cs("note--label"))
+        t.append(first + "\n" + second)
         self.show_text(t)

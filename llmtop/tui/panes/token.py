@@ -60,7 +60,7 @@ class TokenPane(_Pane):
         narrow = w < 34
         chunks = [
             self.lv("decode", f"{view.fmt_rate(tok.get('decode_tok_s'))} tok/s"),
-            self.lv("prefill", f"{view.fmt_rate(tok.get('prefill_tok_s'))}" + ("" if narrow else " tok/s")),
+            self.lv("prefill", f"{view.fmt_rate(tok.get('prefill_tok_s'))} tok/s"),
             self.lv("TTFT", view.fmt_duration_ms(tok.get("ttft_ms"))),
             self.lv(
                 "TPOT" if narrow else "TPOT p50/p95",
