@@ -667,3 +667,16 @@ def test_attention_projection_when_the_fit_is_good() -> None:
     att = feed(agg, loop_batches(names, ks, ss, 4)).snapshot("cumulative").report["attention"]
     assert att["fit_ok"] is True and att["fit_note"] is None
     assert att["projection"]["pct_of_step"] is not None
+
+
+def test_no_curvature_is_claimed_over_a_narrow_context_range() -> None:
+    """Strongly quadratic attention over 150 tokens of context: the quadratic term is fitted (and
+    reported), but `superlinear` needs the range the linear fit needs (FIT_RULE), as the pane shows it."""
+    names, ks, ss = decode_loop(
+        10, n_layers=2, gens=1, prompt=24, new=150, attn=(2e4, 5.0, 2.0), slow_layer=None
+    )
+    agg = feed(Aggregator(WINDOW_S), loop_batches(names, ks, ss, 3))
+    att = agg.snapshot("cumulative").report["attention"]
+    assert att["ctx_max"] - att["ctx_min"] < 256 and not att["fit_ok"]
+    assert att["quadratic"] is not None and att["quadratic"]["c_us_per_1k2"] > 0
+    assert att["superlinear"] is False

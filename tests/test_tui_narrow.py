@@ -77,3 +77,23 @@ async def test_80x24_titles_keep_unit_and_scope_and_no_line_is_cropped(generatio
             assert not m.group(0).endswith("…"), line2
         if "decode step" in line2:
             assert NUMBER_THEN_UNIT.search(line2.split("decode step", 1)[1]), line2
+
+
+def test_the_layer_axis_never_runs_labels_together() -> None:
+    """Flagged layers are placed first and every label keeps a blank cell before the next (the live run
+    showed "▲1215" for a flagged L12 beside a plain 15)."""
+    from rich.style import Style
+
+    from llmtop.tui.panes.layers import _axis
+
+    for flagged in ({12}, {0, 12, 13}, {2, 3, 9}, set(range(0, 30, 2))):
+        cols = [(str(i), None, i in flagged) for i in range(30)]
+        text = _axis(cols, 1, 30, Style(), Style()).plain
+        tokens = text.split()
+        for tok in tokens:  # each token is one label: "▲N" or a number (last two digits), never two
+            assert re.fullmatch(r"▲\d{1,2}|\d{1,2}", tok), (flagged, text)
+        for tok in tokens:
+            if tok.startswith("▲"):
+                assert int(tok[1:]) in flagged
+                assert text.index(tok) == int(tok[1:])  # under its own column
+        assert any(t == f"▲{min(flagged)}" for t in tokens)  # the first flagged layer always shows

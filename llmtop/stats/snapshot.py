@@ -485,8 +485,11 @@ def _attention(fz: Frozen) -> tuple[dict[str, Any], tuple[Any, Any, Any, Any]]:
             "t_stat": finite(quad.t_c),
         }
         fitted = quad.a + quad.b * xmax + quad.c * xmax * xmax
+        # Curvature is claimed only where the context range could carry a line at all (the same steps,
+        # span and buckets as the fit): over a narrow range a quadratic term is fitted noise.
+        enough = n >= FIT_MIN_STEPS and span >= FIT_MIN_SPAN and occ.sum() >= FIT_MIN_POINTS
         out["superlinear"] = bool(
-            quad.c > 0 and quad.t_c is not None and quad.t_c >= SUPERLINEAR_T
+            enough and quad.c > 0 and quad.t_c is not None and quad.t_c >= SUPERLINEAR_T
             and fitted > 0 and quad.c * xmax * xmax >= SUPERLINEAR_SHARE * fitted
         )
     max_ctx = int(fz.source.get("max_context") or 0)

@@ -89,27 +89,40 @@ class LayerPane(_Pane):
                 if gap:
                     _put(rows[row], gap_s, blank)
         grid: list[Line] = [Strip([Segment(t, st) for t, st in r]) for r in rows]
-        axis = Text(no_wrap=True, overflow="crop")
-        warn = self.cs("pane--warn")
-        dim = self.cs("pane--dim")
-        pos = 0
-        width = bar_w + gap
-        for i, (label, _split, out) in enumerate(cols):
-            x = i * width
-            if out:
-                if x >= pos:
-                    axis.append(" " * (x - pos))
-                    axis.append("▲" + label, warn)
-                    pos = x + 1 + len(label)
-            elif i % max(1, math.ceil(3 / width)) == 0 and x >= pos:
-                txt = label if i == 0 or len(label) < 3 else label[-2:]
-                if x + len(txt) <= w:
-                    axis.append(" " * (x - pos))
-                    axis.append(txt, dim)
-                    pos = x + len(txt) + 1
-                    axis.append(" ")
-        grid.append(axis)
+        grid.append(_axis(cols, bar_w + gap, w, self.cs("pane--warn"), self.cs("pane--dim")))
         return grid
+
+
+def _axis(cols: Sequence[tuple[str, Any, bool]], width: int, w: int, warn: Style, dim: Style) -> Text:
+    """The layer-number axis under the bars: every flagged layer as "▲N" first (they must show), then
+    plain numbers every few columns where they fit; every label keeps a blank cell before the next, so
+    neighbours never run together ("▲1215")."""
+    taken = [False] * (w + 1)
+    placed: list[tuple[int, str, Style]] = []
+
+    def put(x: int, txt: str, style: Style) -> bool:
+        end = x + len(txt)
+        if end > w or any(taken[max(0, x - 1):end + 1]):
+            return False
+        for i in range(x, end):
+            taken[i] = True
+        placed.append((x, txt, style))
+        return True
+
+    for i, (label, _split, out) in enumerate(cols):
+        if out:
+            put(i * width, "▲" + label, warn)
+    every = max(1, math.ceil(3 / width))
+    for i, (label, _split, out) in enumerate(cols):
+        if not out and i % every == 0:
+            put(i * width, label if i == 0 or len(label) < 3 else label[-2:], dim)
+    axis = Text(no_wrap=True, overflow="crop")
+    pos = 0
+    for x, txt, style in sorted(placed, key=lambda p: p[0]):
+        axis.append(" " * (x - pos))
+        axis.append(txt, style)
+        pos = x + len(txt)
+    return axis
 
 
 def _put(runs: list[tuple[str, Style]], text: str, style: Style) -> None:
