@@ -357,14 +357,14 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
             notes: list[str] = []
 
             def build(say: Callable[[str], None]) -> Any:
-                say(f"starting the engine worker: {args.model} model on the {args.backend} backend, reading "
-                    "and dequantizing the weights")
+                say("starting the engine worker (Python, torch)")
+
                 def on_note(text: str) -> None:
                     notes.append(text)  # printed once the loading screen is gone
                     say(text)
 
-                pipe = child_pipeline(spec, agg, record=args.record, on_note=on_note)
-                say("engine ready: starting the TUI")
+                pipe = child_pipeline(spec, agg, record=args.record, on_note=on_note, on_stage=say)
+                say("engine ready: starting the TUI (the first prefill follows)")
                 return pipe
 
             p = run_loading(build, "llmtop · loading")

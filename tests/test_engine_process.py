@@ -54,9 +54,14 @@ def test_worker_run_reaches_the_aggregator_and_the_recording(tmp_path: Path) -> 
 
     rec = tmp_path / "child.llmtop"
     agg = Aggregator(window_s=3600)
-    p = child_pipeline(_spec(ignore_eos=True), agg, record=str(rec), gpu=False)
+    stages: list[str] = []
+    p = child_pipeline(_spec(ignore_eos=True), agg, record=str(rec), gpu=False, on_stage=stages.append)
     producer = p.collectors[0]
     assert isinstance(producer, EngineProcessCollector) and p.source is not None
+    # the loading screen's stages came over the pipe while the worker built, in order, and are not notes
+    assert stages == ["starting the cpu backend", "reading the default model and dequantizing its weights",
+                      "placing 30 layers on the cpu backend"], stages
+    assert not producer.notes
     assert p.source.backend == "cpu" and p.source.n_layers == 30
     # the process gauges follow the worker, where the decode loop's CPU and memory are
     assert p.collectors[1].proc.pid == producer.pid != os.getpid()

@@ -45,10 +45,12 @@ class EngineProcessCollector(Collector):
     name = "engine"
 
     def __init__(self, spec: EngineSpec, *, on_note: Callable[[str], None] | None = None,
+                 on_stage: Callable[[str], None] | None = None,
                  python: str | None = None, stop_timeout: float = 10.0) -> None:
         super().__init__()
         self.spec = spec
         self.on_note = on_note
+        self.on_stage = on_stage  # start-up stages the worker reports while it builds (the loading screen)
         self.python = python or sys.executable
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -157,7 +159,12 @@ class EngineProcessCollector(Collector):
         elif ftype == codec.SOURCE:
             self.source = SourceInfo.from_dict(codec.decode_json(payload))
         elif ftype == codec.NOTE:
-            text = str(codec.decode_json(payload).get("text", ""))
+            note = codec.decode_json(payload)
+            text = str(note.get("text", ""))
+            if note.get("stage"):  # a start-up stage, not a note for the user to keep
+                if self.on_stage is not None:
+                    self.on_stage(text)
+                return True
             self.notes.append(text)
             if self.on_note is not None:
                 self.on_note(text)

@@ -79,15 +79,21 @@ class EngineSpec:
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
 
 
-def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) -> Any:
-    """Ops + model + Engine for a spec (the backend is checked before the slow model load)."""
+def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None,
+                 stage: Callable[[str], None] | None = None) -> Any:
+    """Ops + model + Engine for a spec (the backend is checked before the slow model load). `stage(text)`
+    is told as each slow part begins (the loading screen shows them with their times)."""
     from llmtop.kernels.factory import make_ops
     from llmtop.model.engine import Engine
     from llmtop.model.loader import load_model
 
+    say = stage or (lambda text: None)
+    say(f"starting the {spec.backend} backend"
+        + (" (cuda if torch sees a GPU, else cpu)" if spec.backend == "auto" else ""))
     ops = make_ops(spec.backend, spec.dtype, threads=spec.threads, timing=spec.timing, adapter=spec.adapter,
                    gpu_sample_s=spec.gpu_sample_s)
     try:
+        say(f"reading the {spec.model} model and dequantizing its weights")
         loaded = load_model(spec.model, seed=spec.seed or 0)
         if loaded.random_weights and note is not None:
             note(f"{loaded.source} has random weights; the generated text is meaningless")
@@ -95,6 +101,7 @@ def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) ->
             from llmtop.kernels.peaks import parse_peak
 
             ops.set_peak(parse_peak(spec.peak, ops.dtype_name))
+        say(f"placing {loaded.config.n_layers} layers on the {ops.backend} backend")
         engine = Engine(loaded, ops, max_batch=spec.batch)
     except BaseException:
         ops.close()
@@ -103,6 +110,7 @@ def build_engine(spec: EngineSpec, note: Callable[[str], None] | None = None) ->
     if spec.ignore_eos:
         engine.eos_ids = frozenset()
     if spec.warmup > 0:
+        say(f"warm-up: {spec.warmup} untimed round{'s' if spec.warmup > 1 else ''}")
         warm_up(engine, spec)
     return engine
 
@@ -193,7 +201,8 @@ def main() -> int:
     os.dup2(2, 1)
     try:
         spec = EngineSpec.from_json(sys.stdin.buffer.readline())
-        engine = build_engine(spec, note=lambda text: sink.json(codec.NOTE, {"text": text}))
+        engine = build_engine(spec, note=lambda text: sink.json(codec.NOTE, {"text": text}),
+                              stage=lambda text: sink.json(codec.NOTE, {"text": text, "stage": True}))
         collector = EngineCollector(
             engine, prompts=spec.prompts or None, batch=spec.batch, max_new_tokens=spec.max_new_tokens,
             sampling=spec.sampling(), chat=spec.chat, loop=spec.loop, on_round=sink.round_done,

@@ -369,14 +369,16 @@ def live_pipeline(engine: DecodeEngine, aggregator: Sink, *, prompts: list[str] 
 
 
 def child_pipeline(spec: EngineSpec, aggregator: Sink, *, record: str | None = None, process: bool = True,
-                   gpu: bool = True, on_note: Callable[[str], None] | None = None) -> Pipeline:
+                   gpu: bool = True, on_note: Callable[[str], None] | None = None,
+                   on_stage: Callable[[str], None] | None = None) -> Pipeline:
     """The live setup with the engine in a worker process (EngineSpec); blocks until the model is loaded.
 
     The process gauges follow the worker, since that is where the decode loop's CPU and memory go.
+    `on_stage`: each start-up stage the worker reports (backend, model read, warm-up).
     """
     from llmtop.collectors.engine_process import EngineProcessCollector
 
-    producer = EngineProcessCollector(spec, on_note=on_note)
+    producer = EngineProcessCollector(spec, on_note=on_note, on_stage=on_stage)
     source = producer.launch()
     try:
         return _live_setup(producer, source, aggregator, record=record, process=process, pid=producer.pid,
