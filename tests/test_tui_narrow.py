@@ -97,3 +97,26 @@ def test_the_layer_axis_never_runs_labels_together() -> None:
                 assert int(tok[1:]) in flagged
                 assert text.index(tok) == int(tok[1:])  # under its own column
         assert any(t == f"▲{min(flagged)}" for t in tokens)  # the first flagged layer always shows
+
+
+async def test_the_kernel_detail_at_80x24_wraps_no_line() -> None:
+    """Every line of the kernel detail fits its box at 80x24 (the bars, the by-phase lines), so none wraps
+    into the next; on the first rows of the MI300X trace."""
+    from llmtop.tui.screens import KernelDetailScreen
+
+    app = LlmtopApp(trace_provider())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for _ in range(3):
+            await pilot.press("enter")
+            await pilot.pause()
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, KernelDetailScreen)
+            body = screen.query_one("#detail-body")
+            lines = body.content.plain.split("\n")
+            assert "By phase" in lines
+            assert max(len(ln) for ln in lines) <= body.size.width, [ln for ln in lines
+                                                                     if len(ln) > body.size.width]
+            await pilot.press("escape")
+            await pilot.press("down")

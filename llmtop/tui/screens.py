@@ -155,15 +155,20 @@ class KernelDetailScreen(ModalScreen[None]):
         if phases:
             lines.append(Text(""))
             lines.append(Text("By phase", "bold"))
+            # the body's width once laid out, else the box's (95 %, at most 120) less border and padding;
+            # less the scrollbar either way (the body is laid out before its scrollbar appears)
+            laid_out = self.query_one("#detail-body").size.width
+            room = (laid_out or min(int(self.size.width * 0.95), 120) - 4) - 2
             for p in phases:
-                lines.append(
-                    Text(
-                        f"  {p.get('phase', ''):<8} {view.fmt_count(p.get('count')):>9} calls  "
-                        f"total {view.fmt_duration_ms(p.get('total_ms'))}  "
-                        f"mean {view.fmt_duration_ms(p.get('mean_ms'))}  "
-                        f"per step {view.fmt_duration_ms(p.get('ms_per_step'))}"
-                    )
-                )
+                total = view.fmt_duration_ms(p.get("total_ms"))
+                mean = view.fmt_duration_ms(p.get("mean_ms"))
+                step = view.fmt_duration_ms(p.get("ms_per_step"))
+                count = view.fmt_count(p.get("count"))
+                phase = p.get("phase", "")
+                line = f"  {phase:<8} {count:>9} calls  total {total}  mean {mean}  per step {step}"
+                if len(line) > room:  # a narrow terminal: the same numbers in fewer cells, not wrapped
+                    line = f"  {phase} {count} calls · {total} · mean {mean} · {step}/step"
+                lines.append(Text(line))
         return join_lines(lines)
 
 
