@@ -122,3 +122,27 @@ def test_a_quick_build_draws_no_loading_screen(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(loading.LoadingApp, "run", no_screen)
     assert loading.run_loading(lambda say: (say("reading"), 7)[1], "t", show_after_s=5.0) == 7
+
+
+def test_an_agent_link_says_what_it_is_waiting_for() -> None:
+    """The waiting note's words for `attach llmtop://…`: connecting, then the refusal and that it retries."""
+    import socket
+
+    from llmtop.attach.agent_client import AgentCollector
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = AgentCollector(f"llmtop://127.0.0.1:{port}", backoff=(0.05, 0.2))
+    assert c.activity() == f"connecting to the agent at 127.0.0.1:{port}"
+    p = Pipeline(Aggregator())
+    p.add(c)
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "retrying" not in c.activity():
+            time.sleep(0.05)
+        assert c.activity().startswith(f"127.0.0.1:{port}: ") and "is the agent started?" in c.activity()
+        assert "retrying" in p.status().activity
+    finally:
+        p.stop()

@@ -126,6 +126,19 @@ class AgentCollector(Collector):
                 break
             delay = min(delay * 2, self.backoff[1])
 
+    def activity(self) -> str:
+        """What the link is doing until the first step arrives (the TUI's waiting note); "" after."""
+        if self.steps_seen:
+            return ""
+        where = f"{self.host}:{self.port}"
+        if self.link == CONNECTED:
+            return f"connected to the agent at {where}: waiting for its model's first forward"
+        if self.link in (DISCONNECTED, REFUSED) and self.link_error:
+            tail = "" if self.link == REFUSED else (
+                "; retrying" if self.connects else "; retrying (is the agent started? llmtop.agent.start())")
+            return f"{where}: {self.link_error}{tail}"
+        return f"connecting to the agent at {where}"
+
     def _lost(self) -> None:
         if not self.stopping:  # stop() closing the socket is no outage
             self.links.down()

@@ -163,6 +163,9 @@ class RunWatcher(Collector):
             return f"{cmd} exited ({self.exit_code})"
         n = len(self.agents)
         text = f"{cmd} (pid {self.run_.pid}, " + (f"{n} instrumented)" if n else "no model hooked yet)")
+        link = next((a for c in list(self.agents.values()) if (a := c.activity())), "")
+        if link:  # a hooked model that has not run yet: what its agent link says
+            text += f" · {link}"
         if not n and self.run_.log_path is not None:
             # Until a model is hooked, the command's own output is the best account of what it is doing
             # (imports, "Loading checkpoint shards: 50%", vLLM's start-up stages): its last line.
