@@ -81,3 +81,67 @@ def test_unreachable_target_reports_disconnected() -> None:
         assert line is not None and line.count("disconnected") == 2 and "retrying" in line
     finally:
         p.stop()
+
+
+def test_drilling_into_one_of_two_agents_shows_its_events_alone() -> None:
+    """`attach A B`, `enter` on A's row in the Servers pane: every pane shows A's events only (its own
+    fold, AgentCollector.own), the kernel title says so, and `escape` brings back both merged."""
+    import asyncio
+
+    from llmtop.cli import attach_parser, build_attach_session
+    from llmtop.tui.panes import KernelTable, LayerPane, ServersPane
+
+    e1 = SyntheticEngine(n_layers=2, step_time_s=0.005)
+    e2 = SyntheticEngine(n_layers=5, step_time_s=0.005)
+    a1, a2 = agent_mod.start("127.0.0.1:0", engine=e1), agent_mod.start("127.0.0.1:0", engine=e2)
+    stop = threading.Event()
+    threads = [_run(e1, stop), _run(e2, stop)]
+    sess = build_attach_session(attach_parser().parse_args(
+        [f"llmtop://{a1.address}", f"llmtop://{a2.address}", "--interval", "0.2", "--window", "3600"]))
+    app, p = sess.app, sess.pipeline
+    c1 = next(c for c in p.collectors if getattr(c, "url", "") == f"llmtop://{a1.address}")
+
+    def layers() -> set[int]:
+        return {int(r["layer"]) for r in app.snapshot.report["layers"]}
+
+    async def main() -> None:
+        async with app.run_test(size=(140, 44)) as pilot:
+            end = time.monotonic() + 20
+            while time.monotonic() < end and not (app.snapshot is not None and layers() == set(range(5))
+                                                  and c1.steps_seen > 3):
+                await pilot.pause(0.1)
+            assert layers() == set(range(5))  # merged: the larger model's five layers
+            pane = app.query_one(ServersPane)
+            pane.focus()
+            pane.cursor_label = c1.label
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            app.refresh_now()
+            assert app.server_focus == c1.label
+            assert layers() == {0, 1}  # the two-layer engine alone
+            assert f"{c1.label} alone" in str(app.query_one(KernelTable).border_title)
+            axis = [ln for ln in app.query_one(LayerPane).text().splitlines() if ln.startswith("0 ")]
+            assert axis and axis[0].split() == ["0", "1"]  # the pane draws two layers
+            stop.set()
+            for t in threads:
+                t.join(5)
+            await pilot.pause(1.0)  # what was sent arrives
+            app.refresh_now()
+            own = app.snapshot.report
+            # exactly the first agent's events and steps, every one it delivered
+            steps = own["tokens"]["prefills"] + own["tokens"]["decode_steps"]
+            assert own["events"] + steps == c1.emitted_events and steps > 0
+            await pilot.press("escape")
+            await pilot.pause(0.3)
+            app.refresh_now()
+            assert app.server_focus is None and layers() == set(range(5))
+            assert app.snapshot.report["events"] > own["events"]
+
+    p.start()
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        p.stop()
+        a1.close()
+        a2.close()

@@ -77,8 +77,11 @@ class AttachFleet:
     answer, and adds or removes the targets a `--targets` file lists (command-line URLs always stay)."""
 
     def __init__(self, pipeline: Pipeline, *, token: str | None, interval: float,
-                 backoff: tuple[float, float] | None) -> None:
+                 backoff: tuple[float, float] | None, own_window_s: float | None = None) -> None:
         self.pipeline = pipeline
+        # With several targets each agent also folds its own events (`AgentCollector.own`) over this
+        # window, so a drill-in shows that target alone on every pane; None: one target, no second fold.
+        self.own_window_s = own_window_s
         self.token = token
         self.interval = interval
         self.backoff = backoff
@@ -94,6 +97,10 @@ class AttachFleet:
         kw: dict[str, Any] = {"backoff": self.backoff} if self.backoff is not None else {}
         if agent_url(u):
             c: Any = AgentCollector(u, self.token, stream=self.stream, **kw)
+            if self.own_window_s is not None:
+                from llmtop.stats.aggregator import Aggregator
+
+                c.own = Aggregator(window_s=self.own_window_s)
         elif u.startswith(("http://", "https://")):
             c = PrometheusCollector(u, interval=self.interval, **kw)
         else:
@@ -200,7 +207,9 @@ def build_attach_pipeline(
     if not urls and targets_file is None:
         raise LlmtopError("attach needs at least one URL")
     p = pipeline or Pipeline(aggregator)
-    fleet = AttachFleet(p, token=token, interval=interval, backoff=backoff)
+    many = len(urls) + len(file_urls) > 1 or targets_file is not None
+    fleet = AttachFleet(p, token=token, interval=interval, backoff=backoff,
+                        own_window_s=float(getattr(aggregator, "window_s", 10.0)) if many else None)
     for url in urls:
         fleet.add_fixed(url)
     every = list(urls)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,9 @@ class AgentCollector(Collector):
         self.rate_window_s = rate_window_s
         self.link = CONNECTING
         self.link_error: str | None = None
+        # This target's events alone, folded as they arrive (set by AttachFleet when several targets are
+        # attached): the Servers pane's drill-in shows them on every pane. An Aggregator.
+        self.own: Any = None
         self.links = LinkLog()  # first answer and outages, for the --once report
         self.source: SourceInfo | None = None
         self.connects = 0
@@ -231,6 +235,8 @@ class AgentCollector(Collector):
     def _set_source(self, src: SourceInfo) -> None:
         extra = {**src.extra, "url": self.url, "remote_kind": src.kind, "link": CONNECTED}
         self.source = dataclasses.replace(src, kind="attach", extra=extra)
+        if self.own is not None:
+            self.own.set_source(self.source)
         if self.on_source is not None:
             self.on_source(self.source)
 
@@ -253,6 +259,7 @@ class AgentCollector(Collector):
             while self._recent and now - self._recent[0][0] > self.rate_window_s:
                 self._recent.popleft()
         assert self._queue is not None
+        own_base, own_new = 0, []
         with self.stream.lock:
             new = self.stream.names.since(self.stream.sent)
             out = EventBatch(k, s, self.stream.sent, list(new))
@@ -263,6 +270,13 @@ class AgentCollector(Collector):
                 self.dropped_events += len(out)
                 if new:  # names must reach the aggregator even when the events cannot
                     self._queue.put_force(EventBatch(names_base=out.names_base, new_names=out.new_names))
+            if self.own is not None:  # its own table catches up with every name interned so far
+                own_base = len(self.own.names)
+                own_new = list(self.stream.names.names[own_base:])
+        if self.own is not None:
+            # The same arrays (nothing folds them in place), with this target's name table caught up: a
+            # name another target interned first reaches this aggregator here.
+            self.own.ingest(EventBatch(k, s, own_base, own_new))
 
 
 class _Refused(Exception):

@@ -406,6 +406,7 @@ class LlmtopApp(App[None]):
         set_focus = getattr(self.provider, "set_server_focus", None)
         if set_focus is not None:
             set_focus(label)
+        self._set_kernel_title()
         self.refresh_now()
 
     def _show_kernels(self) -> None:
@@ -463,6 +464,9 @@ class LlmtopApp(App[None]):
         ]
         if self.filter_text:
             parts.append(f"filter “{self.filter_text}”")
+        alone = getattr(self.provider, "target_alone", None)
+        if self.server_focus is not None and alone is not None and alone():
+            parts.append(f"{self.server_focus} alone")  # every pane shows this target's events only
         title = " · ".join(parts)
         if self.table.border_title != title:
             self.table.border_title = title

@@ -238,7 +238,22 @@ class PipelineProvider:
             out["servers_rate"] = _hist(store, pick["source"], "gen_tok_s", now - int(RATE_PLOT_S * 1e9))
 
     def snapshot(self, mode: str, group: str, sort: str, filter: str) -> Snapshot:
+        own = self._focused_own()
+        if own is not None:  # drilled into one of several agents: its events alone
+            return own.snapshot(mode=mode, group=group, sort=sort, filter=filter)
         return self.pipeline.snapshot(mode=mode, group=group, sort=sort, filter=filter)
+
+    def target_alone(self) -> bool:
+        """True while the panes show one attach target's own events (a drill-in into an agent row)."""
+        return self._focused_own() is not None
+
+    def _focused_own(self) -> Any:
+        """The drilled-into attach target's own aggregator (`AgentCollector.own`), if it keeps one."""
+        if self.server_focus is None:
+            return None
+        return next((own for c in list(self.pipeline.collectors)
+                     if getattr(c, "label", None) == self.server_focus
+                     and (own := getattr(c, "own", None)) is not None), None)
 
     def counters(self) -> Counters:
         latest = self.pipeline.counters.latest()
@@ -311,6 +326,10 @@ class PipelineProvider:
 
     def reset(self) -> None:
         self.pipeline.reset()
+        for c in list(self.pipeline.collectors):  # each attach target's own statistics too
+            own = getattr(c, "own", None)
+            if own is not None:
+                own.reset()
 
     def set_speed(self, speed: float) -> float:
         if self.control is None:
