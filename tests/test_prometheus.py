@@ -15,7 +15,14 @@ from typing import ClassVar
 import pytest
 from fixture_paths import PROMETHEUS_DIR as FIX
 
-from llmtop.attach.metrics import MAX_METRICS_BYTES, derive, detect_flavor, parse_metrics, parse_slots
+from llmtop.attach.metrics import (
+    MAX_METRICS_BYTES,
+    capabilities,
+    derive,
+    detect_flavor,
+    parse_metrics,
+    parse_slots,
+)
 from llmtop.attach.prometheus import PrometheusCollector
 from llmtop.collectors.queue import BoundedQueue
 from llmtop.errors import LlmtopError
@@ -204,3 +211,50 @@ def test_profile_start_stop() -> None:
         srv.server_close()
     with pytest.raises(LlmtopError):
         start_profile(url, timeout=2)  # nothing listens any more: one-line error
+
+
+def _sglang_body(*, gen: float, prompt: float, cached: float, requests: float, retracted: float,
+                 aborted: float, ttft: list[float]) -> str:
+    """A /metrics body the way an SGLang server writes it: prometheus_client registering the names, types
+    and labels of sglang/srt/metrics/collector.py (TokenizerMetricsCollector and the scheduler's)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    reg = CollectorRegistry()
+    labels = {"model_name": "Qwen/Qwen3-0.6B", "engine_type": "unified", "tp_rank": "0", "pp_rank": "0"}
+
+    def counter(name: str, v: float) -> None:  # prometheus_client adds the _total a name lacks
+        Counter(name.removesuffix("_total"), "x", list(labels), registry=reg).labels(**labels).inc(v)
+
+    counter("sglang:generation_tokens_total", gen)
+    counter("sglang:prompt_tokens_total", prompt)
+    counter("sglang:cached_tokens_total", cached)
+    counter("sglang:num_requests_total", requests)
+    counter("sglang:num_retracted_requests_total", retracted)
+    counter("sglang:num_aborted_requests_total", aborted)
+    Gauge("sglang:num_running_reqs", "x", list(labels), registry=reg).labels(**labels).set(3)
+    Gauge("sglang:num_queue_reqs", "x", list(labels), registry=reg).labels(**labels).set(1)
+    Gauge("sglang:token_usage", "x", list(labels), registry=reg).labels(**labels).set(0.25)
+    h = Histogram("sglang:time_to_first_token_seconds", "x", list(labels), registry=reg,
+                  buckets=[0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4])
+    for v in ttft:
+        h.labels(**labels).observe(v)
+    return generate_latest(reg).decode()
+
+
+def test_sglang_requests_retractions_aborts_and_radix_cache_hits() -> None:
+    """SGLang's own counters fill the same row keys as vLLM's: finished requests per second, retractions
+    as preemptions, aborted requests, and the radix-cache hit rate from cached / prompt tokens."""
+    a = parse_metrics(_sglang_body(gen=100, prompt=400, cached=100, requests=4, retracted=0, aborted=0,
+                                   ttft=[0.15] * 4), t=10.0)
+    b = parse_metrics(_sglang_body(gen=300, prompt=1400, cached=700, requests=14, retracted=2, aborted=1,
+                                   ttft=[0.15] * 4 + [0.5] * 10), t=20.0)
+    assert a.flavor == b.flavor == "sglang"
+    d = derive(b, a)
+    assert d["gen_tok_s"] == pytest.approx(20.0) and d["req_s"] == pytest.approx(1.0)
+    assert d["preemptions_window"] == 2 and d["aborted_window"] == 1
+    assert d["prefix_hit"] == pytest.approx(600 / 1000)
+    assert d["running"] == 3 and d["waiting"] == 1 and d["kv_cache"] == 0.25
+    assert 0.4 <= d["ttft_p50_s"] <= 0.6  # the ten new ones, in the 0.4-0.6 bucket
+    can, missing = capabilities(b)
+    assert {"preemptions", "aborted requests", "prefix-cache hit rate", "finished requests"} <= set(can)
+    assert "failed requests" in missing  # SGLang exports no failure counter outside PD disaggregation

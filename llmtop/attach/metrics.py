@@ -57,9 +57,16 @@ FLAVORS: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
         },
     },
     "sglang": {
+        # names as sglang/srt/metrics/collector.py registers them (TokenizerMetricsCollector and the
+        # scheduler's collector); a retraction is SGLang's preemption (a request pushed back to the queue)
         "counter": {
             "gen_tokens": ("sglang:generation_tokens_total",),
             "prompt_tokens": ("sglang:prompt_tokens_total",),
+            "requests": ("sglang:num_requests_total",),
+            "preemptions": ("sglang:num_retracted_requests_total",),
+            "aborted": ("sglang:num_aborted_requests_total",),
+            "prefix_queries": ("sglang:prompt_tokens_total",),  # prompt tokens looked up ...
+            "prefix_hits": ("sglang:cached_tokens_total",),  # ... and found in the radix cache
         },
         "gauge": {
             "running": ("sglang:num_running_reqs",),
