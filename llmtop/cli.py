@@ -264,11 +264,13 @@ def _note(text: str) -> None:
     _eprint(f"llmtop: note: {text}")
 
 
-def build_engine(args: argparse.Namespace) -> Any:
-    """Ops + model + Engine in this process for the top-level flags (--once, --in-process)."""
+def build_engine(args: argparse.Namespace, stage: Callable[[str], None] | None = None,
+                 note: Callable[[str], None] = _note) -> Any:
+    """Ops + model + Engine in this process for the top-level flags (--once, --in-process); `stage`
+    hears each start-up stage (the loading screen), `note` what the user should read afterwards."""
     from llmtop.collectors.engine_worker import build_engine as build
 
-    return build(engine_spec(args), note=_note)
+    return build(engine_spec(args), note=note, stage=stage)
 
 
 def _sampling(args: argparse.Namespace) -> Any:
@@ -340,7 +342,16 @@ def build_live_session(args: argparse.Namespace) -> TuiSession:
     if metrics is not None:
         cleanups.append(metrics.close)
     if args.in_process:
-        engine = build_engine(args)
+        if _interactive():  # the same loading screen, the stages told in this process
+            from llmtop.tui.loading import run_loading
+
+            held: list[str] = []  # notes wait until the screen is gone (it draws on the terminal)
+            engine = run_loading(lambda say: build_engine(args, stage=say, note=held.append),
+                                 "llmtop · loading")
+            for text in held:
+                _note(text)
+        else:
+            engine = build_engine(args)
         try:
             p = live_pipeline(engine, agg, prompts=prompts, batch=args.batch,
                               max_new_tokens=args.max_new_tokens, sampling=_sampling(args),
