@@ -199,3 +199,20 @@ def test_an_import_replays_over_its_span_and_seeks() -> None:
         assert p.snapshot(mode="cumulative").report["events"] == total
     finally:
         p.stop()
+
+
+def test_slicing_follows_the_rows_not_the_span() -> None:
+    """A hostile import whose two kernels lie 2^62 ns apart is cut into two slices at once (no array over
+    the span), with the batch's names on the first."""
+    from llmtop.collectors.replay import time_sliced
+    from llmtop.events import KERNEL_DTYPE
+
+    k = np.zeros(3, KERNEL_DTYPE)
+    k["start_ns"] = [1 << 62, 0, 10]
+    k["dur_ns"] = 5
+    t0 = time.perf_counter()
+    out = list(time_sliced([(7, EventBatch(k, names_base=0, new_names=["a"]))]))
+    assert time.perf_counter() - t0 < 1.0
+    assert [len(b.kernels) for _, b in out] == [2, 1]
+    assert out[0][1].new_names == ["a"] and out[1][1].new_names == [] and out[1][1].names_base == 1
+    assert [t for t, _ in out] == [15, (1 << 62) + 5]

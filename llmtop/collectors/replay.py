@@ -229,10 +229,12 @@ def time_sliced(records: Iterable[tuple[int, Item]], slice_ns: int = SLICE_NS) -
         if hi - lo <= slice_ns:
             yield t, item
             continue
-        edges = np.arange(lo + slice_ns, hi + 1, slice_ns, dtype=np.int64)
-        ki = np.searchsorted(k["start_ns"], edges, side="left")
-        si = np.searchsorted(st["start_ns"], edges, side="left")
-        k_parts, s_parts = np.split(k, ki), np.split(st, si)
+        # Slice ids of the rows (divided first: a hostile file's times can span all of int64), and a cut
+        # at every occupied slice only, so the work follows the rows, not the span.
+        k_id, s_id = k["start_ns"] // slice_ns, st["start_ns"] // slice_ns
+        cuts = np.union1d(k_id, s_id)[1:]
+        k_parts = np.split(k, np.searchsorted(k_id, cuts, side="left"))
+        s_parts = np.split(st, np.searchsorted(s_id, cuts, side="left"))
         names_base, new_names = item.names_base, item.new_names
         for kp, sp in zip(k_parts, s_parts, strict=True):
             if not len(kp) and not len(sp):
