@@ -18,3 +18,5 @@ MI300X_SGLANG = KINETO_DIR / "tracelens_mi300x_sglang_qwen3_8b_decode.json.gz"
 VLLM_CPU = KINETO_DIR / "vllm_cpu_0.32_worker_rank0.pt.trace.json.gz"
 NSYS_A100 = NSYS_DIR / "pipit_a100_saxpy_mpi.sqlite"
 DOPPLER_LOG = FIXTURES / "seeds" / "doppler_webgpu_gemma3_1b.log"
+# a real `llmtop --once` recording of the shipped model decoding 600 tokens (context 38 -> 636)
+LONG_CONTEXT = FIXTURES / "llmtop" / "smollm2_600_tokens.llmtop"
