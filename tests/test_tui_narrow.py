@@ -109,9 +109,13 @@ async def test_the_kernel_detail_at_80x24_wraps_no_line() -> None:
         await pilot.pause()
         for _ in range(3):
             await pilot.press("enter")
-            await pilot.pause()
-            await pilot.pause()
-            screen = app.screen
+            for _ in range(50):  # the detail fills once mounted and laid out
+                await pilot.pause(0.05)
+                screen = app.screen
+                if isinstance(screen, KernelDetailScreen):
+                    body = screen.query_one("#detail-body")
+                    if isinstance(body.content, Text) and body.size.width:
+                        break
             assert isinstance(screen, KernelDetailScreen)
             body = screen.query_one("#detail-body")
             lines = body.content.plain.split("\n")
@@ -120,3 +124,17 @@ async def test_the_kernel_detail_at_80x24_wraps_no_line() -> None:
                                                                      if len(ln) > body.size.width]
             await pilot.press("escape")
             await pilot.press("down")
+
+
+def test_a_long_outlier_list_is_counted_not_cut() -> None:
+    """Nine flagged layers on a 25-cell pane (a real generation flagged that many): as many as fit, with
+    the count, never a layer number cut in two."""
+    from llmtop.tui.panes.layers import outlier_text
+
+    flagged = ["1", "4", "8", "11", "15", "18", "22", "25", "29"]
+    assert outlier_text(["0", "12"], 25) == "⚠ outlier L0,L12"
+    for width in (14, 20, 25, 30, 41):
+        text = outlier_text(flagged, width)
+        assert len(text) <= width and text.startswith("⚠ 9 outliers"), text
+        named = [t for t in text.removeprefix("⚠ 9 outliers").strip().split(",") if t and t != "…"]
+        assert named == ["L" + f for f in flagged[: len(named)]], text

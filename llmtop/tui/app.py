@@ -209,6 +209,8 @@ class LlmtopApp(App[None]):
         too_small = w < MIN_WIDTH or h < MIN_HEIGHT
         screen.set_class(too_small, "-too-small")
         screen.set_class(w < COMPACT_WIDTH or h < COMPACT_HEIGHT, "-compact")
+        for footer in screen.query(LlmtopFooter):  # less space between keys: more of them fit
+            footer.compact = w < COMPACT_WIDTH
         if too_small:
             self.query_one("#too-small", Static).update(
                 f"Terminal too small: {w}×{h}.\nllmtop needs at least {MIN_WIDTH}×{MIN_HEIGHT} "

@@ -31,8 +31,12 @@ class AttentionPane(_Pane):
         if ok:
             ci = view.num(att.get("slope_ci95_ms_per_1k"))
             pm = "" if ci is None else " ±" + view.fmt_ms(ci)
+            growth = [self.lv("growth", f"{view.fmt_ms(slope)}{pm} ms/1k tok")]
+            if growth[0].cell_len > w and ci is not None:  # narrow: the interval on a line of its own
+                growth = [self.lv("growth", f"{view.fmt_ms(slope)} ms/1k tok"),
+                          self.lv("±", f"{view.fmt_ms(ci)} ms/1k tok (95 %)")]
             chunks += [
-                self.lv("growth", f"{view.fmt_ms(slope)}{pm} ms/1k tok"),
+                *growth,
                 self.lv("R²", "–" if view.num(att.get("r2")) is None else f"{float(att['r2']):.2f}"),
             ]
         share = view.num(att.get("share_pct_last"))

@@ -56,7 +56,10 @@ _UNITS = frozenset(["ms", "µs", "ns", "s", "%", "tok", "tok/s", "ms/1k", "MiB",
 
 
 def _breakable(plain: str, i: int) -> bool:
-    """May a line break at the space `plain[i]`? Not between a number and its unit ("12.0 ms")."""
+    """May a line break at the space `plain[i]`? Not between a number and its unit ("12.0 ms"), nor inside
+    a two-word unit ("ms/1k tok")."""
+    if plain[:i].endswith("/1k"):
+        return False
     if i <= 0 or not plain[i - 1].isdigit():
         return True
     word = plain[i + 1:].split(" ", 1)[0].rstrip("),;:")

@@ -41,7 +41,7 @@ class LayerPane(_Pane):
         if sum(c.cell_len for c in chunks) + 2 > w:  # a narrow pane: the short label, not a cut number
             chunks[1] = self.lv("med", median)
         if outliers:
-            chunks.append(Text("⚠ outlier " + ",".join("L" + o for o in outliers), self.cs("pane--warn")))
+            chunks.append(Text(outlier_text(outliers, w), self.cs("pane--warn")))
         summary_lines = flow(chunks, w)
         # Priority when space is short: bars, then the summary line, then the legend.
         bar_h = h - len(summary_lines) - 1  # summary + layer-number axis
@@ -91,6 +91,21 @@ class LayerPane(_Pane):
         grid: list[Line] = [Strip([Segment(t, st) for t, st in r]) for r in rows]
         grid.append(_axis(cols, bar_w + gap, w, self.cs("pane--warn"), self.cs("pane--dim")))
         return grid
+
+
+def outlier_text(layers: Sequence[str], width: int) -> str:
+    """"⚠ outlier L0,L12", or on a narrow pane as many as fit and how many there are in all
+    ("⚠ 9 outliers L1,L4,L8,…"); never a list cut in the middle of a layer number."""
+    whole = "⚠ outlier " + ",".join("L" + o for o in layers)
+    if len(whole) <= width:
+        return whole
+    head = f"⚠ {len(layers)} outliers "
+    shown: list[str] = []
+    for o in layers:
+        if len(head) + len(",".join([*shown, "L" + o])) + 2 > width:  # room for ",…"
+            break
+        shown.append("L" + o)
+    return head + ",".join(shown) + (",…" if shown else "…")
 
 
 def _axis(cols: Sequence[tuple[str, Any, bool]], width: int, w: int, warn: Style, dim: Style) -> Text:
