@@ -63,7 +63,8 @@ class LayerPane(_Pane):
             for r in grp:
                 for c, v in _by(r).items():
                     split[c] = split.get(c, 0.0) + (view.num(v) or 0.0) / len(grp)
-            label = str(grp[0].get("layer"))
+            # a column of several layers is named by its flagged one, if any (the axis marks it "▲N")
+            label = str(next((r for r in grp if r.get("outlier")), grp[0]).get("layer"))
             cols.append((label, split, any(r.get("outlier") for r in grp)))
         slot = max(1, w // len(cols))
         bar_w = 1 if slot < 3 else min(3, slot - 1)
